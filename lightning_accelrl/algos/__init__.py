@@ -1,0 +1,7 @@
+"""Algorithms as LightningModules, one file each."""
+
+from lightning_accelrl.algos.a2c import A2C
+from lightning_accelrl.algos.base import RLModule
+from lightning_accelrl.algos.ppo import PPO
+
+__all__ = ["A2C", "PPO", "RLModule"]

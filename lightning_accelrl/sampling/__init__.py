@@ -1,0 +1,6 @@
+"""Samplers: batched inference over vector envs into preallocated rollout buffers."""
+
+from lightning_accelrl.sampling.episodes import EpisodeTracker
+from lightning_accelrl.sampling.sync import Agent, SyncSampler
+
+__all__ = ["Agent", "EpisodeTracker", "SyncSampler"]

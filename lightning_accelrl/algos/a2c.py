@@ -1,0 +1,118 @@
+"""Advantage Actor-Critic (synchronous A2C, Mnih et al., 2016; batched as in Stooke & Abbeel, 2018).
+
+One training step = one rollout [T, B] and one gradient step: policy gradient with (GAE or n-step)
+advantages, value regression, entropy bonus, RMSprop as in the original.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+import torch
+from tensordict import TensorDict
+
+from lightning_accelrl.algos.base import RLModule, anneal
+from lightning_accelrl.algos.returns import gae
+from lightning_accelrl.envs.base import EnvSpec
+from lightning_accelrl.errors import check
+from lightning_accelrl.nets.actor_critic import ActionDist, ActorCriticMLP
+
+
+class A2C(RLModule):
+    """A2C: one synchronous update per rollout of all envs."""
+
+    def __init__(
+        self,
+        lr: float = 7e-4,
+        gamma: float = 0.99,
+        gae_lambda: float = 1.0,
+        value_coef: float = 0.5,
+        entropy_coef: float = 0.0,
+        max_grad_norm: float = 0.5,
+        normalize_advantage: bool = False,
+        anneal_lr: bool = False,
+        optimizer: Literal["rmsprop", "adam"] = "rmsprop",
+        rmsprop_alpha: float = 0.99,
+        eps: float = 1e-5,
+        hidden: Sequence[int] = (64, 64),
+        activation: str = "tanh",
+        shared_trunk: bool = False,
+        env_spec: dict | None = None,
+    ) -> None:
+        super().__init__()
+        check(lr > 0, f"lr must be > 0, got {lr}")
+        check(0 < gamma <= 1, f"gamma must be in (0, 1], got {gamma}")
+        check(0 <= gae_lambda <= 1, f"gae_lambda must be in [0, 1], got {gae_lambda}")
+        check(max_grad_norm > 0, f"max_grad_norm must be > 0, got {max_grad_norm}")
+        check(optimizer in ("rmsprop", "adam"), f"optimizer must be 'rmsprop' or 'adam', got {optimizer!r}")
+        self.save_hyperparameters()
+
+    def build_networks(self, spec: EnvSpec) -> None:
+        hp = self.hparams
+        self.net = ActorCriticMLP(spec, hp.hidden, hp.activation, hp.shared_trunk)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        hp = self.hparams
+        if hp.optimizer == "rmsprop":
+            return torch.optim.RMSprop(self.parameters(), lr=hp.lr, alpha=hp.rmsprop_alpha, eps=hp.eps)
+        return torch.optim.Adam(self.parameters(), lr=hp.lr, eps=hp.eps)
+
+    def dist(self, params: torch.Tensor) -> ActionDist:
+        return ActionDist(params, None if self.net.spec.discrete else self.net.log_std)
+
+    def act(self, observation: torch.Tensor) -> dict[str, torch.Tensor]:
+        params, value = self.net(observation)
+        action = self.dist(params).sample()
+        return {"action": action, "state_value": value}
+
+    def value(self, observation: torch.Tensor) -> torch.Tensor:
+        return self.net.value(observation)
+
+    def policy(self, observation: torch.Tensor, deterministic: bool = True) -> torch.Tensor:
+        dist = self.dist(self.net(observation)[0])
+        return dist.mode() if deterministic else dist.sample()
+
+    def training_step(self, batch: TensorDict, batch_idx: int) -> None:
+        hp = self.hparams
+        self.track_policy_lag(batch)
+        opt = self.optimizers()
+        lr = anneal(opt.optimizer, hp.lr, self.progress, hp.anneal_lr)
+
+        with torch.no_grad():
+            advantages, returns = gae(
+                batch["next", "reward"],
+                batch["state_value"],
+                batch["next", "state_value"],
+                batch["next", "done"],
+                batch["next", "terminated"],
+                hp.gamma,
+                hp.gae_lambda,
+            )
+        obs = batch["observation"].flatten(0, 1)
+        actions = batch["action"].flatten(0, 1)
+        advantages, returns = advantages.reshape(-1), returns.reshape(-1)
+        if hp.normalize_advantage:
+            advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+
+        params, value = self.net(obs)  # re-evaluated with gradients; the rollout's values carry none
+        dist = self.dist(params)
+        pg_loss = -(advantages * dist.log_prob(actions)).mean()
+        value_loss = ((returns - value.squeeze(-1)) ** 2).mean()
+        entropy = dist.entropy().mean()
+        loss = pg_loss + hp.value_coef * value_loss - hp.entropy_coef * entropy
+
+        opt.zero_grad()
+        self.manual_backward(loss)
+        self.clip_gradients(opt, gradient_clip_val=hp.max_grad_norm, gradient_clip_algorithm="norm")
+        opt.step()
+
+        self.policy_version += 1
+        self.log_rollout_stats(
+            {
+                "train/pg_loss": pg_loss.detach(),
+                "train/value_loss": value_loss.detach(),
+                "train/entropy": entropy.detach(),
+                "train/lr": lr,
+            }
+        )

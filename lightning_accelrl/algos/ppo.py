@@ -1,0 +1,154 @@
+"""Proximal Policy Optimization (Schulman et al., 2017), written out plainly as a LightningModule.
+
+One training step = one rollout [T, B] from the sampler: GAE advantages from the values recorded while
+sampling, then ``update_epochs`` passes of shuffled minibatches over the clipped surrogate objective.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from tensordict import TensorDict
+
+from lightning_accelrl.algos.base import RLModule, anneal
+from lightning_accelrl.algos.returns import gae
+from lightning_accelrl.envs.base import EnvSpec
+from lightning_accelrl.errors import check
+from lightning_accelrl.nets.actor_critic import ActionDist, ActorCriticMLP
+
+
+class PPO(RLModule):
+    """PPO with clipped surrogate, (optionally clipped) value loss, entropy bonus and LR/clip annealing."""
+
+    def __init__(
+        self,
+        lr: float = 3e-4,
+        gamma: float = 0.99,
+        gae_lambda: float = 0.95,
+        clip_coef: float = 0.2,
+        clip_value_loss: bool = False,
+        value_coef: float = 0.5,
+        entropy_coef: float = 0.0,
+        update_epochs: int = 10,
+        minibatch_size: int = 64,
+        max_grad_norm: float = 0.5,
+        normalize_advantage: bool = True,
+        anneal_lr: bool = True,
+        anneal_clip: bool = False,
+        target_kl: float | None = None,
+        adam_eps: float = 1e-5,
+        hidden: Sequence[int] = (64, 64),
+        activation: str = "tanh",
+        shared_trunk: bool = False,
+        env_spec: dict | None = None,
+    ) -> None:
+        super().__init__()
+        check(lr > 0, f"lr must be > 0, got {lr}")
+        check(0 < gamma <= 1, f"gamma must be in (0, 1], got {gamma}")
+        check(0 <= gae_lambda <= 1, f"gae_lambda must be in [0, 1], got {gae_lambda}")
+        check(clip_coef > 0, f"clip_coef must be > 0, got {clip_coef}")
+        check(update_epochs >= 1, f"update_epochs must be >= 1, got {update_epochs}")
+        check(minibatch_size >= 1, f"minibatch_size must be >= 1, got {minibatch_size}")
+        check(max_grad_norm > 0, f"max_grad_norm must be > 0, got {max_grad_norm}")
+        self.save_hyperparameters()
+
+    def build_networks(self, spec: EnvSpec) -> None:
+        hp = self.hparams
+        self.net = ActorCriticMLP(spec, hp.hidden, hp.activation, hp.shared_trunk)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam(self.parameters(), lr=self.hparams.lr, eps=self.hparams.adam_eps)
+
+    def dist(self, params: torch.Tensor) -> ActionDist:
+        return ActionDist(params, None if self.net.spec.discrete else self.net.log_std)
+
+    # ----- acting (called by the sampler, one batched forward for all envs) ---------------------------------
+    def act(self, observation: torch.Tensor) -> dict[str, torch.Tensor]:
+        params, value = self.net(observation)
+        dist = self.dist(params)
+        action = dist.sample()
+        return {"action": action, "sample_log_prob": dist.log_prob(action), "state_value": value}
+
+    def value(self, observation: torch.Tensor) -> torch.Tensor:
+        return self.net.value(observation)
+
+    def policy(self, observation: torch.Tensor, deterministic: bool = True) -> torch.Tensor:
+        """Actions for evaluation: the mode of the policy, or a sample."""
+        dist = self.dist(self.net(observation)[0])
+        return dist.mode() if deterministic else dist.sample()
+
+    # ----- learning -----------------------------------------------------------------------------------------
+    def training_step(self, batch: TensorDict, batch_idx: int) -> None:
+        hp = self.hparams
+        self.track_policy_lag(batch)
+        opt = self.optimizers()
+        lr = anneal(opt.optimizer, hp.lr, self.progress, hp.anneal_lr)
+        clip = hp.clip_coef * (1.0 - self.progress) if hp.anneal_clip else hp.clip_coef
+
+        with torch.no_grad():
+            advantages, returns = gae(
+                batch["next", "reward"],
+                batch["state_value"],
+                batch["next", "state_value"],
+                batch["next", "done"],
+                batch["next", "terminated"],
+                hp.gamma,
+                hp.gae_lambda,
+            )
+        data = batch.select("observation", "action", "sample_log_prob", "state_value").reshape(-1)
+        advantages, returns = advantages.reshape(-1), returns.reshape(-1)
+        n = data.shape[0]
+        mb = min(hp.minibatch_size, n)
+
+        stats: dict[str, list[torch.Tensor]] = {
+            "pg_loss": [],
+            "value_loss": [],
+            "entropy": [],
+            "approx_kl": [],
+            "clip_frac": [],
+        }
+        for _ in range(hp.update_epochs):
+            perm = torch.randperm(n, device=self.device)
+            for start in range(0, n - mb + 1, mb):
+                idx = perm[start : start + mb]
+                obs = data["observation"].index_select(0, idx)
+                params, value = self.net(obs)
+                dist = self.dist(params)
+                logp = dist.log_prob(data["action"].index_select(0, idx))
+                log_ratio = logp - data["sample_log_prob"].index_select(0, idx)
+                ratio = log_ratio.exp()
+                adv = advantages.index_select(0, idx)
+                if hp.normalize_advantage and mb > 1:
+                    adv = (adv - adv.mean()) / (adv.std() + 1e-8)
+                pg_loss = torch.max(-adv * ratio, -adv * ratio.clamp(1 - clip, 1 + clip)).mean()
+
+                value = value.squeeze(-1)
+                ret = returns.index_select(0, idx)
+                if hp.clip_value_loss:
+                    old_v = data["state_value"].index_select(0, idx).squeeze(-1)
+                    v_clipped = old_v + (value - old_v).clamp(-clip, clip)
+                    value_loss = 0.5 * torch.max((value - ret) ** 2, (v_clipped - ret) ** 2).mean()
+                else:
+                    value_loss = 0.5 * ((value - ret) ** 2).mean()
+                entropy = dist.entropy().mean()
+                loss = pg_loss + hp.value_coef * value_loss - hp.entropy_coef * entropy
+
+                opt.zero_grad()
+                self.manual_backward(loss)
+                self.clip_gradients(opt, gradient_clip_val=hp.max_grad_norm, gradient_clip_algorithm="norm")
+                opt.step()
+
+                with torch.no_grad():
+                    stats["pg_loss"].append(pg_loss.detach())
+                    stats["value_loss"].append(value_loss.detach())
+                    stats["entropy"].append(entropy.detach())
+                    stats["approx_kl"].append(((ratio - 1) - log_ratio).mean())
+                    stats["clip_frac"].append(((ratio - 1).abs() > clip).float().mean())
+            if hp.target_kl is not None and float(stats["approx_kl"][-1]) > hp.target_kl:
+                break
+
+        self.policy_version += 1
+        metrics = {f"train/{k}": torch.stack(v).mean() for k, v in stats.items()}
+        metrics["train/lr"] = lr
+        self.log_rollout_stats(metrics)

@@ -1,0 +1,219 @@
+"""ExperienceDataModule: owns the envs and the sampler, and streams experience to the Trainer.
+
+On-policy mode (this file's stream): each training batch is a fresh rollout ``[T, B]`` collected with the
+*current* weights. The stream is a sized iterable, so Lightning does not prefetch: rollout k+1 is collected
+after update k has been applied (zero policy lag; ``RLModule.policy_lags`` records it).
+Budgets are env steps over all ranks; the run stops when ``total_env_steps`` is reached.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from typing import Any, Literal
+
+import torch
+from lightning.pytorch import LightningDataModule
+from tensordict import TensorDict
+
+from lightning_accelrl.envs import BatchedEnv, EnvSpec, make_env
+from lightning_accelrl.errors import check
+from lightning_accelrl.sampling import EpisodeTracker, SyncSampler
+
+
+class ExperienceDataModule(LightningDataModule):
+    """Vector envs + batched-inference sampler, as a Lightning DataModule.
+
+    Args:
+        env: a Gymnasium id (``"CartPole-v1"``), a Gymnasium vector env (same-step autoreset), a batched TorchRL
+            ``EnvBase`` (e.g. ``ParallelEnv``) or a :class:`~lightning_accelrl.envs.BatchedEnv`.
+        num_envs: envs per rank (ignored when ``env`` is already batched).
+        rollout_steps: steps per env per rollout (T); a batch has ``rollout_steps * num_envs`` transitions.
+        total_env_steps: the budget, summed over ranks.
+        vectorization: ``auto`` (in-process for cheap envs, subprocesses otherwise), ``sync`` or ``async``.
+        env_kwargs: keyword arguments for ``gymnasium.make``.
+        seed: base seed; env i of rank r gets ``seed + r * num_envs + i``. Defaults to ``seed_everything``'s seed.
+        updates_per_epoch: rollouts per Lightning epoch (checkpoints are written at epoch ends).
+        episode_window: finished episodes averaged into ``episode_return_mean``.
+    """
+
+    def __init__(
+        self,
+        env: Any = "CartPole-v1",
+        num_envs: int = 8,
+        rollout_steps: int = 128,
+        total_env_steps: int = 100_000,
+        vectorization: Literal["auto", "sync", "async"] = "auto",
+        env_kwargs: dict[str, Any] | None = None,
+        seed: int | None = None,
+        updates_per_epoch: int = 50,
+        episode_window: int = 100,
+    ) -> None:
+        super().__init__()
+        check(num_envs >= 1, f"num_envs must be >= 1, got {num_envs}")
+        check(rollout_steps >= 1, f"rollout_steps must be >= 1, got {rollout_steps}")
+        check(total_env_steps >= 1, f"total_env_steps must be >= 1, got {total_env_steps}")
+        check(updates_per_epoch >= 1, f"updates_per_epoch must be >= 1, got {updates_per_epoch}")
+        check(
+            vectorization in ("auto", "sync", "async"),
+            f"vectorization must be auto, sync or async, got {vectorization!r}",
+        )
+        if isinstance(env, str):
+            from lightning_accelrl.envs.gym import check_env_id
+
+            check_env_id(env)
+            self.save_hyperparameters()
+        else:
+            self.save_hyperparameters(ignore=["env"])
+        self.env = env
+        self.num_envs = num_envs
+        self.rollout_steps = rollout_steps
+        self.total_env_steps = total_env_steps
+        self.vectorization = vectorization
+        self.env_kwargs = env_kwargs or {}
+        self.seed = seed
+        self.updates_per_epoch = updates_per_epoch
+        self.episode_window = episode_window
+        self.sampler: SyncSampler | None = None
+        self.tracker: EpisodeTracker | None = None  # outlives the sampler, for summaries after fit
+        self._spec: EnvSpec | None = None
+        self.updates_done = 0
+        self._elapsed_before = 0.0  # wall time of earlier runs (resume)
+        self._start: float | None = None
+        self._world_size = 1
+
+    # ----- env --------------------------------------------------------------------------------------------
+    @property
+    def env_spec(self) -> EnvSpec:
+        """Observation/action description for building networks (probed without building the vector env)."""
+        if self._spec is None:
+            if self.sampler is not None:
+                self._spec = self.sampler.env.spec
+            elif isinstance(self.env, str):
+                from lightning_accelrl.envs.gym import probe_spec
+
+                self._spec = probe_spec(self.env, self.env_kwargs)
+            else:
+                self._spec = make_env(self.env).spec
+        return self._spec
+
+    def build_env(self, rank: int = 0, seed: int | None = None) -> BatchedEnv:
+        seed = self._base_seed() if seed is None else seed
+        return make_env(self.env, self.num_envs, seed, rank, self.vectorization, self.env_kwargs)
+
+    def _base_seed(self) -> int:
+        return self.seed if self.seed is not None else int(os.environ.get("PL_GLOBAL_SEED", 0))
+
+    def setup(self, stage: str) -> None:
+        if stage != "fit" or self.sampler is not None:
+            return
+        rank = self.trainer.global_rank if self.trainer is not None else 0
+        self._world_size = self.trainer.world_size if self.trainer is not None else 1
+        self.sampler = SyncSampler(
+            self.build_env(rank), self.rollout_steps, episode_window=self.episode_window
+        )
+        if self.tracker is not None:  # restored from a checkpoint before the envs existed
+            self.sampler.tracker.load_state_dict(self.tracker.state_dict())
+        self.tracker = self.sampler.tracker
+
+    def teardown(self, stage: str) -> None:
+        if self.sampler is not None:
+            self.sampler.close()
+            self.sampler = None
+
+    # ----- budget -------------------------------------------------------------------------------------------
+    @property
+    def env_steps_per_update(self) -> int:
+        """Env steps of one rollout over all ranks."""
+        return self.rollout_steps * self._num_envs_per_rank() * self._world_size
+
+    def _num_envs_per_rank(self) -> int:
+        return self.sampler.num_envs if self.sampler is not None else self.num_envs
+
+    @property
+    def total_updates(self) -> int:
+        return math.ceil(self.total_env_steps / self.env_steps_per_update)
+
+    @property
+    def env_steps(self) -> int:
+        """Env steps collected so far, over all ranks."""
+        return self.updates_done * self.env_steps_per_update
+
+    @property
+    def progress(self) -> float:
+        return min(1.0, self.env_steps / self.total_env_steps)
+
+    @property
+    def wall_time(self) -> float:
+        return self._elapsed_before + (0.0 if self._start is None else time.perf_counter() - self._start)
+
+    # ----- streaming --------------------------------------------------------------------------------------
+    def train_dataloader(self) -> _RolloutStream:
+        return _RolloutStream(self)
+
+    def next_rollout(self) -> TensorDict:
+        agent = self.trainer.lightning_module
+        if self._start is None:
+            self._start = time.perf_counter()
+        rollout = self.sampler.collect(agent)
+        self.updates_done += 1
+        if self.updates_done >= self.total_updates:
+            self.trainer.should_stop = True
+        return rollout
+
+    def rank_reduced_stats(self, strategy: Any = None) -> dict[str, float]:
+        """Episode statistics over all ranks: (sum, count) pairs are all-reduced, then divided."""
+        tracker = self.tracker or EpisodeTracker(1)
+        ret_sum, count = tracker.return_sum_count()
+        local = [ret_sum, float(count), float(sum(tracker.recent_lengths)), float(tracker.episodes)]
+        if strategy is not None and self._world_size > 1:
+            t = torch.tensor(local, dtype=torch.float64, device=strategy.root_device)
+            local = strategy.reduce(t, reduce_op="sum").tolist()
+        ret_sum, count, len_sum, episodes = local
+        elapsed = max(self.wall_time, 1e-9)
+        stats = {
+            "env_steps": float(self.env_steps),
+            "episodes": episodes,
+            "env_steps_per_s": self.env_steps / elapsed,
+        }
+        if count > 0:
+            stats["episode_return_mean"] = ret_sum / count
+            stats["episode_length_mean"] = len_sum / count
+        return stats
+
+    # ----- checkpoints --------------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        tracker = self.tracker.state_dict() if self.tracker is not None else None
+        return {"updates_done": self.updates_done, "wall_time": self.wall_time, "tracker": tracker}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.updates_done = int(state["updates_done"])
+        self._elapsed_before = float(state.get("wall_time", 0.0))
+        self._start = None
+        if state.get("tracker") is not None:
+            if self.tracker is None:
+                self.tracker = EpisodeTracker(self.num_envs, self.episode_window)
+            self.tracker.load_state_dict(state["tracker"])
+
+
+class _RolloutStream:
+    """Sized iterable of rollouts: the size stops Lightning from prefetching (which would add policy lag)."""
+
+    def __init__(self, dm: ExperienceDataModule) -> None:
+        self.dm = dm
+
+    def __len__(self) -> int:
+        return self.dm.updates_per_epoch
+
+    def __iter__(self) -> _RolloutStream:
+        self._count = 0
+        if self.dm.updates_done >= self.dm.total_updates:
+            self.dm.trainer.should_stop = True
+        return self
+
+    def __next__(self) -> TensorDict:
+        if self._count >= len(self) or self.dm.updates_done >= self.dm.total_updates:
+            raise StopIteration
+        self._count += 1
+        return self.dm.next_rollout()

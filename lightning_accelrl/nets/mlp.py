@@ -1,0 +1,46 @@
+"""Multi-layer perceptrons with the orthogonal initialisation policy-gradient methods are tuned for."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+ACTIVATIONS: dict[str, type[nn.Module]] = {"tanh": nn.Tanh, "relu": nn.ReLU, "elu": nn.ELU, "gelu": nn.GELU}
+
+
+def layer_init(layer: nn.Linear, gain: float = math.sqrt(2), bias: float = 0.0) -> nn.Linear:
+    """Orthogonal weights, constant bias (as in the PPO implementation details of Huang et al., 2022)."""
+    nn.init.orthogonal_(layer.weight, gain)
+    nn.init.constant_(layer.bias, bias)
+    return layer
+
+
+class MLP(nn.Sequential):
+    """``in_dim -> hidden... -> out_dim``; the last layer is linear with its own init gain."""
+
+    def __init__(
+        self,
+        in_dim: int,
+        hidden: Sequence[int],
+        out_dim: int | None = None,
+        activation: str = "tanh",
+        out_gain: float = 1.0,
+    ) -> None:
+        layers: list[nn.Module] = []
+        last = in_dim
+        for width in hidden:
+            layers += [layer_init(nn.Linear(last, width)), ACTIVATIONS[activation]()]
+            last = width
+        if out_dim is not None:
+            layers.append(layer_init(nn.Linear(last, out_dim), gain=out_gain))
+            last = out_dim
+        super().__init__(*layers)
+        self.out_dim = last
+
+
+def flatten_obs(obs: torch.Tensor, obs_ndim: int) -> torch.Tensor:
+    """Flatten the observation dims, keeping the batch dims, and cast to float."""
+    return obs.reshape(*obs.shape[: obs.dim() - obs_ndim], -1).float()
