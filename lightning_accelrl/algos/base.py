@@ -61,7 +61,7 @@ class RLModule(LightningModule):
         return float(getattr(self._datamodule(), "progress", 0.0))
 
     def track_policy_lag(self, batch: Any) -> None:
-        if "policy_version" in batch.keys():
+        if "policy_version" in batch.keys():  # noqa: SIM118 - TensorDict membership needs keys()
             lag = self.policy_version - int(batch["policy_version"].min())
             self.policy_lags.append(lag)
 

@@ -67,7 +67,7 @@ class TorchRLEnv(BatchedEnv):
             nxt["reward"].reshape(self.num_envs).float(),
             nxt["terminated"].reshape(self.num_envs),
             nxt["truncated"].reshape(self.num_envs)
-            if "truncated" in nxt.keys()
+            if "truncated" in nxt.keys()  # noqa: SIM118
             else torch.zeros(self.num_envs, dtype=torch.bool),
             self._td["observation"],
         )
