@@ -1,0 +1,10 @@
+"""Reverb-style replay tables in PyTorch: selectors, rate limiters, storages, checkpoints.
+
+Other modules of this package add their own import lines below, one per line, in alphabetical order.
+"""
+
+from lightning_accelrl.replay import rate_limiters, selectors
+from lightning_accelrl.replay.storage import Storage, TensorStorage
+from lightning_accelrl.replay.table import Table
+
+__all__ = ["Storage", "Table", "TensorStorage", "rate_limiters", "selectors"]

@@ -1,0 +1,227 @@
+"""Where a table keeps its items: the :class:`Storage` protocol and :class:`TensorStorage`.
+
+The table owns the bookkeeping (keys, priorities, which slot holds which item, a free list of slots); a storage only
+holds the item data by slot. Contract, all calls made by the table under its lock:
+
+- ``write(slots, items)``: ``slots`` int64 [N] (distinct), ``items`` a TensorDict with batch [N]; called in insertion
+  order. A slot may be written again after it was released. An item evicted by an insert in the *same* ``insert``
+  call (for example a MinHeap remover evicting the lowest-priority item just inserted) is never written or released.
+- ``read(slots)``: a TensorDict with batch [len(slots)] (slots may repeat), holding *fresh* tensors: the table
+  releases its lock after ``read`` and the slots may be overwritten at once.
+- ``release(slots)``: the items in these slots were deleted, evicted or sampled ``max_times_sampled`` times.
+  Called after any ``read`` of the same items in the same table call, and before those slots are written again.
+- ``clear()``: the table was reset; every slot is free.
+- ``state_dict()`` / ``load_state_dict(state)``: the data of the live slots (checkpoints keep slot numbers, so a
+  storage may keep its own structure, such as shared frames). States should hold only tensors, numbers, strings,
+  lists, tuples and dicts (checkpoints are loaded with ``torch.load(weights_only=True)``).
+- ``share_memory_()``: move (or, if not yet allocated, later allocate) the data in shared memory so that processes
+  forked or spawned afterwards read it without copies; returns ``self``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+from tensordict import TensorDict, TensorDictBase
+
+__all__ = ["Storage", "TensorStorage", "describe_mismatch", "field_leaves"]
+
+NestedKey = tuple[str, ...]
+
+
+@runtime_checkable
+class Storage(Protocol):
+    """What a table needs from the place that holds its items (see the module docstring for the contract)."""
+
+    capacity: int
+
+    def write(self, slots: torch.Tensor, items: TensorDictBase) -> None: ...
+
+    def read(self, slots: torch.Tensor) -> TensorDictBase: ...
+
+    def release(self, slots: torch.Tensor) -> None: ...
+
+    def clear(self) -> None: ...
+
+    def state_dict(self) -> dict: ...
+
+    def load_state_dict(self, state: dict) -> None: ...
+
+    def share_memory_(self) -> Storage: ...
+
+
+class TensorStorage:
+    """Preallocated tensors, one per field, with ``capacity`` rows; fields come from the first write (or
+    ``example``). Nested TensorDict keys are allowed. Reads gather with ``index_select`` (much faster than fancy
+    indexing on CPU)."""
+
+    def __init__(
+        self,
+        capacity: int,
+        example: TensorDictBase | None = None,
+        device: torch.device | str | None = None,
+    ) -> None:
+        """``example``: one item (batch [] or [1]) or a batch of items to allocate the fields from at once, so the
+        tensors exist (and can be shared) before the first insert."""
+        if capacity < 1:
+            raise ValueError(f"storage capacity must be >= 1, got {capacity}")
+        self.capacity = int(capacity)
+        self.device = torch.device(device) if device is not None else None
+        self._shared = False
+        self._keys: list[NestedKey] = []
+        self._buffers: list[torch.Tensor] = []
+        self._signature: tuple[tuple[NestedKey, torch.dtype, torch.Size], ...] | None = None
+        if example is not None:
+            if example.batch_dims == 0:
+                example = example.unsqueeze(0)
+            self._allocate(example)
+
+    # -- layout ----------------------------------------------------------------------------------------------
+    @property
+    def allocated(self) -> bool:
+        return self._signature is not None
+
+    @property
+    def fields(self) -> dict[NestedKey, tuple[torch.dtype, torch.Size]]:
+        """Field -> (dtype, per-item shape), empty before the first write."""
+        return {k: (b.dtype, b.shape[1:]) for k, b in zip(self._keys, self._buffers)}
+
+    def nbytes(self) -> int:
+        return sum(b.numel() * b.element_size() for b in self._buffers)
+
+    def _allocate(self, items: TensorDictBase) -> None:
+        leaves = field_leaves(items)
+        if not leaves:
+            raise ValueError("items have no tensor fields")
+        device = self.device
+        keys, buffers = [], []
+        for key, value in leaves:
+            buf = torch.zeros(
+                (self.capacity, *value.shape[1:]),
+                dtype=value.dtype,
+                device=device if device is not None else value.device,
+            )
+            if self._shared:
+                buf.share_memory_()
+            keys.append(key)
+            buffers.append(buf)
+        self._set_layout(keys, buffers)
+
+    def _set_layout(self, keys: list[NestedKey], buffers: list[torch.Tensor]) -> None:
+        self._keys, self._buffers = keys, buffers
+        self._signature = tuple((k, b.dtype, b.shape[1:]) for k, b in zip(keys, buffers))
+
+    def _aligned(self, items: TensorDictBase) -> list[torch.Tensor]:
+        """The item tensors in buffer order, or a ValueError that says what differs from the stored fields."""
+        leaves = field_leaves(items)
+        signature = tuple((k, v.dtype, v.shape[1:]) for k, v in leaves)
+        if signature == self._signature:
+            return [v for _, v in leaves]
+        given = {k: (v.dtype, v.shape[1:]) for k, v in leaves}
+        if given == self.fields:  # same fields, other order
+            by_key = dict(leaves)
+            return [by_key[k] for k in self._keys]
+        raise ValueError(describe_mismatch(self.fields, given, "the storage's"))
+
+    # -- the Storage protocol --------------------------------------------------------------------------------
+    def write(self, slots: torch.Tensor, items: TensorDictBase) -> None:
+        if self._signature is None:
+            self._allocate(items)
+        values = self._aligned(items)
+        if len(slots) == 1:
+            slot = int(slots[0])
+            for buf, value in zip(self._buffers, values):
+                buf[slot].copy_(value[0])
+            return
+        for buf, value in zip(self._buffers, values):
+            buf.index_copy_(0, slots, value.to(buf.device))
+
+    def read(self, slots: torch.Tensor) -> TensorDict:
+        if self._signature is None:
+            raise RuntimeError("TensorStorage.read before any write")
+        n = len(slots)
+        out: dict[str, Any] = {}
+        for key, buf in zip(self._keys, self._buffers):
+            value = buf.index_select(0, slots)
+            node = out
+            for part in key[:-1]:
+                node = node.setdefault(part, {})
+            node[key[-1]] = value
+        return TensorDict(out, batch_size=[n], device=self.device)
+
+    def release(self, slots: torch.Tensor) -> None:
+        """Nothing to do: a slot's old data is simply overwritten by its next write."""
+
+    def clear(self) -> None:
+        """Keep the allocation (and its shared memory); the table forgets the items."""
+
+    def share_memory_(self) -> TensorStorage:
+        self._shared = True
+        for buf in self._buffers:
+            buf.share_memory_()
+        return self
+
+    def is_shared(self) -> bool:
+        return self._shared
+
+    def state_dict(self, slots: torch.Tensor | None = None) -> dict:
+        """The fields and, for ``slots`` (default: all), their rows."""
+        if slots is None:
+            slots = torch.arange(self.capacity)
+        return {
+            "capacity": self.capacity,
+            "keys": [list(k) for k in self._keys],
+            "slots": slots.clone(),
+            "data": [b.index_select(0, slots.to(b.device)).cpu() for b in self._buffers],
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        if int(state["capacity"]) > self.capacity:
+            raise ValueError(f"state has capacity {state['capacity']}, storage only {self.capacity}")
+        keys = [tuple(k) for k in state["keys"]]
+        if not keys:
+            return
+        device = self.device if self.device is not None else torch.device("cpu")
+        slots = state["slots"].to(device)
+        buffers = []
+        for rows in state["data"]:
+            buf = torch.zeros((self.capacity, *rows.shape[1:]), dtype=rows.dtype, device=device)
+            if self._shared:
+                buf.share_memory_()
+            buf.index_copy_(0, slots, rows.to(device))
+            buffers.append(buf)
+        self._set_layout(keys, buffers)
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{_fmt(k)}: {tuple(s)} {d}" for k, (d, s) in self.fields.items())
+        return f"TensorStorage(capacity={self.capacity}, fields={{{fields}}}, shared={self._shared})"
+
+
+def field_leaves(items: TensorDictBase) -> list[tuple[NestedKey, torch.Tensor]]:
+    """The (nested key as a tuple, tensor) pairs of a TensorDict's leaves."""
+    return [
+        ((key,) if isinstance(key, str) else tuple(key), value)
+        for key, value in items.items(include_nested=True, leaves_only=True)
+    ]
+
+
+def describe_mismatch(
+    expected: dict[NestedKey, tuple[torch.dtype, torch.Size]],
+    given: dict[NestedKey, tuple[torch.dtype, torch.Size]],
+    whose: str = "the table's",
+) -> str:
+    """A readable list of the differences between two field layouts (field -> (dtype, per-item shape))."""
+    problems = [f"missing field {_fmt(key)}" for key in expected.keys() - given.keys()]
+    problems += [f"unexpected field {_fmt(key)}" for key in given.keys() - expected.keys()]
+    for key in expected.keys() & given.keys():
+        (edt, esh), (gdt, gsh) = expected[key], given[key]
+        if edt != gdt:
+            problems.append(f"field {_fmt(key)} has dtype {gdt}, expected {edt}")
+        if esh != gsh:
+            problems.append(f"field {_fmt(key)} has per-item shape {tuple(gsh)}, expected {tuple(esh)}")
+    return f"items do not match {whose} fields: " + "; ".join(sorted(problems))
+
+
+def _fmt(key: NestedKey) -> str:
+    return repr(key[0]) if len(key) == 1 else repr(key)
