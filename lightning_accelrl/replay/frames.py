@@ -412,7 +412,12 @@ class FrameStackStorage:
 
     def state_dict(self) -> dict[str, Any]:
         """Live items only, with their slot numbers; the frames they use are compacted (the pool is not saved)."""
-        state: dict[str, Any] = {"capacity": self.capacity, "stack": self.stack, "slots": None}
+        state: dict[str, Any] = {
+            "capacity": self.capacity,
+            "config": self._config(),
+            "stack": self.stack,
+            "slots": None,
+        }
         if self._frames is None:
             return state
         slots = self._live.nonzero().squeeze(1)
@@ -429,7 +434,26 @@ class FrameStackStorage:
         )
         return state
 
+    def _config(self) -> dict[str, Any]:
+        return {
+            "frame_capacity": self.frame_capacity,
+            "obs_key": self.obs_key,
+            "next_obs_key": self.next_obs_key,
+            "stream_key": self.stream_key,
+            "step_key": self.step_key,
+            "next_step_key": self.next_step_key,
+            "cache_streams": self.cache_streams,
+            "cache_window": self.cache_window,
+            "check_writes": self.check_writes,
+        }
+
+    @classmethod
+    def from_state_dict(cls, state: dict[str, Any]) -> FrameStackStorage:
+        """An empty storage configured as the one that made ``state`` (`Table.restore` calls this)."""
+        return cls(int(state["capacity"]), **state["config"])
+
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore live items at their slot numbers; frames are packed at the start of the pool."""
         if int(state["capacity"]) > self.capacity:
             raise ValueError(f"state has capacity {state['capacity']}, storage only {self.capacity}")
         if state["slots"] is None:

@@ -265,3 +265,34 @@ def test_share_memory() -> None:
     storage.share_memory_()
     assert storage._frames.is_shared() and storage._index.is_shared() and storage.is_shared()
     driver.check_all()
+
+
+def test_through_table_uniform_sampler_fifo_remover(tmp_path) -> None:
+    from lightning_accelrl.replay import Table, rate_limiters, selectors
+
+    env = FakeStackEnv(4, padding="zero", seed=5)
+    indexer, writer = StreamIndexer(4, 4), NStepWriter(3, 0.99, 4)
+    storage = FrameStackStorage(64, frame_capacity=64 + 20 * 8 + 4 * 8)
+    table = Table(
+        "frames", selectors.Uniform(), selectors.Fifo(), 64, rate_limiters.MinSize(1), storage=storage, seed=0
+    )
+    originals: dict[int, TensorDict] = {}
+    for _ in range(120):
+        out = writer.add(indexer(env.step()))
+        if out is not None:
+            keys = table.insert(out)
+            for i, key in enumerate(keys.tolist()):
+                originals[key] = out[i].clone()
+    assert table.size() == 64
+    batch = table.sample(256)
+    want = torch.stack([originals[k] for k in batch["key"].tolist()])
+    for key in want.keys(True, True):
+        assert torch.equal(batch[key], want[key]), key
+    # a checkpoint restores the frames through FrameStackStorage.from_state_dict
+    path = table.checkpoint(tmp_path / "table.pt")
+    restored = Table.restore(path)
+    assert isinstance(restored.storage, FrameStackStorage)
+    again = restored.sample(64)
+    want = torch.stack([originals[k] for k in again["key"].tolist()])
+    assert torch.equal(again["observation"], want["observation"])
+    assert torch.equal(again["next", "observation"], want["next", "observation"])
