@@ -15,6 +15,7 @@ their storage slot; ``recency`` is the table's counter of inserts and priority u
 from __future__ import annotations
 
 import heapq
+import itertools
 from collections import OrderedDict
 from typing import Any
 
@@ -50,6 +51,10 @@ class Selector:
     def add(self, slots: np.ndarray, priorities: np.ndarray, recency: np.ndarray) -> None:
         """Add new items, in insertion order."""
         raise NotImplementedError
+
+    def add_one(self, slot: int, priority: float, recency: int) -> None:
+        """Add one new item (the scalar fast path of :meth:`add`)."""
+        self.add(np.array([slot]), np.array([priority]), np.array([recency]))
 
     def remove(self, slot: int) -> None:
         """Remove one present item."""
@@ -100,6 +105,11 @@ class _Members:
             self.pos[slots] = np.arange(n, n + k)
         self.n = n + k
 
+    def add_one(self, slot: int) -> None:
+        self.items[self.n] = slot
+        self.pos[slot] = self.n
+        self.n += 1
+
     def remove(self, slot: int) -> None:
         p = int(self.pos[slot])
         last = int(self.items[self.n - 1])
@@ -126,6 +136,9 @@ class Uniform(Selector):
 
     def add(self, slots: np.ndarray, priorities: np.ndarray, recency: np.ndarray) -> None:
         self._members.add(slots)
+
+    def add_one(self, slot: int, priority: float, recency: int) -> None:
+        self._members.add_one(slot)
 
     def remove(self, slot: int) -> None:
         self._members.remove(slot)
@@ -172,9 +185,13 @@ class Prioritized(Selector):
         self._members.add(slots)
         self._tree.set(slots, self._weights(priorities))
 
+    def add_one(self, slot: int, priority: float, recency: int) -> None:
+        self._members.add_one(slot)
+        self._tree.set_one(slot, priority**self.priority_exponent if priority > 0 else 0.0)
+
     def remove(self, slot: int) -> None:
         self._members.remove(slot)
-        self._tree.set(np.array([slot]), np.zeros(1))
+        self._tree.set_one(slot, 0.0)
 
     def update(self, slots: np.ndarray, priorities: np.ndarray, recency: np.ndarray) -> None:
         self._tree.set(slots, self._weights(priorities))
@@ -219,6 +236,13 @@ class Fifo(Selector):
         for slot in slots.tolist():
             order[slot] = None
 
+    def add_one(self, slot: int, priority: float, recency: int) -> None:
+        self._order[slot] = None
+
+    def oldest(self, n: int) -> list[int]:
+        """The ``n`` oldest items, oldest first (the table evicts them in one go when a Fifo remover is full)."""
+        return list(itertools.islice(iter(self._order), n))
+
     def remove(self, slot: int) -> None:
         del self._order[slot]
 
@@ -253,15 +277,26 @@ class _Heap(Selector):
             current[slot] = rec
             heapq.heappush(heap, (sign * prio, rec, slot))
         if len(heap) > 2 * self._size + 64:
-            self._heap = [e for e in heap if current[e[2]] == e[1]]
-            heapq.heapify(self._heap)
+            self._compact()
 
     def add(self, slots: np.ndarray, priorities: np.ndarray, recency: np.ndarray) -> None:
         self._size += len(slots)
         self._push(slots, priorities, recency)
 
+    def add_one(self, slot: int, priority: float, recency: int) -> None:
+        self._size += 1
+        self._recency[slot] = recency
+        heapq.heappush(self._heap, (self._sign * priority, recency, slot))
+        if len(self._heap) > 2 * self._size + 64:
+            self._compact()
+
     def update(self, slots: np.ndarray, priorities: np.ndarray, recency: np.ndarray) -> None:
         self._push(slots, priorities, recency)
+
+    def _compact(self) -> None:
+        current = self._recency
+        self._heap = [e for e in self._heap if current[e[2]] == e[1]]
+        heapq.heapify(self._heap)
 
     def remove(self, slot: int) -> None:
         self._recency[slot] = -1

@@ -35,18 +35,23 @@ class SumTree:
         nodes = self.nodes
         if len(leaves) <= 2:  # scalar path: a few Python ops per level beat numpy's per-call overhead
             for leaf, weight in zip(leaves.tolist(), np.asarray(weights, dtype=np.float64).tolist()):
-                i = self.offset + leaf
-                nodes[i] = weight
-                i >>= 1
-                while i:
-                    nodes[i] = nodes[2 * i] + nodes[2 * i + 1]
-                    i >>= 1
+                self.set_one(leaf, weight)
             return
         idx = self.offset + np.asarray(leaves, dtype=np.int64)
         nodes[idx] = weights
         for _ in range(self.depth):
             idx >>= 1
             nodes[idx] = nodes[2 * idx] + nodes[2 * idx + 1]
+
+    def set_one(self, leaf: int, weight: float) -> None:
+        """Set one leaf in plain Python (cheaper than numpy calls for a single path of ``depth`` nodes)."""
+        nodes = self.nodes
+        i = self.offset + leaf
+        nodes[i] = weight
+        i >>= 1
+        while i:
+            nodes[i] = nodes[2 * i] + nodes[2 * i + 1]
+            i >>= 1
 
     def find(self, targets: np.ndarray) -> np.ndarray:
         """Leaves whose cumulative-weight interval holds each target in [0, total): a batch descent."""

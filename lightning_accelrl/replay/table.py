@@ -172,7 +172,10 @@ class Table:
     # -- validation helpers ----------------------------------------------------------------------------------
     def _check_priorities(self, priority: Any, n: int) -> np.ndarray:
         if isinstance(priority, (int, float)):
-            p = np.full(n, float(priority))
+            value = float(priority)
+            if value >= 0 and (value != math.inf or not self._finite_only):  # NaN fails ">= 0"
+                return np.full(n, value)
+            p = np.array([value])
         else:
             if isinstance(priority, torch.Tensor):
                 priority = priority.detach().cpu().numpy()
@@ -312,41 +315,54 @@ class Table:
         """Insert items[start : start + k] (already admitted), evicting as the remover picks when full."""
         lim = self._limiter
         prios = priorities[start : start + k]
-        new_keys = np.arange(self._next_key, self._next_key + k, dtype=np.int64)
-        recency = np.arange(self._next_recency, self._next_recency + k, dtype=np.int64)
+        first_key, first_rec = self._next_key, self._next_recency
         self._next_key += k
         self._next_recency += k
-        keys_out[start : start + k] = new_keys
-        size = len(self._slot_of)
+        keys_out[start : start + k] = np.arange(first_key, first_key + k)
         chunk = items if (start == 0 and k == len(priorities)) else items[start : start + k]
-
-        if size + k <= self.max_size:  # no eviction: everything vectorised
+        excess = len(self._slot_of) + k - self.max_size
+        if excess > 0 and k <= self.max_size and isinstance(self.remover, Fifo) and not self.remover._last:
+            # A Fifo remover evicts the oldest items, never one of these new ones: evict them all first.
+            victims = self.remover.oldest(excess)
+            for slot in victims:
+                self._remove_item(slot)
+            lim.deletes += excess
+            self.storage.release(torch.from_numpy(np.array(victims, dtype=np.int64)))
+            excess = 0
+        if excess <= 0:  # no (more) eviction: one storage write for the chunk
             free = self._free
-            slot_list = free[-k:][::-1]
-            del free[-k:]
-            slots = np.array(slot_list, dtype=np.int64)
-            self._key[slots] = new_keys
-            self._priority[slots] = prios
-            self._times[slots] = 0
-            self._recency[slots] = recency
-            self._slot_of.update(zip(new_keys.tolist(), slot_list))
-            self.sampler.add(slots, prios, recency)
-            self.remover.add(slots, prios, recency)
+            if k == 1:
+                slot = free.pop()
+                self._add_item(slot, first_key, float(prios[0]), first_rec)
+                slots = np.array([slot], dtype=np.int64)
+            else:
+                slot_list = free[-k:][::-1]
+                del free[-k:]
+                slots = np.array(slot_list, dtype=np.int64)
+                recency = np.arange(first_rec, first_rec + k, dtype=np.int64)
+                self._key[slots] = np.arange(first_key, first_key + k)
+                self._priority[slots] = prios
+                self._times[slots] = 0
+                self._recency[slots] = recency
+                self._slot_of.update(zip(range(first_key, first_key + k), slot_list))
+                self.sampler.add(slots, prios, recency)
+                self.remover.add(slots, prios, recency)
             self.storage.write(torch.from_numpy(slots), chunk)
             lim.inserts += k
             return
 
-        pending: dict[int, int] = {}  # slot -> index in chunk, for items still present (in insertion order)
+        # General path, item by item: the remover may pick any item, including one of the new ones.
+        pending: dict[int, int] = {}  # slot -> index in chunk, for new items still present (insertion order)
         released: list[int] = []
         scratch = self._scratch
         for j in range(k):
-            key, prio, rec = int(new_keys[j]), prios[j : j + 1], recency[j : j + 1]
+            key, prio, rec = first_key + j, float(prios[j]), first_rec + j
             lim.inserts += 1
             if self._free:
                 slot = self._free.pop()
             else:
-                self._set_meta(scratch, key, prio[0], rec[0])
-                self.remover.add(np.array([scratch]), prio, rec)
+                self._set_meta(scratch, key, prio, rec)
+                self.remover.add_one(scratch, prio, rec)
                 victim, _ = self.remover.select(self._rng)
                 self.remover.remove(scratch)
                 lim.deletes += 1
@@ -357,28 +373,23 @@ class Table:
                     del pending[victim]
                 else:
                     released.append(victim)
-                slot = victim
-                self._free.pop()  # _remove_item returned the victim's slot to the free list
-                self.remover.add(np.array([slot]), prio, rec)
-                self._set_meta(slot, key, prio[0], rec[0])
-                self._slot_of[key] = slot
-                self.sampler.add(np.array([slot]), prio, rec)
-                pending[slot] = j
-                continue
-            self._set_meta(slot, key, prio[0], rec[0])
-            self._slot_of[key] = slot
-            slot_arr = np.array([slot])
-            self.sampler.add(slot_arr, prio, rec)
-            self.remover.add(slot_arr, prio, rec)
+                slot = self._free.pop()  # the victim's slot, just freed
+            self._add_item(slot, key, prio, rec)
             pending[slot] = j
         if released:
-            self.storage.release(torch.tensor(released, dtype=torch.int64))
+            self.storage.release(torch.from_numpy(np.array(released, dtype=np.int64)))
         if pending:
-            slots = torch.tensor(list(pending), dtype=torch.int64)
+            slots = torch.from_numpy(np.array(list(pending), dtype=np.int64))
             index = list(pending.values())
             if len(index) < k:
-                chunk = chunk[torch.tensor(index, dtype=torch.int64)]
+                chunk = chunk[torch.from_numpy(np.array(index, dtype=np.int64))]
             self.storage.write(slots, chunk)
+
+    def _add_item(self, slot: int, key: int, priority: float, recency: int) -> None:
+        self._set_meta(slot, key, priority, recency)
+        self._slot_of[key] = slot
+        self.sampler.add_one(slot, priority, recency)
+        self.remover.add_one(slot, priority, recency)
 
     def _set_meta(self, slot: int, key: int, priority: float, recency: int) -> None:
         self._key[slot] = key
