@@ -283,7 +283,7 @@ def test_through_table_uniform_sampler_fifo_remover(tmp_path) -> None:
             keys = table.insert(out)
             for i, key in enumerate(keys.tolist()):
                 originals[key] = out[i].clone()
-    assert table.size() == 64
+    assert len(table) == 64
     batch = table.sample(256)
     want = torch.stack([originals[k] for k in batch["key"].tolist()])
     for key in want.keys(True, True):
