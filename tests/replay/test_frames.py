@@ -296,3 +296,52 @@ def test_through_table_uniform_sampler_fifo_remover(tmp_path) -> None:
     want = torch.stack([originals[k] for k in again["key"].tolist()])
     assert torch.equal(again["observation"], want["observation"])
     assert torch.equal(again["next", "observation"], want["next", "observation"])
+
+
+def test_ale_atari_vector_env_smoke() -> None:
+    """Real Pong stacks from ale_py's C++ vector env (zero padding at reset), truncated every 60 steps."""
+    np = pytest.importorskip("numpy")
+    vector_env = pytest.importorskip("ale_py.vector_env")
+    env = vector_env.AtariVectorEnv(
+        "pong",
+        num_envs=2,
+        autoreset_mode="SameStep",
+        max_num_frames_per_episode=240,
+        repeat_action_probability=0.0,
+    )
+    try:
+        obs, _ = env.reset(seed=0)
+        indexer, writer = StreamIndexer(2, 4), NStepWriter(3, 0.99, 2)
+        storage = FrameStackStorage(500, check_writes=True)
+        driver = FifoDriver(storage, 500)
+        rng = np.random.default_rng(0)
+        ends = 0
+        for _ in range(200):
+            action = rng.integers(0, 6, size=2)
+            nxt, reward, term, trunc, info = env.step(action)
+            done = term | trunc
+            final = np.where(done[:, None, None, None], info["final_obs"], nxt) if done.any() else nxt
+            step = TensorDict(
+                {
+                    "observation": torch.from_numpy(obs.copy()),
+                    "action": torch.from_numpy(action),
+                    "next": {
+                        "observation": torch.from_numpy(final.copy()),
+                        "reward": torch.from_numpy(reward.astype(np.float32)),
+                        "terminated": torch.from_numpy(term),
+                        "truncated": torch.from_numpy(trunc),
+                        "done": torch.from_numpy(done),
+                    },
+                },
+                batch_size=[2],
+            )
+            ends += int(done.sum())
+            out = writer.add(indexer(step))
+            if out is not None:
+                driver.insert(out)
+            obs = nxt
+    finally:
+        env.close()
+    assert ends >= 4
+    driver.check_all()
+    assert storage.num_frames < 1.2 * len(driver.live)
