@@ -1,0 +1,263 @@
+"""SyncSampler: rollout layout, preallocation, bootstrap values at truncation, episode statistics."""
+
+from __future__ import annotations
+
+import collections
+
+import pytest
+import torch
+from conftest import COUNTING_ID, COUNTING_TL_ID, TIME_LIMIT, counting_length
+
+from lightning_accelrl.envs import env_seeds, make_env
+from lightning_accelrl.sampling import EpisodeTracker, SyncSampler
+
+
+def value_fn(obs: torch.Tensor) -> torch.Tensor:
+    """A value that identifies the observation of the counting env: 10 t + L."""
+    return (10.0 * obs[..., 0] + obs[..., 1]).unsqueeze(-1)
+
+
+class FakeAgent:
+    """Deterministic agent: action 0, value a known function of the observation; counts its calls."""
+
+    device = torch.device("cpu")
+
+    def __init__(self, with_value: bool = True) -> None:
+        self.policy_version = 0
+        self.with_value = with_value
+        self.act_calls = 0
+        self.value_calls = 0
+
+    def act(self, observation: torch.Tensor) -> dict[str, torch.Tensor]:
+        self.act_calls += 1
+        b = observation.shape[0]
+        out = {
+            "action": torch.zeros(b, dtype=torch.int64),
+            "sample_log_prob": torch.full((b,), -0.5),
+        }
+        if self.with_value:
+            out["state_value"] = value_fn(observation)
+        return out
+
+    def value(self, observation: torch.Tensor) -> torch.Tensor:
+        self.value_calls += 1
+        return value_fn(observation)
+
+
+def sampler(env_id: str = COUNTING_ID, num_envs: int = 4, steps: int = 6, **kw) -> SyncSampler:
+    return SyncSampler(make_env(env_id, num_envs=num_envs, seed=0, vectorization="sync"), steps, **kw)
+
+
+def test_rollout_keys_shapes_dtypes() -> None:
+    T, B = 6, 4
+    s = sampler(num_envs=B, steps=T, store_next_observation=True)
+    td = s.collect(FakeAgent())
+    assert tuple(td.batch_size) == (T, B)
+    expected = {
+        "observation": ((T, B, 2), torch.float32),
+        "action": ((T, B), torch.int64),
+        "sample_log_prob": ((T, B), torch.float32),
+        "state_value": ((T, B, 1), torch.float32),
+        "policy_version": ((T, B), torch.int64),
+        ("next", "observation"): ((T, B, 2), torch.float32),
+        ("next", "reward"): ((T, B, 1), torch.float32),
+        ("next", "terminated"): ((T, B, 1), torch.bool),
+        ("next", "truncated"): ((T, B, 1), torch.bool),
+        ("next", "done"): ((T, B, 1), torch.bool),
+        ("next", "state_value"): ((T, B, 1), torch.float32),
+    }
+    keys = set(td.keys(include_nested=True, leaves_only=True))
+    assert keys == set(expected)
+    for key, (shape, dtype) in expected.items():
+        assert tuple(td[key].shape) == shape, key
+        assert td[key].dtype == dtype, key
+    assert s.env_steps == T * B
+    s.close()
+
+
+def test_optional_keys_absent() -> None:
+    s = sampler()
+    td = s.collect(FakeAgent(with_value=False))
+    keys = set(td.keys(include_nested=True, leaves_only=True))
+    assert ("next", "observation") not in keys
+    assert ("next", "state_value") not in keys
+    assert "state_value" not in keys
+    s.close()
+
+
+def test_buffers_are_preallocated_once() -> None:
+    s = sampler(store_next_observation=True)
+    agent = FakeAgent()
+    td1 = s.collect(agent)
+    ptrs = {k: td1.get(k).data_ptr() for k in td1.keys(include_nested=True, leaves_only=True)}
+    first = td1.clone()
+    td2 = s.collect(agent)
+    assert td2 is td1
+    assert {k: td2.get(k).data_ptr() for k in ptrs} == ptrs
+    # the storage was overwritten with new data (the episode continued), not reallocated
+    assert not torch.equal(first["observation"], td2["observation"])
+    s.close()
+
+
+def test_transitions_never_cross_episode_boundaries() -> None:
+    T, B = 7, 4
+    s = sampler(num_envs=B, steps=T, store_next_observation=True)
+    agent = FakeAgent()
+    lengths = torch.tensor([counting_length(x) for x in env_seeds(0, 0, B)], dtype=torch.float32)
+    prev_last = None
+    for _ in range(3):
+        td = s.collect(agent).clone()
+        obs, nxt = td["observation"], td["next", "observation"]
+        torch.testing.assert_close(nxt[..., 0], obs[..., 0] + 1, rtol=0, atol=0)
+        torch.testing.assert_close(nxt[..., 1], lengths.expand(T, B), rtol=0, atol=0)
+        torch.testing.assert_close(td["next", "reward"].squeeze(-1), nxt[..., 0], rtol=0, atol=0)
+        done = td["next", "done"].squeeze(-1)
+        assert torch.equal(done, nxt[..., 0] == lengths)
+        assert torch.equal(done, td["next", "terminated"].squeeze(-1))
+        assert not td["next", "truncated"].any()
+        # the next step acts on the reset observation where done, on s_{t+1} otherwise
+        assert torch.equal(obs[1:][done[:-1]][..., 0], torch.zeros(int(done[:-1].sum())))
+        assert torch.equal(obs[1:][~done[:-1]], nxt[:-1][~done[:-1]])
+        # rollouts continue the episodes of the previous one
+        if prev_last is not None:
+            expected0 = torch.where(prev_last[0].unsqueeze(-1), torch.zeros_like(prev_last[1]), prev_last[1])
+            expected0[:, 1] = lengths
+            assert torch.equal(obs[0], expected0)
+        prev_last = (done[-1], nxt[-1])
+    s.close()
+
+
+def test_next_state_value_bootstraps_truncation_with_final_observation() -> None:
+    T, B = 9, 4  # lengths 2,3,4,5 and a time limit of 4: env 3 is truncated at t=4, env 2 terminates there
+    s = sampler(COUNTING_TL_ID, num_envs=B, steps=T, store_next_observation=True)
+    agent = FakeAgent()
+    for _ in range(2):
+        td = s.collect(agent).clone()
+        nxt_obs = td["next", "observation"]
+        next_value = td["next", "state_value"]
+        done = td["next", "done"].squeeze(-1)
+        truncated = td["next", "truncated"].squeeze(-1)
+        terminated = td["next", "terminated"].squeeze(-1)
+        assert truncated.any() and (truncated & ~terminated).any()
+        # episodes of env 3 are cut at TIME_LIMIT steps
+        assert nxt_obs[..., 0].max() == TIME_LIMIT
+        # value of s_{t+1} where the episode goes on, and of the *final* observation where it was truncated
+        keep = ~done | truncated
+        torch.testing.assert_close(next_value[keep], value_fn(nxt_obs)[keep], rtol=0, atol=0)
+        # the rollout's own values are those of the observations acted on
+        torch.testing.assert_close(td["state_value"], value_fn(td["observation"]), rtol=0, atol=0)
+        # not the value of the reset observation the env continued from
+        reset_value = value_fn(torch.stack([torch.zeros(B), nxt_obs[0, :, 1]], -1))
+        for t, b in truncated.nonzero().tolist():
+            assert next_value[t, b] != reset_value[b]
+    s.close()
+
+
+def test_last_step_bootstrap_uses_current_value() -> None:
+    T, B = 3, 4
+    s = sampler(num_envs=B, steps=T, store_next_observation=True)
+    agent = FakeAgent()
+    td = s.collect(agent)
+    # value() called once for the last step (no truncation in this env), act() once per step
+    assert agent.act_calls == T and agent.value_calls == 1
+    done_last = td["next", "done"][-1].squeeze(-1)
+    torch.testing.assert_close(
+        td["next", "state_value"][-1][~done_last], value_fn(td["next", "observation"][-1])[~done_last]
+    )
+    s.close()
+
+
+@pytest.mark.parametrize("env_id", [COUNTING_ID, COUNTING_TL_ID])
+def test_episode_statistics_are_exact(env_id: str) -> None:
+    T, B, rollouts = 5, 4, 4
+    s = sampler(env_id, num_envs=B, steps=T, episode_window=1000)
+    agent = FakeAgent()
+    for _ in range(rollouts):
+        s.collect(agent)
+    n = T * rollouts
+    expected = collections.Counter()
+    for x in env_seeds(0, 0, B):
+        length = counting_length(x)
+        if env_id == COUNTING_TL_ID:
+            length = min(length, TIME_LIMIT)
+        expected[(length * (length + 1) / 2, length)] += n // length
+    tr = s.tracker
+    assert tr.episodes == sum(expected.values())
+    got = collections.Counter(zip(tr.recent_returns, tr.recent_lengths, strict=True))
+    assert got == expected
+    ret_sum, count = tr.return_sum_count()
+    assert count == tr.episodes
+    assert ret_sum == pytest.approx(sum(r * c for (r, _), c in expected.items()))
+    s.close()
+
+
+def test_episode_window_bounds_the_mean() -> None:
+    tr = EpisodeTracker(2, window=3)
+    done = torch.tensor([True, True])
+    for r in (1.0, 2.0, 3.0):
+        tr.update(torch.tensor([r, 10 * r]), done)
+    assert list(tr.recent_returns) == [20.0, 3.0, 30.0]
+    assert tr.episodes == 6
+    assert tr.return_sum_count() == (53.0, 3)
+
+
+def test_tracker_state_dict_round_trip() -> None:
+    tr = EpisodeTracker(2, window=10)
+    tr.update(torch.tensor([1.0, 2.0]), torch.tensor([False, True]))
+    tr.update(torch.tensor([1.0, 2.0]), torch.tensor([True, False]))
+    other = EpisodeTracker(2, window=10)
+    other.load_state_dict(tr.state_dict())
+    assert list(other.recent_returns) == list(tr.recent_returns) == [2.0, 2.0]
+    assert list(other.recent_lengths) == [1, 2]
+    assert other.episodes == 2
+
+
+def test_policy_version_is_recorded() -> None:
+    s = sampler()
+    agent = FakeAgent()
+    agent.policy_version = 7
+    assert (s.collect(agent)["policy_version"] == 7).all()
+    agent.policy_version = 8
+    assert (s.collect(agent)["policy_version"] == 8).all()
+    s.close()
+    # an agent without the attribute records version 0
+    s = sampler()
+
+    class NoVersion(FakeAgent):
+        def __getattribute__(self, name):
+            if name == "policy_version":
+                raise AttributeError(name)
+            return super().__getattribute__(name)
+
+    assert (s.collect(NoVersion())["policy_version"] == 0).all()
+    s.close()
+
+
+def test_sampler_with_cartpole_and_torch_agent() -> None:
+    """A real env and an nn.Module agent: actions come from the agent, transitions are consistent."""
+    from lightning_accelrl.nets import ActionDist, ActorCriticMLP
+
+    env = make_env("CartPole-v1", num_envs=3, seed=1)
+    net = ActorCriticMLP(env.spec)
+
+    class NetAgent:
+        device = torch.device("cpu")
+        policy_version = 0
+
+        def act(self, obs):
+            params, value = net(obs)
+            a = ActionDist(params).sample()
+            return {"action": a, "state_value": value}
+
+        def value(self, obs):
+            return net.value(obs)
+
+    s = SyncSampler(env, 50, store_next_observation=True)
+    td = s.collect(NetAgent())
+    assert not td.requires_grad if hasattr(td, "requires_grad") else True
+    assert not td["state_value"].requires_grad
+    assert set(td["action"].unique().tolist()) == {0, 1}
+    done = td["next", "done"].squeeze(-1)
+    assert torch.equal(td["observation"][1:][~done[:-1]], td["next", "observation"][:-1][~done[:-1]])
+    assert (td["next", "reward"] == 1).all()
+    s.close()
