@@ -294,12 +294,11 @@ class FrameStackStorage:
         keys, pos = self._keys(items, n)
         flat = keys.reshape(-1)
         uniq, inv = torch.unique(flat, return_inverse=True)
+        # first (item * 2S + column) holding each distinct frame: where its pixels come from if it is new
         first = torch.full(uniq.shape, flat.numel(), dtype=torch.int64)
-        first.scatter_reduce_(
-            0, inv, torch.arange(flat.numel()), "amin"
-        )  # first (item, column) of each frame
+        first.scatter_reduce_(0, inv, torch.arange(flat.numel()), "amin")
         pos_u = pos.reshape(-1).index_select(0, first)
-        stream_u = uniq - pos_u >> _STREAM_SHIFT
+        stream_u = (uniq - pos_u) >> _STREAM_SHIFT
         crow, ccol = stream_u % self.cache_streams, pos_u % self.cache_window
         cached = self._cache[crow, ccol]
         safe = cached.clamp(min=0)
