@@ -35,9 +35,10 @@ class EpisodeTracker:
         return float(sum(self.recent_returns)), len(self.recent_returns)
 
     def state_dict(self) -> dict:
+        # plain Python types only: torch.load(weights_only=True), Lightning's default on resume, rejects numpy
         return {
-            "returns": self.returns.copy(),
-            "lengths": self.lengths.copy(),
+            "returns": self.returns.tolist(),
+            "lengths": self.lengths.tolist(),
             "recent_returns": list(self.recent_returns),
             "recent_lengths": list(self.recent_lengths),
             "episodes": self.episodes,
