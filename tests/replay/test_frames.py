@@ -136,6 +136,35 @@ def test_stacks_rebuilt_exactly(n: int, padding: str) -> None:
     assert storage.num_frames < 1.6 * items
 
 
+def test_any_insertion_order_and_random_releases() -> None:
+    """Items written in shuffled batches and released at random (as a Uniform remover would) stay exact."""
+    env = FakeStackEnv(3, padding="reset", seed=7)
+    indexer, writer = StreamIndexer(3, 4), NStepWriter(3, 0.9, 3)
+    items = [o for o in (writer.add(indexer(env.step())) for _ in range(80)) if o is not None]
+    items = torch.cat(items)
+    gen = torch.Generator().manual_seed(0)
+    order = torch.randperm(items.batch_size[0], generator=gen)
+    storage = FrameStackStorage(items.batch_size[0], check_writes=True)
+    live: dict[int, int] = {}  # slot -> item index
+    free = list(range(storage.capacity))
+    for chunk in order.split(7):
+        if live and torch.rand((), generator=gen) < 0.5:
+            gone = list(live)[::3]
+            storage.release(torch.tensor(gone))
+            for slot in gone:
+                del live[slot]
+                free.append(slot)
+        slots = [free.pop() for _ in range(len(chunk))]
+        storage.write(torch.tensor(slots), items[chunk])
+        live.update(zip(slots, chunk.tolist()))
+        got = storage.read(torch.tensor(list(live)))
+        want = items[torch.tensor(list(live.values()))]
+        assert torch.equal(got["observation"], want["observation"])
+        assert torch.equal(got["next", "observation"], want["next", "observation"])
+    storage.release(torch.tensor(list(live)))
+    assert storage.num_frames == 0  # every frame went back to the pool
+
+
 def test_no_frame_of_a_previous_episode_in_a_reset_stack() -> None:
     env = FakeStackEnv(1, padding="zero", seed=3)
     env.left[:] = 2  # episode of 2 steps, then a new one
