@@ -297,3 +297,31 @@ def test_ppo_learns_cartpole() -> None:
     L.Trainer(**trainer_kwargs(callbacks=[stop], max_epochs=-1)).fit(model, datamodule=dm)
     assert stop.reached_at is not None, f"best mean return {stop.best:.1f} in 100k steps"
     assert stop.reached_at <= 100_000
+
+
+def test_action_distribution_matches_torch_distributions() -> None:
+    """The hand-written ActionDist used by PPO/A2C: log-probs, entropies and sampling frequencies."""
+    from lightning_accelrl.nets import ActionDist
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(5, 3, generator=g)
+    dist, ref = ActionDist(logits), torch.distributions.Categorical(logits=logits)
+    actions = torch.randint(0, 3, (5,), generator=g)
+    torch.testing.assert_close(dist.log_prob(actions), ref.log_prob(actions))
+    torch.testing.assert_close(dist.entropy(), ref.entropy())
+    assert torch.equal(dist.mode(), logits.argmax(-1))
+    torch.manual_seed(0)
+    n = 20_000
+    samples = ActionDist(logits.expand(n, 5, 3)).sample()
+    freq = torch.stack([(samples == k).float().mean(0) for k in range(3)], -1)
+    torch.testing.assert_close(freq, ref.probs, atol=0.015, rtol=0)
+
+    mean, log_std = torch.randn(4, 2, generator=g), torch.randn(2, generator=g)
+    dist = ActionDist(mean, log_std)
+    ref = torch.distributions.Normal(mean, log_std.exp())
+    a = torch.randn(4, 2, generator=g)
+    torch.testing.assert_close(dist.log_prob(a), ref.log_prob(a).sum(-1))
+    torch.testing.assert_close(dist.entropy(), ref.entropy().sum(-1))
+    s = ActionDist(mean.expand(n, 4, 2), log_std).sample()
+    torch.testing.assert_close(s.mean(0), mean, atol=0.05 * float(log_std.exp().max()), rtol=0)
+    torch.testing.assert_close(s.std(0), log_std.exp().expand(4, 2), atol=0.03, rtol=0.02)
