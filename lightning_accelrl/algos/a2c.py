@@ -56,7 +56,7 @@ class A2C(RLModule):
         hp = self.hparams
         if hp.optimizer == "rmsprop":
             return torch.optim.RMSprop(self.parameters(), lr=hp.lr, alpha=hp.rmsprop_alpha, eps=hp.eps)
-        return torch.optim.Adam(self.parameters(), lr=hp.lr, eps=hp.eps)
+        return torch.optim.Adam(self.parameters(), lr=hp.lr, eps=hp.eps, fused=True)
 
     def dist(self, params: torch.Tensor) -> ActionDist:
         return ActionDist(params, None if self.net.spec.discrete else self.net.log_std)

@@ -66,13 +66,20 @@ class RLModule(LightningModule):
             self.policy_lags.append(lag)
 
     def log_rollout_stats(self, metrics: dict[str, float | torch.Tensor]) -> None:
-        """Log the losses and the datamodule's episode statistics, reduced over ranks as (sum, count) pairs."""
+        """Log the datamodule's episode statistics (reduced over ranks as (sum, count) pairs) and the losses.
+
+        The progress-bar figures are logged every update; the rest only on the batches where Lightning writes
+        to the loggers (every ``log_every_n_steps`` updates): each ``self.log`` call costs ~0.35 ms.
+        """
         dm = self._datamodule()
         stats = dm.rank_reduced_stats(self.trainer.strategy) if hasattr(dm, "rank_reduced_stats") else {}
-        bar = {"episode_return_mean", "env_steps_per_s"}
-        for key, value in stats.items():
-            self.log(key, value, prog_bar=key in bar, on_step=True, on_epoch=False, sync_dist=False)
-        self.log_dict(metrics, on_step=True, on_epoch=False)
+        bar = {k: stats[k] for k in ("episode_return_mean", "env_steps_per_s") if k in stats}
+        if bar:
+            self.log_dict(bar, prog_bar=True, on_step=True, on_epoch=False)
+        connector = getattr(self.trainer, "_logger_connector", None)
+        if getattr(connector, "should_update_logs", True):
+            rest = {k: v for k, v in stats.items() if k not in bar}
+            self.log_dict({**rest, **metrics}, on_step=True, on_epoch=False)
 
     # ----- checkpoints ------------------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

@@ -178,6 +178,7 @@ class ExperienceDataModule(LightningDataModule):
             "env_steps_per_s": self.env_steps / elapsed,
         }
         if count > 0:
+            stats["episode_window_count"] = count
             stats["episode_return_mean"] = ret_sum / count
             stats["episode_length_mean"] = len_sum / count
         return stats

@@ -1,0 +1,101 @@
+"""RunSummary: writes ``summary.json`` (the run's headline figures) into the log directory at the end of fit."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+from lightning.pytorch import Callback, LightningModule, Trainer
+
+
+class RunSummary(Callback):
+    """Records when ``episode_return_mean`` first reaches ``target_return`` and writes ``summary.json``.
+
+    The threshold counts only once the window of recent episodes is full (100 by default, as rl-zoo and
+    Stable-Baselines3 report it), so an early lucky handful of episodes does not count.
+
+    With ``eval_episodes > 0`` the greedy policy is also evaluated on fresh envs at the end of fit
+    (``eval_return_mean``, the same figure ``accelrl evaluate`` prints).
+    """
+
+    def __init__(
+        self,
+        target_return: float | None = None,
+        eval_episodes: int = 0,
+        eval_seed: int = 1_000_003,
+        filename: str = "summary.json",
+    ) -> None:
+        self.target_return = target_return
+        self.eval_episodes = eval_episodes
+        self.eval_seed = eval_seed
+        self.filename = filename
+        self.reached: dict[str, float] | None = None
+        self.path: Path | None = None
+
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, *args: Any) -> None:
+        if self.target_return is None or self.reached is not None:
+            return
+        dm = trainer.datamodule
+        value = trainer.callback_metrics.get("episode_return_mean")
+        full = dm.tracker is not None and len(dm.tracker.recent_returns) >= dm.tracker.recent_returns.maxlen
+        if value is not None and full and float(value) >= self.target_return:
+            self.reached = {"env_steps": dm.env_steps, "wall_time_s": dm.wall_time}
+
+    def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        dm = trainer.datamodule
+        if dm is None or not hasattr(dm, "rank_reduced_stats"):
+            return
+        stats = dm.rank_reduced_stats(trainer.strategy)
+        wall = dm.wall_time
+        summary: dict[str, Any] = {
+            "algorithm": type(pl_module).__name__,
+            "env": dm.env if isinstance(dm.env, str) else type(dm.env).__name__,
+            "seed": dm._base_seed(),
+            "world_size": trainer.world_size,
+            "env_steps": dm.env_steps,
+            "episodes": int(stats.get("episodes", 0)),
+            "episode_return_mean": stats.get("episode_return_mean", math.nan),
+            "episode_length_mean": stats.get("episode_length_mean", math.nan),
+            "wall_time_s": wall,
+            "env_steps_per_s": dm.env_steps / wall if wall > 0 else math.nan,
+            "updates": int(getattr(pl_module, "policy_version", 0)),
+            "policy_lag_max": max(getattr(pl_module, "policy_lags", []) or [0]),
+        }
+        if self.target_return is not None:
+            summary["target_return"] = self.target_return
+            summary["env_steps_to_threshold"] = self.reached["env_steps"] if self.reached else None
+            summary["wall_time_to_threshold_s"] = self.reached["wall_time_s"] if self.reached else None
+        if self.eval_episodes > 0:
+            summary.update(self._evaluate(trainer, pl_module, dm))
+        if trainer.is_global_zero:
+            log_dir = Path(trainer.log_dir or trainer.default_root_dir)
+            log_dir.mkdir(parents=True, exist_ok=True)
+            self.path = log_dir / self.filename
+            tmp = self.path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(_finite(summary), indent=2) + "\n")
+            os.replace(tmp, self.path)
+
+    def _evaluate(self, trainer: Trainer, pl_module: LightningModule, dm: Any) -> dict[str, Any]:
+        from lightning_accelrl.evaluation import evaluate_policy
+
+        env = dm.build_env(rank=trainer.global_rank, seed=self.eval_seed)
+        try:
+            was_training = pl_module.training
+            pl_module.eval()
+            result = evaluate_policy(pl_module, env, self.eval_episodes, deterministic=True)
+            pl_module.train(was_training)
+        finally:
+            env.close()
+        return {
+            "eval_episodes": result["episodes"],
+            "eval_return_mean": result["return_mean"],
+            "eval_return_std": result["return_std"],
+        }
+
+
+def _finite(d: dict[str, Any]) -> dict[str, Any]:
+    """JSON has no NaN: write null instead."""
+    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in d.items()}

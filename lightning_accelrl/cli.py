@@ -1,0 +1,276 @@
+"""The ``accelrl`` command.
+
+``fit`` runs on LightningCLI (YAML configs, dotted overrides, ``--recipe NAME`` for the shipped recipes);
+``recipes`` and ``--help`` answer without importing torch; ``evaluate`` loads a checkpoint and plays episodes.
+User errors (bad values, unknown names, unreadable files) print one line and exit with code 2.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+RECIPES_DIR = Path(__file__).parent / "recipes"
+
+HELP = """usage: accelrl COMMAND [options]
+
+Accelerated deep RL on PyTorch Lightning.
+
+commands:
+  fit --recipe NAME [overrides]    train a shipped recipe (see `accelrl recipes list`)
+  fit --config FILE.yaml [...]     train from a LightningCLI config; dotted overrides such as
+                                   --model.init_args.lr 3e-4 --data.num_envs 16 --trainer.devices 2
+  recipes list                     the shipped recipes: name, algorithm, env, budget
+  recipes show NAME                print a recipe's YAML (a starting point for your own config)
+  evaluate --ckpt PATH [--episodes N] [--stochastic] [--seed S] [--num-envs K]
+                                   play N episodes with a checkpoint; prints one JSON line
+  --version                        print the version
+
+`accelrl fit --help` lists every option of the trainer, the algorithm and the data module.
+"""
+
+
+class UsageError(Exception):
+    """A user mistake found by the CLI itself (exit code 2)."""
+
+
+def _fail(message: str) -> int:
+    first = " ".join(str(message).strip().splitlines()[:1]) or "invalid input"
+    print(f"accelrl: error: {first}", file=sys.stderr)
+    return 2
+
+
+# ----- recipes (no torch) -------------------------------------------------------------------------------------
+def recipe_names() -> list[str]:
+    return sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))
+
+
+def recipe_path(name: str) -> Path:
+    path = RECIPES_DIR / f"{name}.yaml"
+    if not path.is_file():
+        names = recipe_names()
+        close = difflib.get_close_matches(name, names, n=3)
+        hint = f" Did you mean {', '.join(close)}?" if close else ""
+        raise UsageError(
+            f"unknown recipe {name!r}.{hint} Available: {', '.join(names)} (accelrl recipes list)"
+        )
+    return path
+
+
+def recipe_info(path: Path) -> dict[str, str]:
+    import yaml
+
+    text = path.read_text()
+    cfg = yaml.safe_load(text) or {}
+    model = cfg.get("model", {}) or {}
+    data = cfg.get("data", {}) or {}
+    data_args = data.get("init_args", data) if isinstance(data, dict) else {}
+    desc = next((ln.lstrip("# ").strip() for ln in text.splitlines() if ln.startswith("#")), "")
+    budget = data_args.get("total_env_steps")
+    return {
+        "name": path.stem,
+        "algorithm": str(model.get("class_path", "?")).rsplit(".", 1)[-1],
+        "env": str(data_args.get("env", "?")),
+        "budget": f"{budget:,} env steps" if isinstance(budget, int) else "?",
+        "description": desc,
+    }
+
+
+def cmd_recipes(args: Sequence[str]) -> int:
+    if not args or args[0] in ("-h", "--help"):
+        print("usage: accelrl recipes list | accelrl recipes show NAME")
+        return 0 if args else 2
+    if args[0] == "list":
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(title="accelrl recipes")
+        columns = ("name", "algorithm", "env", "budget")
+        for col in columns:
+            table.add_column(col, no_wrap=True)
+        for name in recipe_names():
+            info = recipe_info(RECIPES_DIR / f"{name}.yaml")
+            table.add_row(*(info[c] for c in columns))
+        Console().print(table)
+        return 0
+    if args[0] == "show" and len(args) == 2:
+        print(recipe_path(args[1]).read_text(), end="")
+        return 0
+    raise UsageError(f"unknown recipes command {' '.join(args)!r}: use `recipes list` or `recipes show NAME`")
+
+
+def expand_recipe(args: list[str]) -> list[str]:
+    """``--recipe NAME`` -> ``--config PATH`` (deterministic: DDP re-launches the command with the same argv)."""
+    out: list[str] = []
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg == "--recipe" or arg.startswith("--recipe="):
+            if "=" in arg:
+                name = arg.split("=", 1)[1]
+            elif i + 1 < len(args):
+                name = args[i + 1]
+                i += 1
+            else:
+                raise UsageError("--recipe needs a name (accelrl recipes list)")
+            out += ["--config", str(recipe_path(name))]
+        else:
+            out.append(arg)
+        i += 1
+    return out
+
+
+def _check_config_files(args: Sequence[str]) -> None:
+    for i, arg in enumerate(args):
+        path = (
+            arg.split("=", 1)[1]
+            if arg.startswith("--config=")
+            else (args[i + 1] if arg == "--config" and i + 1 < len(args) else None)
+        )
+        if path is not None and not Path(path).is_file():
+            raise UsageError(f"config file {path!r} not found")
+
+
+# ----- fit (LightningCLI) ---------------------------------------------------------------------------------------
+def cmd_fit(args: list[str]) -> int:
+    args = expand_recipe(args)
+    if not any(a in ("-h", "--help") or a.startswith("--print_config") for a in args):
+        _check_config_files(args)
+    _quiet_lightning()
+    from lightning_accelrl.lightning_cli import run_fit
+
+    run_fit(args)
+    return 0
+
+
+def _quiet_lightning() -> None:
+    import warnings
+
+    os.environ.setdefault(
+        "PYTHONWARNINGS", "ignore::DeprecationWarning"
+    )  # inherited by DDP's re-launched ranks
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\).*")
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+
+
+# ----- evaluate -----------------------------------------------------------------------------------------------------
+def cmd_evaluate(args: Sequence[str]) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="accelrl evaluate", description="Play episodes with a checkpoint.")
+    parser.add_argument("--ckpt", required=True, help="checkpoint written by accelrl fit")
+    parser.add_argument("--episodes", type=int, default=10)
+    parser.add_argument(
+        "--stochastic", action="store_true", help="sample actions instead of the policy's mode"
+    )
+    parser.add_argument("--seed", type=int, default=1_000_003, help="env seed (differs from training seeds)")
+    parser.add_argument(
+        "--num-envs", type=int, default=None, help="envs stepped together (default: min(episodes, 8))"
+    )
+    parser.add_argument("--device", default="cpu")
+    ns = _parse(parser, args)
+    if ns.episodes < 1:
+        raise UsageError(f"--episodes must be >= 1, got {ns.episodes}")
+    from lightning_accelrl.checkpoints import load_agent
+
+    agent, data_hparams = load_agent(ns.ckpt, ns.device)
+    from lightning_accelrl.envs import make_env
+    from lightning_accelrl.evaluation import evaluate_policy
+
+    num_envs = ns.num_envs or min(ns.episodes, 8)
+    env = make_env(
+        data_hparams["env"],
+        num_envs,
+        ns.seed,
+        0,
+        data_hparams.get("vectorization", "auto"),
+        data_hparams.get("env_kwargs"),
+    )
+    try:
+        result = evaluate_policy(agent, env, ns.episodes, deterministic=not ns.stochastic)
+    finally:
+        env.close()
+    result = {"ckpt": str(ns.ckpt), "env": data_hparams["env"], "deterministic": not ns.stochastic, **result}
+    print(json.dumps(result))
+    return 0
+
+
+def _parse(parser: Any, args: Sequence[str]) -> Any:
+    try:
+        parser.exit_on_error = False
+        return parser.parse_args(list(args))
+    except SystemExit as exc:  # --help
+        raise SystemExit(exc.code) from None
+    except Exception as exc:  # argparse.ArgumentError
+        raise UsageError(str(exc)) from None
+
+
+# ----- entry point --------------------------------------------------------------------------------------------------
+COMMANDS: dict[str, Callable[[list[str]], int]] = {
+    "fit": cmd_fit,
+    "recipes": cmd_recipes,
+    "evaluate": cmd_evaluate,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help", "help"):
+        print(HELP, end="")
+        return 0 if args else 2
+    if args[0] == "--version":
+        from lightning_accelrl import __version__
+
+        print(f"accelrl {__version__}")
+        return 0
+    command = COMMANDS.get(args[0])
+    if command is None:
+        return _fail(f"unknown command {args[0]!r}; commands: {', '.join(COMMANDS)} (accelrl --help)")
+    try:
+        return command(args[1:])
+    except UsageError as exc:
+        return _fail(str(exc))
+    except KeyboardInterrupt:
+        print("accelrl: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        from lightning_accelrl.errors import ConfigError
+
+        user_error = _user_error(exc)
+        if isinstance(exc, ConfigError) or user_error is not None:
+            return _fail(user_error or str(exc))
+        raise
+
+
+def _user_error(exc: BaseException) -> str | None:
+    """A ConfigError or argument error anywhere in the cause chain (jsonargparse wraps constructor errors)."""
+    from lightning_accelrl.errors import ConfigError
+
+    seen = exc
+    while seen is not None:
+        if isinstance(seen, ConfigError):
+            return str(seen)
+        if type(seen).__name__ == "ArgumentError":
+            return _condense_argument_error(str(seen))
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def _condense_argument_error(message: str) -> str:
+    """jsonargparse explains nested errors over many lines; keep the line that names the problem."""
+    lines = [ln.strip() for ln in message.splitlines() if ln.strip()]
+    for needle in ("ConfigError:", "Key ", "key ", "Unrecognized", "unrecognized", "not a valid", "Expected"):
+        for ln in lines:
+            if needle in ln:
+                return ln.split("ConfigError: ", 1)[-1]
+    return lines[0] if lines else message
+
+
+if __name__ == "__main__":
+    sys.exit(main())

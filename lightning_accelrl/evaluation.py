@@ -1,0 +1,58 @@
+"""Evaluation of a policy over a fixed number of fresh episodes (the number ``accelrl evaluate`` prints)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+
+from lightning_accelrl.envs.base import BatchedEnv
+
+
+@torch.no_grad()
+def evaluate_policy(
+    agent: Any,
+    env: BatchedEnv,
+    episodes: int,
+    deterministic: bool = True,
+    max_steps: int = 1_000_000,
+) -> dict[str, Any]:
+    """Run ``episodes`` episodes, split evenly over the vector env's envs (so short episodes are not over-counted).
+
+    ``agent.policy(obs, deterministic)`` gives actions. Returns mean/std/min/max of returns and the per-episode lists.
+    """
+    n = env.num_envs
+    quota = np.array([episodes // n + (i < episodes % n) for i in range(n)])
+    device = torch.device(getattr(agent, "device", "cpu"))
+    returns: list[float] = []
+    lengths: list[int] = []
+    ret = np.zeros(n)
+    length = np.zeros(n, dtype=np.int64)
+    obs = env.reset()
+    for _ in range(max_steps):
+        if len(returns) >= episodes:
+            break
+        action = agent.policy(obs.to(device), deterministic=deterministic)
+        step = env.step(action)
+        ret += step.reward.numpy()
+        length += 1
+        done = (step.terminated | step.truncated).numpy()
+        for i in np.flatnonzero(done):
+            if quota[i] > 0:
+                quota[i] -= 1
+                returns.append(float(ret[i]))
+                lengths.append(int(length[i]))
+            ret[i], length[i] = 0.0, 0
+        obs = step.observation
+    arr = np.asarray(returns, dtype=np.float64)
+    return {
+        "episodes": len(returns),
+        "return_mean": float(arr.mean()) if len(arr) else math.nan,
+        "return_std": float(arr.std()) if len(arr) else math.nan,
+        "return_min": float(arr.min()) if len(arr) else math.nan,
+        "return_max": float(arr.max()) if len(arr) else math.nan,
+        "length_mean": float(np.mean(lengths)) if lengths else math.nan,
+        "returns": [round(r, 4) for r in returns],
+    }

@@ -1,0 +1,74 @@
+"""``accelrl fit`` on LightningCLI: the algorithm is chosen in YAML (``model.class_path``), the data module is
+:class:`ExperienceDataModule`, and a :class:`RunSummary` callback writes ``summary.json``."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import torch
+from lightning.pytorch.callbacks import ProgressBar, RichProgressBar
+from lightning.pytorch.cli import LightningCLI
+
+from lightning_accelrl.algos.base import RLModule
+from lightning_accelrl.callbacks.summary import RunSummary
+from lightning_accelrl.checkpoints import algorithm_of, read_checkpoint
+from lightning_accelrl.data.datamodule import ExperienceDataModule
+from lightning_accelrl.errors import ConfigError
+
+
+class AccelRLCLI(LightningCLI):
+    def add_arguments_to_parser(self, parser: Any) -> None:
+        parser.add_lightning_class_args(RunSummary, "summary")
+        parser.add_argument(
+            "--torch_threads",
+            type=int,
+            default=1,
+            help="torch intra-op threads (1 suits small networks and leaves the cores to the envs; 0 = torch's default)",
+        )
+
+    def before_instantiate_classes(self) -> None:
+        threads = self.config[self.subcommand].get("torch_threads", 1)
+        if threads and threads > 0:
+            torch.set_num_threads(threads)
+
+    def before_fit(self) -> None:
+        ckpt_path = self.config_init[self.subcommand].get("ckpt_path")
+        if ckpt_path and ckpt_path not in ("last", "best", "hpc", "registry"):
+            ckpt = read_checkpoint(ckpt_path)
+            algorithm = algorithm_of(ckpt, ckpt_path)
+            cls = type(self.model)
+            mine = f"{cls.__module__}.{cls.__qualname__}"
+            if algorithm != mine:
+                raise ConfigError(
+                    f"checkpoint {ckpt_path!r} was written by {algorithm.rsplit('.', 1)[-1]}, "
+                    f"but the config trains {cls.__name__}: use the same algorithm to resume"
+                )
+
+    def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Any]) -> Any:
+        """Rich progress bar (env steps/s, recent return) unless the user disabled bars or chose another."""
+        configured = list(config.get("callbacks") or []) + list(callbacks)
+        if config.get("enable_progress_bar", True) is not False and not any(
+            isinstance(c, ProgressBar) for c in configured
+        ):
+            callbacks = [*callbacks, RichProgressBar(leave=True)]
+        return super()._instantiate_trainer(config, callbacks)
+
+    def after_fit(self) -> None:
+        summary = next((cb for cb in self.trainer.callbacks if isinstance(cb, RunSummary)), None)
+        if self.trainer.is_global_zero and summary is not None and summary.path is not None:
+            print(f"summary: {summary.path}", flush=True)
+
+
+def run_fit(args: list[str]) -> None:
+    sys.argv = [sys.argv[0], "fit", *args]  # DDP re-launches sys.argv: keep the expanded recipe there
+    AccelRLCLI(
+        RLModule,
+        ExperienceDataModule,
+        subclass_mode_model=True,
+        args=["fit", *args],
+        trainer_defaults={"max_epochs": -1},
+        parser_kwargs={"exit_on_error": False},
+        save_config_kwargs={"overwrite": True},
+        auto_configure_optimizers=False,
+    )
