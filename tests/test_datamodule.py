@@ -10,7 +10,7 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
-from conftest import COUNTING_ID, counting_length, trainer_kwargs
+from foundation_helpers import COUNTING_ID, counting_length, trainer_kwargs
 
 from lightning_accelrl import A2C, PPO, ExperienceDataModule
 from lightning_accelrl.envs import env_seeds

@@ -7,7 +7,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
-from conftest import COUNTING_ID, COUNTING_TL_ID, TIME_LIMIT, counting_length
+from foundation_helpers import COUNTING_ID, COUNTING_TL_ID, TIME_LIMIT, counting_length
 
 from lightning_accelrl.envs import BatchedEnv, Step, env_seeds, make_env
 from lightning_accelrl.envs.gym import GymVectorEnv, choose_vectorization

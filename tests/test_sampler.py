@@ -6,7 +6,7 @@ import collections
 
 import pytest
 import torch
-from conftest import COUNTING_ID, COUNTING_TL_ID, TIME_LIMIT, counting_length
+from foundation_helpers import COUNTING_ID, COUNTING_TL_ID, TIME_LIMIT, counting_length
 
 from lightning_accelrl.envs import env_seeds, make_env
 from lightning_accelrl.sampling import EpisodeTracker, SyncSampler

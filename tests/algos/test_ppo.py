@@ -10,7 +10,7 @@ import gymnasium as gym
 import lightning as L
 import pytest
 import torch
-from conftest import trainer_kwargs
+from foundation_helpers import trainer_kwargs
 
 from lightning_accelrl import PPO, ExperienceDataModule
 from lightning_accelrl.errors import ConfigError
