@@ -33,6 +33,7 @@ class AccelRLCLI(LightningCLI):
             torch.set_num_threads(threads)
 
     def before_fit(self) -> None:
+        _share_log_version(self.trainer.loggers)
         ckpt_path = self.config_init[self.subcommand].get("ckpt_path")
         if ckpt_path and ckpt_path not in ("last", "best", "hpc", "registry"):
             ckpt = read_checkpoint(ckpt_path)
@@ -58,6 +59,17 @@ class AccelRLCLI(LightningCLI):
         summary = next((cb for cb in self.trainer.callbacks if isinstance(cb, RunSummary)), None)
         if self.trainer.is_global_zero and summary is not None and summary.path is not None:
             print(f"summary: {summary.path}", flush=True)
+
+
+def _share_log_version(loggers: list[Any]) -> None:
+    """CSV and TensorBoard loggers of one run write into one ``version_N`` folder (each would count its own)."""
+    if len(loggers) < 2:
+        return
+    first = loggers[0]
+    for logger in loggers[1:]:
+        same_place = (logger.save_dir, logger.name) == (first.save_dir, first.name)
+        if same_place and getattr(logger, "_version", "set") is None:
+            logger._version = first.version
 
 
 def run_fit(args: list[str]) -> None:
