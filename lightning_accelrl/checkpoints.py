@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import inspect
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +43,11 @@ def load_agent(path: str | Path, device: str = "cpu") -> tuple[Any, dict[str, An
     data = ckpt.get("datamodule_hyper_parameters") or {}
     if not isinstance(data.get("env"), str):
         raise ConfigError(f"checkpoint {str(path)!r} does not record a Gymnasium env id to evaluate on")
-    model = cls(**ckpt.get("hyper_parameters", {}))
+    accepted = inspect.signature(cls.__init__).parameters
+    hparams = {
+        k: v for k, v in (ckpt.get("hyper_parameters") or {}).items() if k in accepted
+    }  # not LightningCLI's _class_path
+    model = cls(**hparams)
     model.on_load_checkpoint(ckpt)
     model.load_state_dict(ckpt["state_dict"])
     return model.to(device).eval(), data

@@ -125,6 +125,15 @@ def expand_recipe(args: list[str]) -> list[str]:
     return out
 
 
+def _option_value(args: Sequence[str], option: str) -> str | None:
+    for i, arg in enumerate(args):
+        if arg.startswith(option + "="):
+            return arg.split("=", 1)[1]
+        if arg == option and i + 1 < len(args):
+            return args[i + 1]
+    return None
+
+
 def _check_config_files(args: Sequence[str]) -> None:
     for i, arg in enumerate(args):
         path = (
@@ -141,6 +150,11 @@ def cmd_fit(args: list[str]) -> int:
     args = expand_recipe(args)
     if not any(a in ("-h", "--help") or a.startswith("--print_config") for a in args):
         _check_config_files(args)
+        ckpt_path = _option_value(args, "--ckpt_path")
+        if ckpt_path and ckpt_path not in ("last", "best", "hpc", "registry"):
+            from lightning_accelrl.checkpoints import read_checkpoint
+
+            read_checkpoint(ckpt_path)  # LightningCLI reads it while parsing: fail first, with one line
     _quiet_lightning()
     from lightning_accelrl.lightning_cli import run_fit
 
@@ -264,12 +278,36 @@ def _user_error(exc: BaseException) -> str | None:
 
 def _condense_argument_error(message: str) -> str:
     """jsonargparse explains nested errors over many lines; keep the line that names the problem."""
-    lines = [ln.strip() for ln in message.splitlines() if ln.strip()]
-    for needle in ("ConfigError:", "Key ", "key ", "Unrecognized", "unrecognized", "not a valid", "Expected"):
-        for ln in lines:
-            if needle in ln:
-                return ln.split("ConfigError: ", 1)[-1]
-    return lines[0] if lines else message
+    import re
+
+    lines = [ln.strip().lstrip("- ").strip() for ln in message.splitlines() if ln.strip()]
+    if not lines:
+        return message
+    key = re.search(r'[Kk]ey "([^"]+)"', lines[0])
+    detail = None
+    for needle in (
+        "ConfigError: ",
+        "is not accepted",
+        "has no attribute",
+        "No module named",
+        "Unrecognized",
+        "unrecognized",
+        "Expected a",
+        "not a valid",
+        "invalid",
+        "No such file",
+    ):
+        detail = next((ln for ln in lines if needle in ln and "NoneType" not in ln), None)
+        if detail is not None:
+            detail = detail.split("ConfigError: ", 1)[-1]
+            break
+    given = next((ln for ln in lines if ln.startswith("Given value:")), None)
+    if key is None:
+        return detail or lines[0]
+    out = f"invalid value for {key.group(1)}: {detail or lines[-1]}"
+    if given is not None and detail is not None and "is not accepted" not in out:
+        out += f" ({given})"
+    return out
 
 
 if __name__ == "__main__":

@@ -3,11 +3,12 @@
 
 from __future__ import annotations
 
+import importlib
 import sys
 from typing import Any
 
 import torch
-from lightning.pytorch.callbacks import ProgressBar, RichProgressBar
+from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar, RichProgressBar
 from lightning.pytorch.cli import LightningCLI
 
 from lightning_accelrl.algos.base import RLModule
@@ -32,27 +33,36 @@ class AccelRLCLI(LightningCLI):
         if threads and threads > 0:
             torch.set_num_threads(threads)
 
-    def before_fit(self) -> None:
-        _share_log_version(self.trainer.loggers)
-        ckpt_path = self.config_init[self.subcommand].get("ckpt_path")
+    def _parse_ckpt_path(self) -> None:
+        """Refuse a checkpoint of another algorithm before Lightning copies its hyper-parameters into the config."""
+        sub = self.config.get("subcommand")
+        ckpt_path = self.config[sub].get("ckpt_path") if sub else None
         if ckpt_path and ckpt_path not in ("last", "best", "hpc", "registry"):
-            ckpt = read_checkpoint(ckpt_path)
-            algorithm = algorithm_of(ckpt, ckpt_path)
-            cls = type(self.model)
-            mine = f"{cls.__module__}.{cls.__qualname__}"
-            if algorithm != mine:
+            algorithm = algorithm_of(read_checkpoint(ckpt_path), ckpt_path)
+            class_path = str(self.config[sub]["model"]["class_path"])
+            module_name, _, name = class_path.rpartition(".")
+            cls = getattr(importlib.import_module(module_name), name)
+            if algorithm != f"{cls.__module__}.{cls.__qualname__}":
                 raise ConfigError(
                     f"checkpoint {ckpt_path!r} was written by {algorithm.rsplit('.', 1)[-1]}, "
                     f"but the config trains {cls.__name__}: use the same algorithm to resume"
                 )
+        super()._parse_ckpt_path()
+
+    def before_fit(self) -> None:
+        _share_log_version(self.trainer.loggers)
 
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Any]) -> Any:
-        """Rich progress bar (env steps/s, recent return) unless the user disabled bars or chose another."""
+        """Rich progress bar (env steps/s, recent return) and a ``last.ckpt`` checkpoint, unless configured otherwise."""
         configured = list(config.get("callbacks") or []) + list(callbacks)
         if config.get("enable_progress_bar", True) is not False and not any(
             isinstance(c, ProgressBar) for c in configured
         ):
             callbacks = [*callbacks, RichProgressBar(leave=True)]
+        if config.get("enable_checkpointing", True) is not False and not any(
+            isinstance(c, ModelCheckpoint) for c in configured
+        ):
+            callbacks = [*callbacks, ModelCheckpoint(save_last=True)]  # checkpoints/last.ckpt to resume from
         return super()._instantiate_trainer(config, callbacks)
 
     def after_fit(self) -> None:
@@ -78,9 +88,9 @@ def run_fit(args: list[str]) -> None:
         RLModule,
         ExperienceDataModule,
         subclass_mode_model=True,
-        args=["fit", *args],
+        args=None,  # read from sys.argv, set above
         trainer_defaults={"max_epochs": -1},
-        parser_kwargs={"exit_on_error": False},
+        parser_kwargs={"exit_on_error": False, "allow_abbrev": False},
         save_config_kwargs={"overwrite": True},
         auto_configure_optimizers=False,
     )

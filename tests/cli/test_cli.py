@@ -1,0 +1,126 @@
+"""The accelrl command: fast paths without torch, one-line errors with exit code 2, fit/evaluate/resume end to end."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+CLI = [sys.executable, "-m", "lightning_accelrl.cli"]
+RECIPES = sorted(p.stem for p in (Path(__file__).parents[2] / "lightning_accelrl" / "recipes").glob("*.yaml"))
+QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
+
+
+def accelrl(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([*CLI, *args], cwd=cwd, capture_output=True, text=True, timeout=600)
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess, fragment: str) -> None:
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("accelrl: error:")]
+    assert len(errors) == 1, proc.stderr[-2000:]
+    assert fragment in errors[0], errors[0]
+
+
+def test_help_and_recipes_list_do_not_import_torch(tmp_path: Path) -> None:
+    code = (
+        "import sys, contextlib, io\n"
+        "from lightning_accelrl import cli\n"
+        "with contextlib.redirect_stdout(io.StringIO()):\n"
+        "    assert cli.main(['--help']) == 0\n"
+        "    assert cli.main(['recipes', 'list']) == 0\n"
+        "heavy = [m for m in ('torch', 'lightning', 'torchrl', 'tensordict') if m in sys.modules]\n"
+        "print(heavy)\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=True
+    )
+    assert proc.stdout.strip() == "[]"
+
+
+def test_recipes_list_shows_every_recipe(tmp_path: Path) -> None:
+    proc = accelrl("recipes", "list", cwd=tmp_path)
+    assert proc.returncode == 0
+    for name in RECIPES:
+        assert name in proc.stdout
+    assert "PPO" in proc.stdout and "A2C" in proc.stdout and "CartPole-v1" in proc.stdout
+    assert "100,000 env steps" in proc.stdout
+
+
+def test_recipes_show_prints_yaml(tmp_path: Path) -> None:
+    proc = accelrl("recipes", "show", "ppo-cartpole", cwd=tmp_path)
+    assert proc.returncode == 0 and "lightning_accelrl.algos.PPO" in proc.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["fit", "--recipe", "ppo-cartpol"], "unknown recipe 'ppo-cartpol'. Did you mean ppo-cartpole"),
+        (["fit", "--recipe", "ppo-cartpole", "--data.env", "CartPol-v1"], "unknown env id 'CartPol-v1'"),
+        (["fit", "--recipe", "ppo-cartpole", "--model.init_args.lr", "0"], "lr must be > 0"),
+        (["fit", "--recipe", "ppo-cartpole", "--data.num_envs", "0"], "num_envs must be >= 1"),
+        (
+            ["fit", "--recipe", "ppo-cartpole", "--data.num_env", "4"],
+            "unrecognized arguments: --data.num_env",
+        ),
+        (["fit", "--recipe", "ppo-cartpole", "--model.init_args.lrr", "3"], "Option 'lrr' is not accepted"),
+        (["fit", "--recipe", "ppo-cartpole", "--data.total_env_steps", "many"], "data.total_env_steps"),
+        (["fit", "--config", "missing.yaml"], "config file 'missing.yaml' not found"),
+        (["evaluate", "--ckpt", "missing.ckpt"], "checkpoint 'missing.ckpt' not found"),
+        (["evaluate", "--ckpt", "x.ckpt", "--episodes", "0"], "--episodes must be >= 1"),
+        (["train"], "unknown command 'train'"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_code_2(tmp_path: Path, args: list[str], fragment: str) -> None:
+    assert_one_line_error(accelrl(*args, cwd=tmp_path), fragment)
+
+
+def test_corrupt_checkpoint_is_reported_and_left_intact(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.ckpt"
+    payload = b"PK\x03\x04 this is not a checkpoint" * 10
+    bad.write_bytes(payload)
+    assert_one_line_error(accelrl("evaluate", "--ckpt", str(bad), cwd=tmp_path), "unreadable or corrupt")
+    proc = accelrl("fit", "--recipe", "ppo-cartpole", "--ckpt_path", str(bad), *QUIET, cwd=tmp_path)
+    assert_one_line_error(proc, "unreadable or corrupt")
+    assert bad.read_bytes() == payload
+
+
+def _summary(proc: subprocess.CompletedProcess, cwd: Path) -> tuple[Path, dict]:
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    last = proc.stdout.strip().splitlines()[-1]
+    assert last.startswith("summary: "), proc.stdout[-2000:]
+    path = cwd / last.removeprefix("summary: ")
+    return path, json.loads(path.read_text())
+
+
+def test_fit_writes_summary_and_checkpoint_then_evaluate_and_resume(tmp_path: Path) -> None:
+    budget = ["--data.total_env_steps", "4096", "--data.updates_per_epoch", "4"]  # 16 updates of 16x16 steps
+    path, summary = _summary(
+        accelrl("fit", "--recipe", "ppo-cartpole", *budget, *QUIET, cwd=tmp_path), tmp_path
+    )
+    for key in ("env_steps", "episodes", "episode_return_mean", "wall_time_s", "env_steps_per_s"):
+        assert key in summary
+    assert summary["env_steps"] == 4096 and summary["updates"] == 16 and summary["policy_lag_max"] == 0
+    assert summary["episodes"] > 0 and summary["episode_return_mean"] > 0
+    run_dir = path.parent
+    assert (run_dir / "metrics.csv").is_file() and list(run_dir.glob("events.out.tfevents.*"))
+    ckpt = run_dir / "checkpoints" / "last.ckpt"
+    assert ckpt.is_file()
+
+    proc = accelrl("evaluate", "--ckpt", str(ckpt), "--episodes", "5", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["episodes"] == 5 and len(result["returns"]) == 5
+    assert result["return_mean"] == pytest.approx(sum(result["returns"]) / 5, abs=1e-3)
+
+    more = ["--data.total_env_steps", "8192", "--data.updates_per_epoch", "4", "--ckpt_path", str(ckpt)]
+    _, resumed = _summary(accelrl("fit", "--recipe", "ppo-cartpole", *more, *QUIET, cwd=tmp_path), tmp_path)
+    assert resumed["env_steps"] == 8192 and resumed["updates"] == 32  # counters continue from the checkpoint
+    assert resumed["wall_time_s"] > summary["wall_time_s"]
+
+    proc = accelrl("fit", "--recipe", "a2c-cartpole", "--ckpt_path", str(ckpt), *QUIET, cwd=tmp_path)
+    assert_one_line_error(proc, "written by PPO")
