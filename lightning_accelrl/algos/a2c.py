@@ -16,7 +16,8 @@ from lightning_accelrl.algos.base import RLModule, anneal
 from lightning_accelrl.algos.returns import gae
 from lightning_accelrl.envs.base import EnvSpec
 from lightning_accelrl.errors import check
-from lightning_accelrl.nets.actor_critic import ActionDist, ActorCriticMLP
+from lightning_accelrl.nets.actor_critic import ActionDist
+from lightning_accelrl.nets.factory import build_actor_critic
 
 
 class A2C(RLModule):
@@ -35,6 +36,7 @@ class A2C(RLModule):
         optimizer: Literal["rmsprop", "adam"] = "rmsprop",
         rmsprop_alpha: float = 0.99,
         eps: float = 1e-5,
+        network: str = "auto",
         hidden: Sequence[int] = (64, 64),
         activation: str = "tanh",
         shared_trunk: bool = False,
@@ -50,7 +52,7 @@ class A2C(RLModule):
 
     def build_networks(self, spec: EnvSpec) -> None:
         hp = self.hparams
-        self.net = ActorCriticMLP(spec, hp.hidden, hp.activation, hp.shared_trunk)
+        self.net = build_actor_critic(spec, hp.network, hp.hidden, hp.activation, hp.shared_trunk)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         hp = self.hparams

@@ -15,7 +15,8 @@ from lightning_accelrl.algos.base import RLModule, anneal
 from lightning_accelrl.algos.returns import gae
 from lightning_accelrl.envs.base import EnvSpec
 from lightning_accelrl.errors import check
-from lightning_accelrl.nets.actor_critic import ActionDist, ActorCriticMLP
+from lightning_accelrl.nets.actor_critic import ActionDist
+from lightning_accelrl.nets.factory import build_actor_critic
 
 
 class PPO(RLModule):
@@ -38,6 +39,7 @@ class PPO(RLModule):
         anneal_clip: bool = False,
         target_kl: float | None = None,
         adam_eps: float = 1e-5,
+        network: str = "auto",
         hidden: Sequence[int] = (64, 64),
         activation: str = "tanh",
         shared_trunk: bool = False,
@@ -55,7 +57,7 @@ class PPO(RLModule):
 
     def build_networks(self, spec: EnvSpec) -> None:
         hp = self.hparams
-        self.net = ActorCriticMLP(spec, hp.hidden, hp.activation, hp.shared_trunk)
+        self.net = build_actor_critic(spec, hp.network, hp.hidden, hp.activation, hp.shared_trunk)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         # fused: one kernel for all parameters (~20% faster steps for the small networks of classic control)
