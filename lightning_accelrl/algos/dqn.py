@@ -1,0 +1,207 @@
+"""Deep Q-Networks (Mnih et al., 2015) with the options Rainbow combined (minus noisy nets), as a LightningModule.
+
+Options: ``double_q`` (van Hasselt et al., 2016), ``dueling`` (Wang et al., 2016), ``n_step`` returns (built at
+insert time by the data module), prioritized replay (Schaul et al., 2016) through the table's Prioritized
+selector with annealed importance weights and |TD-error| priority updates. Each training batch is one
+``table.sample(batch_size)``; the data module's sample-to-insert limiter sets the replay ratio.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from tensordict import TensorDict
+
+from lightning_accelrl.algos.base import RLModule, anneal
+from lightning_accelrl.envs.base import EnvSpec
+from lightning_accelrl.errors import check
+from lightning_accelrl.nets.q import QNetwork
+
+
+def linear_schedule(start: float, end: float, fraction: float, progress: float) -> float:
+    """``start`` → ``end`` linearly over the first ``fraction`` of training, then ``end``."""
+    if fraction <= 0:
+        return end
+    return start + (end - start) * min(1.0, progress / fraction)
+
+
+class DQN(RLModule):
+    """DQN family on replay tables: double, dueling, n-step, prioritized (rlpyt's "Rainbow minus noisy nets" with C51)."""
+
+    def __init__(
+        self,
+        lr: float = 1e-3,
+        gamma: float = 0.99,
+        n_step: int = 1,
+        double_q: bool = False,
+        dueling: bool = False,
+        target_update_period: int = 250,
+        target_tau: float = 1.0,
+        exploration_initial: float = 1.0,
+        exploration_final: float = 0.05,
+        exploration_fraction: float = 0.1,
+        huber_delta: float = 1.0,
+        max_grad_norm: float = 10.0,
+        anneal_lr: bool = False,
+        adam_eps: float = 1.5e-4,
+        prioritized: bool = False,
+        priority_exponent: float = 0.6,
+        importance_beta_initial: float = 0.4,
+        importance_beta_final: float = 1.0,
+        priority_epsilon: float = 1e-6,
+        network: str = "auto",
+        hidden: Sequence[int] = (256, 256),
+        activation: str = "relu",
+        env_spec: dict | None = None,
+    ) -> None:
+        super().__init__()
+        check(lr > 0, f"lr must be > 0, got {lr}")
+        check(0 < gamma <= 1, f"gamma must be in (0, 1], got {gamma}")
+        check(n_step >= 1, f"n_step must be >= 1, got {n_step}")
+        check(target_update_period >= 1, f"target_update_period must be >= 1, got {target_update_period}")
+        check(0 < target_tau <= 1, f"target_tau must be in (0, 1], got {target_tau}")
+        check(
+            0 <= exploration_final <= 1 and 0 <= exploration_initial <= 1,
+            "exploration rates must be in [0, 1]",
+        )
+        check(max_grad_norm > 0, f"max_grad_norm must be > 0, got {max_grad_norm}")
+        check(priority_exponent >= 0, f"priority_exponent must be >= 0, got {priority_exponent}")
+        self.save_hyperparameters()
+        self.updates = 0
+
+    # ----- what the data module must provide ------------------------------------------------------------
+    def experience_spec(self) -> dict[str, Any]:
+        """Replay of n-step transitions, prioritized when asked (read by ``ExperienceDataModule``)."""
+        hp = self.hparams
+        return {
+            "kind": "replay",
+            "n_step": hp.n_step,
+            "gamma": hp.gamma,
+            "prioritized": hp.prioritized,
+            "priority_exponent": hp.priority_exponent,
+        }
+
+    def build_networks(self, spec: EnvSpec) -> None:
+        self.q = self.make_q_network(spec)
+        self.q_target = self.make_q_network(spec)
+        self.q_target.load_state_dict(self.q.state_dict())
+        self.q_target.requires_grad_(False)
+
+    def make_q_network(self, spec: EnvSpec) -> QNetwork:
+        hp = self.hparams
+        return QNetwork(spec, hp.network, hp.hidden, hp.activation, dueling=hp.dueling)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam(
+            self.q.parameters(), lr=self.hparams.lr, eps=self.hparams.adam_eps, fused=True
+        )
+
+    # ----- acting -------------------------------------------------------------------------------------------
+    @property
+    def epsilon(self) -> float:
+        hp = self.hparams
+        return linear_schedule(
+            hp.exploration_initial, hp.exploration_final, hp.exploration_fraction, self.progress
+        )
+
+    def q_values(self, observation: torch.Tensor) -> torch.Tensor:
+        return self.q(observation)
+
+    def act(self, observation: torch.Tensor) -> dict[str, torch.Tensor]:
+        """ε-greedy over all envs in one batched forward."""
+        greedy = self.q_values(observation).argmax(-1)
+        eps = self.epsilon
+        if eps <= 0:
+            return {"action": greedy}
+        explore = torch.rand(greedy.shape, device=greedy.device) < eps
+        random = torch.randint_like(greedy, self.q.num_actions)
+        return {"action": torch.where(explore, random, greedy)}
+
+    def policy(self, observation: torch.Tensor, deterministic: bool = True) -> torch.Tensor:
+        return self.q_values(observation).argmax(-1) if deterministic else self.act(observation)["action"]
+
+    # ----- learning -----------------------------------------------------------------------------------------
+    def td_loss(self, batch: TensorDict) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-sample Huber loss and |TD error| against the (double-)Q n-step target."""
+        hp = self.hparams
+        q = self.q(batch["observation"]).gather(-1, batch["action"].long().unsqueeze(-1)).squeeze(-1)
+        with torch.no_grad():
+            target = self.target_values(batch)
+        td = target - q
+        return F.huber_loss(q, target, reduction="none", delta=hp.huber_delta), td.abs().detach()
+
+    @torch.no_grad()
+    def target_values(self, batch: TensorDict) -> torch.Tensor:
+        """r^(n) + γ^n · Q_target(s_{t+n}, a*), a* = argmax of the online net (double) or of the target net."""
+        next_obs = batch["next", "observation"]
+        next_q_target = self.q_target(next_obs)
+        if self.hparams.double_q:
+            best = self.q(next_obs).argmax(-1, keepdim=True)
+        else:
+            best = next_q_target.argmax(-1, keepdim=True)
+        next_q = next_q_target.gather(-1, best).squeeze(-1)
+        reward = batch["next", "reward"].reshape(next_q.shape)
+        return reward + batch["bootstrap_discount"].reshape(next_q.shape) * next_q
+
+    def importance_weights(self, batch: TensorDict) -> torch.Tensor:
+        """(N·P)^(−β), normalised by the batch maximum; ones without prioritized replay."""
+        hp = self.hparams
+        if not hp.prioritized or "probability" not in batch.keys():  # noqa: SIM118
+            return torch.ones(batch.batch_size[0], device=self.device)
+        beta = linear_schedule(hp.importance_beta_initial, hp.importance_beta_final, 1.0, self.progress)
+        n_p = batch["table_size"].to(torch.float64) * batch["probability"].to(torch.float64)
+        w = n_p.clamp_min(1e-12).pow(-beta)
+        return (w / w.max()).to(torch.float32).to(self.device)
+
+    def training_step(self, batch: TensorDict, batch_idx: int) -> None:
+        hp = self.hparams
+        opt = self.optimizers()
+        lr = anneal(opt.optimizer, hp.lr, self.progress, hp.anneal_lr)
+        losses, td_abs = self.td_loss(batch)
+        weights = self.importance_weights(batch)
+        loss = (weights * losses).mean()
+
+        opt.zero_grad()
+        self.manual_backward(loss)
+        self.clip_gradients(opt, gradient_clip_val=hp.max_grad_norm, gradient_clip_algorithm="norm")
+        opt.step()
+        self.updates += 1
+        self.policy_version += 1
+
+        if hp.prioritized:
+            self.update_priorities(batch["key"], td_abs + hp.priority_epsilon)
+        self.update_target()
+        self.log_rollout_stats(
+            {
+                "train/loss": loss.detach(),
+                "train/q_abs_td": td_abs.mean(),
+                "train/lr": lr,
+                "train/epsilon": self.epsilon,
+            }
+        )
+
+    def update_priorities(self, keys: torch.Tensor, priorities: torch.Tensor) -> None:
+        dm = self._datamodule()
+        if dm is not None and hasattr(dm, "update_priorities"):
+            dm.update_priorities(keys, priorities)
+
+    @torch.no_grad()
+    def update_target(self) -> None:
+        """Hard copy every ``target_update_period`` updates, or Polyak averaging with ``target_tau < 1`` every update."""
+        hp = self.hparams
+        if hp.target_tau < 1.0:
+            for p_t, p in zip(self.q_target.parameters(), self.q.parameters(), strict=True):
+                p_t.lerp_(p, hp.target_tau)
+        elif self.updates % hp.target_update_period == 0:
+            self.q_target.load_state_dict(self.q.state_dict())
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
+        checkpoint["accelrl"]["updates"] = self.updates
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_load_checkpoint(checkpoint)
+        self.updates = int(checkpoint.get("accelrl", {}).get("updates", 0))
