@@ -53,8 +53,12 @@ __all__ = ["REPLY_GRACE_S", "TableClient", "TableServer"]
 #: Seconds a timed call waits for the server's answer beyond its own timeout before declaring the server lost.
 REPLY_GRACE_S = 10.0
 _HEADER = struct.Struct("<I")
-_LIVENESS_TICK_S = 1.0  # how often a waiting client or an idle server checks that its peer process still exists
-_SERVER_IO_TIMEOUT_S = 5.0  # a client that stalls mid-message for this long is dropped (the server never waits more)
+_LIVENESS_TICK_S = (
+    1.0  # how often a waiting client or an idle server checks that its peer process still exists
+)
+_SERVER_IO_TIMEOUT_S = (
+    5.0  # a client that stalls mid-message for this long is dropped (the server never waits more)
+)
 
 NestedKey = tuple[str, ...]
 Layout = list[tuple[NestedKey, str, tuple[int, ...]]]  # (field, dtype name, per-item shape)
@@ -268,7 +272,9 @@ class _Server:
         except (BlockingIOError, InterruptedError):
             return
         try:
-            creds = sock.getsockopt(socket.SOL_SOCKET, getattr(socket, "SO_PEERCRED", 17), struct.calcsize("3i"))
+            creds = sock.getsockopt(
+                socket.SOL_SOCKET, getattr(socket, "SO_PEERCRED", 17), struct.calcsize("3i")
+            )
             pid, uid, _ = struct.unpack("3i", creds)
             if uid != os.getuid():
                 sock.close()
@@ -408,7 +414,9 @@ class _Server:
         except Exception as err:
             self._finish(req, ("err", _picklable_error(err)))
             return changed
-        if req.timeout is not None and time.monotonic() >= req.deadline:  # timeout 0, or retried at the deadline
+        if (
+            req.timeout is not None and time.monotonic() >= req.deadline
+        ):  # timeout 0, or retried at the deadline
             self._timeout(req)
         elif first:
             self.parked.append(req)
@@ -508,7 +516,12 @@ class _GatherInto:
             return
         for key, buf in zip(keys, buffers):
             dst = by_key.get(key)
-            if dst is None or dst.dtype != buf.dtype or dst.shape[1:] != buf.shape[1:] or buf.device.type != "cpu":
+            if (
+                dst is None
+                or dst.dtype != buf.dtype
+                or dst.shape[1:] != buf.shape[1:]
+                or buf.device.type != "cpu"
+            ):
                 self.usable = False
                 return
             self._pairs.append((key, buf, dst[:n]))
@@ -535,7 +548,9 @@ def _serve_main(source: Any, address: Any, token: bytes, control: Any) -> None:
     """Entry point of the server process."""
     torch.set_num_threads(1)
     with contextlib.suppress(ValueError):  # not the main thread (never, in practice)
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C hits the whole group: let the owner stop us in order
+        signal.signal(
+            signal.SIGINT, signal.SIG_IGN
+        )  # Ctrl-C hits the whole group: let the owner stop us in order
     try:
         if isinstance(source, Table):
             table = source
@@ -559,6 +574,12 @@ def _serve_main(source: Any, address: Any, token: bytes, control: Any) -> None:
         if isinstance(address, str) and not address.startswith("\0"):
             with contextlib.suppress(OSError):
                 os.unlink(address)
+    # Everything is closed (the shared buffers' names were unlinked at creation): skip the interpreter's slow
+    # teardown of torch, which made a spawned server take over a second to stop.
+    with contextlib.suppress(Exception):
+        sys.stdout.flush()
+        sys.stderr.flush()
+    os._exit(0)
 
 
 # -- the owner's handle -----------------------------------------------------------------------------------------------
@@ -615,7 +636,9 @@ class TableServer:
             ckpt_dir = tempfile.mkdtemp(prefix="accelrl-table-")
             source = ("checkpoint", source.checkpoint(os.path.join(ckpt_dir, "table.ckpt")))
         ours, theirs = self._ctx.Pipe(duplex=True)
-        self._control = ours  # set before the fork: a forked server must close this end (see _drop_after_fork)
+        self._control = (
+            ours  # set before the fork: a forked server must close this end (see _drop_after_fork)
+        )
         process = self._ctx.Process(
             target=_serve_main,
             args=(source, self._address, self._token, theirs),
@@ -818,7 +841,11 @@ class TableClient:
             raise self._lost(ch, f"is gone ({err})") from None
         limit = None if timeout is None else time.monotonic() + timeout + REPLY_GRACE_S
         while True:
-            slice_s = _LIVENESS_TICK_S if limit is None else min(_LIVENESS_TICK_S, max(0.0, limit - time.monotonic()))
+            slice_s = (
+                _LIVENESS_TICK_S
+                if limit is None
+                else min(_LIVENESS_TICK_S, max(0.0, limit - time.monotonic()))
+            )
             if ch.poller.poll(slice_s * 1000.0):
                 break
             if limit is not None and time.monotonic() >= limit:
@@ -837,7 +864,9 @@ class TableClient:
         return reply
 
     # the Table API
-    def insert(self, items: TensorDictBase, priority: Any = 1.0, timeout: float | None = None) -> torch.Tensor:
+    def insert(
+        self, items: TensorDictBase, priority: Any = 1.0, timeout: float | None = None
+    ) -> torch.Tensor:
         """Insert a batch of items ([N] = N items, [] = one item); returns their keys. See :meth:`Table.insert`."""
         if not isinstance(items, TensorDictBase):
             raise TypeError(f"items must be a TensorDict, got {type(items).__name__}")
@@ -856,7 +885,9 @@ class TableClient:
         layout = _layout_of(leaves)
         staging = ch.staging
         if staging is None or not staging.matches(layout, n):
-            capacity = max(n, 1) if staging is None or staging.layout != layout else max(n, 2 * staging.capacity)
+            capacity = (
+                max(n, 1) if staging is None or staging.layout != layout else max(n, 2 * staging.capacity)
+            )
             staging = _SharedBuffers(layout, capacity)
             try:
                 _send_msg(ch.sock, ("stage", layout, capacity))
@@ -941,4 +972,3 @@ def _pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
-
