@@ -196,11 +196,6 @@ def test_user_vector_env() -> None:
     assert dm.updates_done == 4
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: without a sampler (before setup, after teardown) env_steps_per_update uses the num_envs "
-    "argument, not the given batched env's size",
-)
 def test_env_steps_after_fit_with_a_batched_env() -> None:
     L.seed_everything(0, verbose=False)
     venv = gym.make_vec(

@@ -104,7 +104,7 @@ class ExperienceDataModule(LightningDataModule):
         self._elapsed_before = 0.0  # wall time of earlier runs (resume)
         self._start: float | None = None
         self._world_size = 1
-        self._envs_per_rank: int | None = None
+        self._envs_per_rank: int | None = None if isinstance(env, str) else make_env(env).num_envs
 
     # ----- env --------------------------------------------------------------------------------------------
     @property
