@@ -2,7 +2,8 @@
 
 from lightning_accelrl.algos.a2c import A2C
 from lightning_accelrl.algos.base import RLModule
+from lightning_accelrl.algos.c51 import CategoricalDQN
 from lightning_accelrl.algos.dqn import DQN
 from lightning_accelrl.algos.ppo import PPO
 
-__all__ = ["A2C", "DQN", "PPO", "RLModule"]
+__all__ = ["A2C", "DQN", "PPO", "CategoricalDQN", "RLModule"]

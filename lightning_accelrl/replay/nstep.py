@@ -75,6 +75,8 @@ class NStepWriter:
 
         Emitted items are ordered by start time, then env.
         """
+        if self.n == 1 and env_ids is None:
+            return self._one_step(step)
         rows = self._rows(step, env_ids)
         if self._ring is None:
             self._allocate(step)
@@ -103,6 +105,17 @@ class NStepWriter:
         self._count[rows] = torch.where(ended, 0, torch.where(count == self.n, self.n - 1, count))
         self._ptr[rows] = (pos + 1) % self.n
         return out
+
+    def _one_step(self, step: TensorDict) -> TensorDict:
+        """n = 1: every step is a finished transition; no ring needed (the DQN default, on the hot path)."""
+        b = int(step.batch_size[0])
+        terminated = self._flag(step.get("next"), "terminated", b)
+        fields = {key: value.clone() for key, value in _leaves(step)}
+        reward = fields[("next", "reward")]
+        dtype = reward.dtype if reward.dtype.is_floating_point else torch.float32
+        fields[("next", "reward")] = reward.to(dtype)
+        fields[("bootstrap_discount",)] = ((~terminated).to(dtype) * self.gamma).reshape(reward.shape)
+        return TensorDict(fields, batch_size=[b])
 
     def flush(self, env_ids: torch.Tensor | None = None) -> TensorDict | None:
         """Emit every pending (partial) transition as if its episode were cut here, and forget them.
