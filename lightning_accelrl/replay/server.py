@@ -231,6 +231,7 @@ class _Server:
         self.blocked_s = {"insert": 0.0, "sample": 0.0}
         self.ppid = os.getppid()
         self.running = True
+        self._gathers: dict[int, _GatherInto] = {}  # per output buffer (by id), rebuilt when anything changes
 
     # main loop
     def run(self) -> None:
@@ -296,6 +297,8 @@ class _Server:
             self.sel.unregister(conn.sock)
         with contextlib.suppress(OSError):
             conn.sock.close()
+        if conn.out is not None:
+            self._gathers.pop(id(conn.out), None)
         conn.staging = conn.out = None
 
     def _reply(self, conn: _Conn, msg: Any, fds: list[int] | None = None) -> None:
@@ -331,15 +334,16 @@ class _Server:
         try:
             if op == "insert":
                 _, n, priority, timeout = msg
+                priority = _unpack(priority, np.float64)
                 changed = self._attempt(_Request(conn, "insert", n, priority, timeout), first=True)
             elif op == "sample":
                 _, n, timeout = msg
                 changed = self._attempt(_Request(conn, "sample", n, None, timeout), first=True)
             elif op == "update":
-                self.table.update_priorities(msg[1], msg[2])
+                self.table.update_priorities(_unpack(msg[1], np.int64), _unpack(msg[2], np.float64))
                 self._reply(conn, ("ok", None))
             elif op == "delete":
-                result = self.table.delete(msg[1])
+                result = self.table.delete(_unpack(msg[1], np.int64))
                 changed = result > 0
                 self._reply(conn, ("ok", result))
             elif op == "reset":
@@ -400,7 +404,7 @@ class _Server:
                             req.done += k
                             changed = True
                 if req.done == req.n:
-                    self._finish(req, ("ok", np.concatenate(req.keys) if req.keys else np.empty(0, np.int64)))
+                    self._finish(req, ("ok", _pack(_joined(req.keys))))
                     return changed
             else:
                 if table.rate_limiter.can_sample(req.n) or first:
@@ -429,8 +433,10 @@ class _Server:
         table = self.table
         storage = table.storage
         if out is not None and type(storage) is TensorStorage and n <= out.capacity:
-            gather = _GatherInto(storage, out, n)
-            if gather.usable:
+            gather = self._gathers.get(id(out))
+            if gather is None or gather.out is not out or gather.storage is not storage or gather.n != n:
+                gather = self._gathers[id(out)] = _GatherInto(storage, out, n)
+            if gather.usable and gather.buffers_current():
                 table.storage = gather
                 try:
                     return table.sample(n, timeout=0)
@@ -471,7 +477,7 @@ class _Server:
     def _timeout(self, req: _Request) -> None:
         name = self.table.name
         if req.op == "insert":
-            keys = np.concatenate(req.keys) if req.keys else np.empty(0, np.int64)
+            keys = _joined(req.keys)
             err = TimeoutError(
                 f"table {name!r}: insert timed out after {req.timeout} s; {req.done} of {req.n} items were "
                 f"inserted (limiter {_counts(self.table)})"
@@ -505,13 +511,17 @@ class _GatherInto:
     into the first rows of a client's shared output buffer; every other call goes to the real storage."""
 
     def __init__(self, storage: TensorStorage, out: _SharedBuffers, n: int) -> None:
-        self._storage, self._n = storage, n
-        fields = storage.fields
+        self.storage = self._storage = storage
+        self.out, self.n = out, n
+        self._n = n
         self._pairs: list[tuple[NestedKey, torch.Tensor, torch.Tensor]] = []
+        self._keys: list[NestedKey] = []
         by_key = dict(zip(out.keys, out.tensors))
         buffers = getattr(storage, "_buffers", None)
         keys = getattr(storage, "_keys", None)
-        self.usable = buffers is not None and keys is not None and len(keys) == len(fields)
+        self._buffers = buffers
+        self._ids = [id(b) for b in buffers] if buffers else []
+        self.usable = bool(buffers) and keys is not None and len(keys) == len(buffers)
         if not self.usable:
             return
         for key, buf in zip(keys, buffers):
@@ -525,6 +535,12 @@ class _GatherInto:
                 self.usable = False
                 return
             self._pairs.append((key, buf, dst[:n]))
+            self._keys.append(key)
+
+    def buffers_current(self) -> bool:
+        """Whether the storage still holds the buffers seen at construction (a load_state_dict replaces them)."""
+        buffers = getattr(self._storage, "_buffers", None)
+        return buffers is self._buffers and [id(b) for b in buffers] == self._ids
 
     def read(self, slots: torch.Tensor) -> TensorDict:
         if len(slots) != self._n:
@@ -533,7 +549,7 @@ class _GatherInto:
         for _, buf, dst in self._pairs:
             torch.index_select(buf, 0, slots, out=dst)
             values.append(dst)
-        return _nest([k for k, _, _ in self._pairs], values, self._n)
+        return _nest(self._keys, values, self._n)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._storage, name)
@@ -859,7 +875,7 @@ class TableClient:
         if reply[0] == "err":
             err = reply[1]
             if isinstance(getattr(err, "keys", None), np.ndarray):
-                err.keys = torch.from_numpy(err.keys)
+                err.keys = torch.from_numpy(err.keys.copy())
             raise err
         return reply
 
@@ -878,8 +894,7 @@ class TableClient:
             priority = priority.detach().cpu().numpy()
         if not isinstance(priority, (int, float)):
             priority = np.asarray(priority, dtype=np.float64).reshape(-1)
-            if priority.size == 1:
-                priority = float(priority[0])
+            priority = float(priority[0]) if priority.size == 1 else priority.tobytes()
         ch = self._channel()
         leaves = field_leaves(items)
         layout = _layout_of(leaves)
@@ -899,7 +914,7 @@ class TableClient:
             for dst, (_, src) in zip(staging.tensors, leaves):
                 dst[:n].copy_(src)
         reply = self._call(ch, ("insert", n, priority, timeout), timeout)
-        return torch.from_numpy(reply[1])
+        return torch.frombuffer(bytearray(reply[1]), dtype=torch.int64)
 
     def sample(self, num_samples: int, timeout: float | None = None) -> TensorDict:
         """Sample ``num_samples`` items once the limiter admits them; see :meth:`Table.sample`."""
@@ -926,12 +941,12 @@ class TableClient:
         """New priorities for present keys (unknown keys ignored); see :meth:`Table.update_priorities`."""
         keys = _as_numpy(keys, np.int64)
         if not isinstance(priorities, (int, float)):
-            priorities = _as_numpy(priorities, np.float64)
-        self._call(self._channel(), ("update", keys, priorities))
+            priorities = _as_numpy(priorities, np.float64).tobytes()
+        self._call(self._channel(), ("update", keys.tobytes(), priorities))
 
     def delete(self, keys: Any) -> int:
         """Delete items by key (unknown keys ignored); returns how many were deleted."""
-        return self._call(self._channel(), ("delete", _as_numpy(keys, np.int64)))[1]
+        return self._call(self._channel(), ("delete", _as_numpy(keys, np.int64).tobytes()))[1]
 
     def reset(self) -> None:
         """Remove every item and zero the limiter counters."""
@@ -951,6 +966,21 @@ class TableClient:
     def checkpoint(self, path: str | os.PathLike) -> str:
         """Write the server's table to ``path`` (on this machine) atomically; returns the path."""
         return self._call(self._channel(), ("checkpoint", os.fspath(path)))[1]
+
+
+def _joined(parts: list[np.ndarray]) -> np.ndarray:
+    if len(parts) == 1:
+        return parts[0]
+    return np.concatenate(parts) if parts else np.empty(0, np.int64)
+
+
+def _pack(values: np.ndarray) -> bytes:
+    return values.tobytes()  # raw bytes pickle ~10x faster than a numpy array
+
+
+def _unpack(values: Any, dtype: Any) -> Any:
+    """Raw bytes from the peer as a (read-only) array; numbers pass through."""
+    return np.frombuffer(values, dtype=dtype) if isinstance(values, bytes) else values
 
 
 def _as_numpy(values: Any, dtype: Any) -> np.ndarray:
