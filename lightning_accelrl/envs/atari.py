@@ -107,7 +107,9 @@ def atari_spec(env_id: str, env_kwargs: dict[str, Any] | None = None) -> EnvSpec
     game = ale_game(env_id)
     protocol, _ = _protocol(env_kwargs)
     shape = (protocol["stack_num"], protocol["img_height"], protocol["img_width"])
-    return EnvSpec(shape, torch.uint8, discrete=True, num_actions=num_actions(game, protocol["full_action_space"]))
+    return EnvSpec(
+        shape, torch.uint8, discrete=True, num_actions=num_actions(game, protocol["full_action_space"])
+    )
 
 
 class AtariEnv(BatchedEnv):

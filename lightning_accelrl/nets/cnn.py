@@ -25,7 +25,9 @@ def _normalise(obs: torch.Tensor, channels_last: bool) -> torch.Tensor:
 class NatureCNN(nn.Module):
     """Mnih et al. (2015): conv 8x8/4 (32), 4x4/2 (64), 3x3/1 (64), linear 512; ReLU throughout."""
 
-    def __init__(self, observation_shape: Sequence[int], features: int = 512, channels_last: bool = False) -> None:
+    def __init__(
+        self, observation_shape: Sequence[int], features: int = 512, channels_last: bool = False
+    ) -> None:
         super().__init__()
         c, h, w = observation_shape
         self.channels_last = channels_last
