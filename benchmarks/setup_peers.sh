@@ -23,3 +23,28 @@ import gymnasium, stable_baselines3, torch
 print(f"sb3 venv ready: stable-baselines3 {stable_baselines3.__version__}, torch {torch.__version__}, "
       f"gymnasium {gymnasium.__version__}")
 EOF
+
+# --- Reverb (replay benchmark: benchmarks/replay/) ----------------------------------------------------------
+# dm-reverb 0.14.0 needs tensorflow-cpu 2.15.x and numpy < 2 (clashing with our venv), on Python 3.11 (its last
+# wheels are cp38-cp311). Its own venv, benchmarks/.venv-reverb; idempotent like the block above.
+#   SKIP_REVERB=1 bash benchmarks/setup_peers.sh       # SB3 only
+#   REVERB_VENV=/some/where REVERB_PYTHON=python3.11 bash benchmarks/setup_peers.sh
+if [ "${SKIP_REVERB:-0}" != "1" ]; then
+    reverb_venv="${REVERB_VENV:-$here/.venv-reverb}"
+    reverb_python="${REVERB_PYTHON:-python3.11}"
+    reverb_pins=(dm-reverb==0.14.0 "tensorflow-cpu>=2.15,<2.16" "numpy<2")
+    if [ ! -x "$reverb_venv/bin/python" ]; then
+        "$reverb_python" -m venv "$reverb_venv"
+    fi
+    "$reverb_venv/bin/pip" install --quiet --disable-pip-version-check "${reverb_pins[@]}"
+    TF_CPP_MIN_LOG_LEVEL=2 "$reverb_venv/bin/python" - <<'EOF_REVERB'
+import importlib.metadata as md
+
+import numpy
+import reverb  # noqa: F401
+import tensorflow
+
+print(f"reverb venv ready: dm-reverb {md.version('dm-reverb')}, tensorflow-cpu {tensorflow.__version__}, "
+      f"numpy {numpy.__version__}")
+EOF_REVERB
+fi
