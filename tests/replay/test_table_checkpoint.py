@@ -1,0 +1,152 @@
+"""Checkpoints: a restored table behaves as the original; writes are atomic; bad files are a ValueError."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+from tensordict import TensorDict
+
+from lightning_accelrl.replay import Table, TensorStorage, rate_limiters, selectors
+
+
+def make(n: int, start: int = 0) -> TensorDict:
+    x = torch.arange(start, start + n, dtype=torch.float32)
+    return TensorDict({"x": x, "img": {"pix": x[:, None, None].expand(n, 2, 2).to(torch.uint8)}}, [n])
+
+
+def drain(t: Table, n: int) -> list[float]:
+    return [t.sample(1, timeout=0)["x"].item() for _ in range(n)]
+
+
+def test_round_trip_preserves_order_counts_and_limiter(tmp_path, make_items):
+    t = Table(
+        "heap", selectors.MaxHeap(), selectors.MinHeap(), 6, rate_limiters.SampleToInsertRatio(2, 2, 40), 3
+    )
+    keys = t.insert(make(8), priority=[1.0, 3.0, 3.0, 2.0, 5.0, 1.0, 4.0, 3.0], timeout=1)
+    t.update_priorities(keys[[1]], [3.0])  # item 1 now the most recent of the priority-3 ties
+    t.sample(2)
+    t.delete(keys[[6]])
+    path = t.checkpoint(tmp_path / "table.ckpt")
+    r = Table.restore(path)
+    assert r.name == "heap" and r.max_size == 6 and r.max_times_sampled == 3
+    assert r.sampler == t.sampler and r.remover == t.remover
+    assert r.info()["rate_limiter"] == t.info()["rate_limiter"]
+    a, b = t.state_dict(), r.state_dict()
+    for key in ("keys", "priorities", "times_sampled", "recency"):
+        assert torch.equal(a[key], b[key]), key
+    # Same deterministic behaviour afterwards: order (heap ties), eviction, limiter decisions, new keys.
+    for table in (t, r):
+        table.insert(make(2, 100), priority=[3.0, 0.5], timeout=1)
+    assert t.state_dict()["keys"].tolist() == r.state_dict()["keys"].tolist()
+    out_t, out_r = [], []
+    for table, out in ((t, out_t), (r, out_r)):
+        while True:
+            try:
+                batch = table.sample(1, timeout=0)
+            except TimeoutError:
+                break
+            out.append((batch["x"].item(), batch["times_sampled"].item(), batch["table_size"].item()))
+    assert out_t == out_r and out_t
+    assert t.info()["rate_limiter"] == r.info()["rate_limiter"]
+
+
+def test_round_trip_of_fifo_queue_and_field_check(tmp_path):
+    t = Table.queue("q", 5)
+    t.insert(make(4))
+    drain(t, 1)
+    r = Table.restore(t.checkpoint(tmp_path / "q.ckpt"))
+    assert drain(r, 3) == [1.0, 2.0, 3.0]
+    with pytest.raises(ValueError, match="fields"):
+        r.insert(TensorDict({"x": torch.zeros(1, dtype=torch.int64)}, [1]))
+    r.insert(make(1, 9))
+    assert torch.equal(r.sample(1)["img", "pix"], torch.full((1, 2, 2), 9, dtype=torch.uint8))
+
+
+def test_prioritized_probabilities_survive(tmp_path):
+    t = Table("p", selectors.Prioritized(0.5), selectors.Fifo(), 10, rate_limiters.MinSize(1), seed=0)
+    t.insert(make(3), priority=[1.0, 4.0, 0.0])
+    r = Table.restore(t.checkpoint(tmp_path / "p.ckpt"), seed=1)
+    batch = r.sample(500)
+    assert 2.0 not in batch["x"].tolist()
+    assert dict(zip(batch["x"].tolist(), batch["probability"].tolist())) == pytest.approx(
+        {0.0: 1 / 3, 1.0: 2 / 3}
+    )
+
+
+def test_empty_table_round_trip(tmp_path):
+    t = Table("e", selectors.Uniform(), selectors.Fifo(), 4, rate_limiters.MinSize(1))
+    r = Table.restore(t.checkpoint(tmp_path / "e.ckpt"))
+    assert len(r) == 0
+    r.insert(make(2))
+    assert len(r) == 2
+
+
+def test_state_dict_load_into_a_matching_table():
+    t = Table("a", selectors.Fifo(), selectors.Fifo(), 4, rate_limiters.MinSize(1))
+    t.insert(make(3))
+    u = Table("a", selectors.Fifo(), selectors.Fifo(), 4, rate_limiters.MinSize(1))
+    u.load_state_dict(t.state_dict())
+    assert drain(u, 1) == [0.0] and u.insert(make(1)).tolist() == [3]
+    other = Table("a", selectors.Lifo(), selectors.Fifo(), 4, rate_limiters.MinSize(1))
+    with pytest.raises(ValueError, match="configuration"):
+        other.load_state_dict(t.state_dict())
+    limited = Table("a", selectors.Fifo(), selectors.Fifo(), 4, rate_limiters.MinSize(2))
+    with pytest.raises(ValueError, match="rate limiter"):
+        limited.load_state_dict(t.state_dict())
+    assert len(limited) == 0
+
+
+def test_missing_truncated_and_corrupt_files_raise_value_error_naming_the_path(tmp_path):
+    t = Table("c", selectors.Uniform(), selectors.Fifo(), 4, rate_limiters.MinSize(1))
+    t.insert(make(3))
+    path = tmp_path / "c.ckpt"
+    t.checkpoint(path)
+    data = path.read_bytes()
+    with pytest.raises(ValueError, match="missing.ckpt"):
+        Table.restore(tmp_path / "missing.ckpt")
+    cases = {
+        "truncated": data[: len(data) // 2],
+        "header-only": data[:30],
+        "empty": b"",
+        "flipped": data[:-20] + bytes([data[-20] ^ 0xFF]) + data[-19:],
+        "padded": data + b"\0",
+        "foreign": b"PK" + data[2:],
+    }
+    for name, content in cases.items():
+        bad = tmp_path / f"{name}.ckpt"
+        bad.write_bytes(content)
+        with pytest.raises(ValueError, match=f"{name}.ckpt"):
+            Table.restore(bad)
+
+
+def test_crash_mid_write_leaves_previous_checkpoint_intact(tmp_path, monkeypatch):
+    t = Table("c", selectors.Fifo(), selectors.Fifo(), 4, rate_limiters.MinSize(1))
+    t.insert(make(2))
+    path = tmp_path / "c.ckpt"
+    t.checkpoint(path)
+    t.insert(make(2, 2))
+    real_save = torch.save
+
+    def crashing_save(obj, f, *args, **kwargs):
+        f.write(b"partial garbage" * 100)
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", crashing_save)
+    with pytest.raises(OSError, match="disk full"):
+        t.checkpoint(path)
+    monkeypatch.setattr(torch, "save", real_save)
+    assert os.listdir(tmp_path) == ["c.ckpt"]  # the temporary file is gone
+    r = Table.restore(path)
+    assert len(r) == 2 and drain(r, 1) == [0.0]
+
+
+def test_restore_into_given_storage_and_shared(tmp_path):
+    t = Table("s", selectors.Fifo(), selectors.Fifo(), 4, rate_limiters.MinSize(1))
+    t.insert(make(2))
+    path = t.checkpoint(tmp_path / "s.ckpt")
+    r = Table.restore(path, storage=TensorStorage(8), shared=True)
+    assert r.storage.capacity == 8 and r.storage.is_shared()
+    assert all(buf.is_shared() for buf in r.storage._buffers)
+    assert drain(r, 1) == [0.0]
