@@ -22,3 +22,11 @@ __all__ = [
     "rate_limiters",
     "selectors",
 ]
+
+
+def __getattr__(name: str):  # RayTable, RayTableClient: imported on first use, so that importing replay needs no Ray
+    if name in ("RayTable", "RayTableClient"):
+        from lightning_accelrl.replay import ray_table
+
+        return getattr(ray_table, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

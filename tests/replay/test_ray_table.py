@@ -1,0 +1,155 @@
+"""The table as a Ray actor: the Table API through RayTableClient, blocking, tasks as producer and consumer.
+
+Skipped without Ray (``pip install -e '.[ray]'``). One ``ray.init`` for the module, bound to loopback, with a small
+object store and a short temp folder (NOTES.md); never ``ray stop``.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+import tempfile
+import threading
+import time
+
+import pytest
+import torch
+from tensordict import TensorDict
+
+ray = pytest.importorskip("ray")
+
+from test_server import SLACK, make, script  # noqa: E402  (tests/replay is on sys.path)
+
+from lightning_accelrl.replay import Table, rate_limiters, selectors  # noqa: E402
+from lightning_accelrl.replay.ray_table import RayTable, RayTableClient  # noqa: E402
+
+HEAP = functools.partial(  # what test_server.heap_table builds, as a partial that Ray workers can unpickle
+    Table, "heap", selectors.MaxHeap(), selectors.Fifo(), 10, rate_limiters.MinSize(1), max_times_sampled=2
+)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def ray_session():
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # bind 127.0.0.1 only
+    os.environ["RAY_AUTH_MODE"] = "disabled"
+    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
+    import cloudpickle  # Ray's: functions of these test modules (not importable by workers) travel by value
+
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    started = not ray.is_initialized()
+    if started:
+        temp_dir = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # Unix socket paths must stay short
+        ray.init(
+            num_cpus=2,
+            include_dashboard=False,
+            object_store_memory=100 * 2**20,
+            _temp_dir=temp_dir,
+            log_to_driver=False,
+        )
+    yield
+    if started:
+        ray.shutdown()
+
+
+NO_CPU = {"num_cpus": 0}  # table actors must not keep the producer and consumer tasks from being scheduled
+
+
+def test_client_matches_in_process_table_and_named_actor():
+    expected = script(HEAP())
+    created = RayTable.create("heap", factory=HEAP, actor_name="accelrl-test-heap", actor_options=NO_CPU)
+    client = RayTable.connect("accelrl-test-heap")  # found by name, as another driver would
+    assert isinstance(client, RayTableClient) and client.name == "heap" and client.max_size == 10
+    assert script(client) == expected
+    created.kill()
+
+
+def test_queue_order_timeouts_and_errors():
+    c = RayTable.queue("q", 2, actor_options=NO_CPU)
+    for timeout in (0.0, 0.3):
+        t0 = time.monotonic()
+        with pytest.raises(TimeoutError, match="nothing was sampled"):
+            c.sample(1, timeout=timeout)
+        assert timeout <= time.monotonic() - t0 < timeout + SLACK
+    assert c.insert(make(2)).tolist() == [0, 1]
+    c.sample(1)
+    t0 = time.monotonic()
+    with pytest.raises(TimeoutError, match="1 of 3") as info:
+        c.insert(make(3, 2), timeout=0.2)
+    assert info.value.num_inserted == 1 and info.value.keys.tolist() == [2]
+    assert 0.2 <= time.monotonic() - t0 < 0.2 + SLACK
+    assert [c.sample(1)["x"].item() for _ in range(2)] == [1.0, 2.0]
+    with pytest.raises(ValueError, match="never be admitted"):
+        c.sample(5)
+    with pytest.raises(ValueError, match="timeout"):
+        c.insert(make(1), timeout=-1)
+    info = c.info()
+    assert (info["inserts"], info["samples"], info["sample_blocked_s"] > 0.25) == (3, 3, True)
+    c.kill()
+    with pytest.raises(ConnectionError, match="gone"):
+        c.size  # noqa: B018
+
+
+def test_blocked_sample_wakes_on_insert_with_frame_stacks():
+    """A sample blocked in the actor leaves it serving other calls and wakes on the insert that enables it;
+    84x84x4 frame stacks (through the object store, not inlined) arrive intact."""
+    c = RayTable.create(
+        "frames", selectors.Fifo(), selectors.Fifo(), 100, rate_limiters.MinSize(33), actor_options=NO_CPU
+    )
+    obs = torch.randint(0, 255, (33, 4, 84, 84), dtype=torch.uint8)
+    items = TensorDict({"obs": obs, "i": torch.arange(33)}, [33])
+    result: dict = {}
+    waiter = threading.Thread(target=lambda: result.update(s=c.sample(64)), daemon=True)
+    waiter.start()
+    deadline = time.monotonic() + 5
+    while c.info()["waiting_samples"] != 1:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    c.insert(items[:32])
+    assert c.size == 32 and "s" not in result  # served while the sample waits
+    c.insert(items[32:])
+    waiter.join(5)
+    s = result["s"]
+    assert torch.equal(s["obs"], obs[:1].expand(64, 4, 84, 84)) and s["key"].tolist() == [0] * 64
+    c.kill()
+
+
+@ray.remote(num_cpus=1)
+def _produce(client: RayTableClient, n: int) -> int:
+    torch.set_num_threads(1)
+    for i in range(n):
+        client.insert(TensorDict({"x": torch.tensor([float(i)])}, [1]), timeout=10)
+    return n
+
+
+@ray.remote(num_cpus=1)
+def _consume(client: RayTableClient, n: int) -> list[int]:
+    torch.set_num_threads(1)
+    return [int(client.sample(1, timeout=10)["key"].item()) for _ in range(n)]
+
+
+@pytest.mark.slow  # two Ray workers start and import torch: ~10 s on two busy cores
+def test_producer_and_consumer_tasks_hold_the_ratio():
+    """SampleToInsertRatio(2, 4, 3) (band [5, 11]) between a producer task and a consumer task: the band holds at
+    every observation and exactly 2·N − 5 samples come out."""
+    n = 60
+    c = RayTable.create(
+        "r",
+        selectors.Uniform(),
+        selectors.Fifo(),
+        1000,
+        rate_limiters.SampleToInsertRatio(2, 4, 3),
+        actor_options=NO_CPU,
+    )
+    refs = [_produce.remote(c, n), _consume.remote(c, 2 * n - 5)]
+    while ray.wait(refs, num_returns=2, timeout=0)[1]:
+        info = c.info()
+        lim = info["rate_limiter"]
+        diff = 2 * lim["inserts"] - lim["samples"]
+        assert lim["inserts"] <= 4 or diff <= 11, info
+        assert lim["samples"] == 0 or diff >= 5, info
+        time.sleep(0.01)
+    assert ray.get(refs[0]) == n and len(ray.get(refs[1])) == 2 * n - 5
+    info = c.info()
+    assert (info["inserts"], info["samples"]) == (n, 2 * n - 5)
+    c.kill()
