@@ -24,7 +24,8 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str):  # RayTable, RayTableClient: imported on first use, so that importing replay needs no Ray
+# RayTable, RayTableClient: imported on first use, so that importing replay needs no Ray.
+def __getattr__(name: str):
     if name in ("RayTable", "RayTableClient"):
         from lightning_accelrl.replay import ray_table
 
