@@ -85,6 +85,7 @@ class DQN(RLModule):
         }
 
     def build_networks(self, spec: EnvSpec) -> None:
+        self.num_actions = spec.num_actions
         self.q = self.make_q_network(spec)
         self.q_target = self.make_q_network(spec)
         self.q_target.load_state_dict(self.q.state_dict())
@@ -117,7 +118,7 @@ class DQN(RLModule):
         if eps <= 0:
             return {"action": greedy}
         explore = torch.rand(greedy.shape, device=greedy.device) < eps
-        random = torch.randint_like(greedy, self.q.num_actions)
+        random = torch.randint_like(greedy, self.num_actions)
         return {"action": torch.where(explore, random, greedy)}
 
     def policy(self, observation: torch.Tensor, deterministic: bool = True) -> torch.Tensor:

@@ -96,6 +96,7 @@ class ExperienceDataModule(LightningDataModule):
         self.learning_starts = learning_starts
         self.replay_error_buffer = replay_error_buffer
         self.feeder: ReplayFeeder | None = None
+        self._exhausted = False
         self._pending_replay_state: dict | None = None
         self.sampler: SyncSampler | None = None
         self.tracker: EpisodeTracker | None = None  # outlives the sampler, for summaries after fit
@@ -202,9 +203,9 @@ class ExperienceDataModule(LightningDataModule):
 
     @property
     def finished(self) -> bool:
-        """The env-step budget is spent (replay mode: on this rank; all ranks then stop together)."""
+        """The env-step budget is spent (replay mode: no batch can be had without stepping beyond it)."""
         if self.feeder is not None:
-            return self.feeder.env_steps >= math.ceil(self.total_env_steps / self._world_size)
+            return self._exhausted
         return self.updates_done >= self.total_updates
 
     def next_batch(self) -> TensorDict:
@@ -213,13 +214,16 @@ class ExperienceDataModule(LightningDataModule):
             return self.next_rollout()
         if self._start is None:
             self._start = time.perf_counter()
-        batch = self.feeder.next_batch(self.trainer.lightning_module)
-        self.updates_done += 1
-        done = self.finished
-        if self._world_size > 1:  # every rank must run the same number of steps: stop when any rank is done
-            done = self.trainer.strategy.reduce_boolean_decision(done, all=False)
-        if done:
+        budget = math.ceil(self.total_env_steps / self._world_size)
+        batch = self.feeder.next_batch(self.trainer.lightning_module, max_env_steps=budget)
+        ok = batch is not None
+        if self._world_size > 1:  # every rank must run the same number of steps: stop when any rank must
+            ok = self.trainer.strategy.reduce_boolean_decision(ok, all=True)
+        if not ok:
+            self._exhausted = True
             self.trainer.should_stop = True
+            raise StopIteration
+        self.updates_done += 1
         return batch
 
     def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:

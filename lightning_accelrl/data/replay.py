@@ -32,7 +32,9 @@ def replay_limiter(samples_per_insert: float, min_size: int, batch_size: int, er
     Sampling ``n`` needs ``x − n ≥ min_diff`` and inserting needs ``x + spi ≤ max_diff`` (x = I·spi − S):
     both refused is impossible when ``max_diff − min_diff ≥ n + spi``.
     """
-    needed = (batch_size + samples_per_insert) / 2
+    needed = max(
+        (batch_size + samples_per_insert) / 2, samples_per_insert, 1.0
+    )  # Reverb: band >= 2·max(1, spi)
     if error_buffer is None:
         error_buffer = max(needed, float(batch_size))
     elif error_buffer < needed:
@@ -86,7 +88,8 @@ class ReplayFeeder:
     def env_steps(self) -> int:
         return self.sampler.env_steps
 
-    def next_batch(self, agent: Any) -> TensorDict:
+    def next_batch(self, agent: Any, max_env_steps: int | None = None) -> TensorDict | None:
+        """A batch as soon as the limiter allows; ``None`` once that would take env steps beyond the budget."""
         while True:
             t0 = time.perf_counter()
             try:
@@ -95,6 +98,8 @@ class ReplayFeeder:
                 return batch
             except TimeoutError:
                 pass
+            if self.pending is None and max_env_steps is not None and self.env_steps >= max_env_steps:
+                return None
             self._feed(agent)
             self.env_time += time.perf_counter() - t0
 
