@@ -179,10 +179,13 @@ def test_removal_keeps_uniform_members_dense():
     assert set(sel.sample(10, np.random.default_rng(0))[0].tolist()) == {3}
 
 
+weights_st = st.floats(0.0, 100.0).map(lambda v: 0.0 if v < 1e-6 else v)  # no subnormal totals
+
+
 @settings(max_examples=60, deadline=None)
 @given(
-    weights=st.lists(st.floats(0.0, 100.0), min_size=1, max_size=70),
-    updates=st.lists(st.tuples(st.integers(0, 69), st.floats(0.0, 100.0)), max_size=30),
+    weights=st.lists(weights_st, min_size=1, max_size=70),
+    updates=st.lists(st.tuples(st.integers(0, 69), weights_st), max_size=30),
 )
 def test_sumtree_matches_brute_force(weights, updates):
     n = len(weights)
