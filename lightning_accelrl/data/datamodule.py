@@ -70,6 +70,10 @@ class ExperienceDataModule(LightningDataModule):
         check(rollout_steps >= 1, f"rollout_steps must be >= 1, got {rollout_steps}")
         check(total_env_steps >= 1, f"total_env_steps must be >= 1, got {total_env_steps}")
         check(updates_per_epoch >= 1, f"updates_per_epoch must be >= 1, got {updates_per_epoch}")
+        check(batch_size >= 1, f"batch_size must be >= 1, got {batch_size}")
+        check(replay_capacity >= 1, f"replay_capacity must be >= 1, got {replay_capacity}")
+        check(replay_ratio > 0, f"replay_ratio must be > 0, got {replay_ratio}")
+        check(learning_starts >= 1, f"learning_starts must be >= 1, got {learning_starts}")
         check(
             vectorization in ("auto", "sync", "async"),
             f"vectorization must be auto, sync or async, got {vectorization!r}",
