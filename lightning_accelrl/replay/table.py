@@ -454,8 +454,9 @@ class Table:
                 times[slots] += 1
                 counts = times[slots]
             else:
-                counts = times[slots] + _occurrence(slots) + 1
-                np.add.at(times, slots, 1)
+                occurrence, unique, repeats = _occurrence(slots)
+                counts = times[slots] + occurrence + 1
+                times[unique] += repeats
             self._sum_times += n
             keys = self._key[slots]
             priorities = self._priority[slots]
@@ -709,16 +710,18 @@ def _band(limiter: RateLimiter) -> tuple[float, int, float, float]:
     return (limiter.samples_per_insert, limiter.min_size_to_sample, limiter.min_diff, limiter.max_diff)
 
 
-def _occurrence(slots: np.ndarray) -> np.ndarray:
-    """For each position, how many earlier positions hold the same slot (0 for a first occurrence)."""
+def _occurrence(slots: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For each position, how many earlier positions hold the same slot; plus the distinct slots and their counts
+    (one stable sort serves both, cheaper than ``np.add.at``)."""
     n = len(slots)
     order = np.argsort(slots, kind="stable")
     ranked = slots[order]
     starts = np.empty(n, dtype=bool)
     starts[0] = True
     np.not_equal(ranked[1:], ranked[:-1], out=starts[1:])
+    first = np.flatnonzero(starts)
     idx = np.arange(n)
-    group_start = np.maximum.accumulate(np.where(starts, idx, 0))
+    group_start = np.repeat(first, np.diff(np.append(first, n)))
     out = np.empty(n, dtype=np.int64)
     out[order] = idx - group_start
-    return out
+    return out, ranked[first], np.diff(np.append(first, n))
