@@ -87,6 +87,11 @@ class TensorStorage:
         """Field -> (dtype, per-item shape), empty before the first write."""
         return {k: (b.dtype, b.shape[1:]) for k, b in zip(self._keys, self._buffers)}
 
+    @property
+    def signature(self) -> tuple[tuple[NestedKey, torch.dtype, torch.Size], ...] | None:
+        """(field, dtype, per-item shape) for each field in buffer order; None before the first write."""
+        return self._signature
+
     def nbytes(self) -> int:
         return sum(b.numel() * b.element_size() for b in self._buffers)
 
@@ -128,7 +133,11 @@ class TensorStorage:
     def write(self, slots: torch.Tensor, items: TensorDictBase) -> None:
         if self._signature is None:
             self._allocate(items)
-        for buf, value in zip(self._buffers, self._aligned(items)):
+        self.write_values(slots, self._aligned(items))
+
+    def write_values(self, slots: torch.Tensor, values: list[torch.Tensor]) -> None:
+        """Write tensors already in :attr:`signature` order (the caller has checked the layout)."""
+        for buf, value in zip(self._buffers, values):
             if value.device != buf.device:
                 value = value.to(buf.device)
             buf.index_copy_(0, slots, value)

@@ -85,6 +85,8 @@ class Table:
         if storage.capacity < self.max_size:
             raise ValueError(f"storage capacity {storage.capacity} < max_size {self.max_size}")
         self.storage = storage
+        self._plain_storage = type(storage).write is TensorStorage.write
+        self._noop_release = type(storage).release is TensorStorage.release
         # Slot ``max_size`` is scratch: an incoming item waits there while the remover decides what to evict.
         cap = self.max_size + 1
         self._scratch = self.max_size
@@ -194,12 +196,14 @@ class Table:
             )
         return p
 
-    def _check_fields(self, items: TensorDictBase) -> None:
-        """The first insert fixes the fields; later inserts must match (checked before anything changes)."""
+    def _check_fields(self, items: TensorDictBase) -> list[torch.Tensor] | None:
+        """The first insert fixes the fields; later inserts must match (checked before anything changes).
+        Returns the item tensors when they come in the table's field order (so a TensorStorage can skip its
+        own walk over the fields), else None."""
         leaves = field_leaves(items)
         signature = tuple((k, v.dtype, v.shape[1:]) for k, v in leaves)
         if signature == self._fields:
-            return
+            return [v for _, v in leaves]
         given = {k: (d, s) for k, d, s in signature}
         if self._fields is None:
             clash = [k[0] for k in given if k[0] in SAMPLE_INFO_KEYS]
@@ -210,10 +214,23 @@ class Table:
             if not given:
                 raise ValueError("items have no tensor fields")
             self._fields = signature
-            return
+            return None
         expected = {k: (d, s) for k, d, s in self._fields}
         if given != expected:
             raise ValueError(describe_mismatch(expected, given, f"table {self.name!r}'s"))
+        return None
+
+    def _write(self, slots: torch.Tensor, items: TensorDictBase, values: list[torch.Tensor] | None) -> None:
+        """storage.write, or for a plain TensorStorage laid out as the table's fields, a write of the tensors
+        the field check already collected (saves a second walk over the TensorDict per insert)."""
+        if values is not None and self._plain_storage and self.storage.signature == self._fields:
+            self.storage.write_values(slots, values)
+        else:
+            self.storage.write(slots, items)
+
+    def _release(self, slots: list[int]) -> None:
+        if not self._noop_release:  # TensorStorage.release does nothing: skip building the tensor
+            self.storage.release(torch.tensor(slots, dtype=torch.int64))
 
     @staticmethod
     def _deadline(timeout: float | None) -> float | None:
@@ -242,7 +259,7 @@ class Table:
         deadline = self._deadline(timeout)
         done = 0
         with self._cond:
-            self._check_fields(items)
+            values = self._check_fields(items)
             while done < n:
                 k = self._admissible(n - done)
                 if k == 0:
@@ -255,7 +272,7 @@ class Table:
                         err.keys = torch.from_numpy(keys[:done].copy())  # type: ignore[attr-defined]
                         raise err
                     continue
-                self._insert_chunk(items, done, k, priorities, keys)
+                self._insert_chunk(items, done, k, priorities, keys, values)
                 done += k
                 self._cond.notify_all()
         return torch.from_numpy(keys)
@@ -310,7 +327,13 @@ class Table:
         return k
 
     def _insert_chunk(
-        self, items: TensorDictBase, start: int, k: int, priorities: np.ndarray, keys_out: np.ndarray
+        self,
+        items: TensorDictBase,
+        start: int,
+        k: int,
+        priorities: np.ndarray,
+        keys_out: np.ndarray,
+        values: list[torch.Tensor] | None = None,
     ) -> None:
         """Insert items[start : start + k] (already admitted), evicting as the remover picks when full."""
         lim = self._limiter
@@ -319,7 +342,10 @@ class Table:
         self._next_key += k
         self._next_recency += k
         keys_out[start : start + k] = np.arange(first_key, first_key + k)
-        chunk = items if (start == 0 and k == len(priorities)) else items[start : start + k]
+        if start == 0 and k == len(priorities):
+            chunk = items
+        else:  # a slice of the batch: the collected tensors no longer match it
+            chunk, values = items[start : start + k], None
         excess = len(self._slot_of) + k - self.max_size
         if excess > 0 and k <= self.max_size and isinstance(self.remover, Fifo) and not self.remover._last:
             # A Fifo remover evicts the oldest items, never one of these new ones: evict them all first.
@@ -327,7 +353,7 @@ class Table:
             for slot in victims:
                 self._remove_item(slot)
             lim.deletes += excess
-            self.storage.release(torch.from_numpy(np.array(victims, dtype=np.int64)))
+            self._release(victims)
             excess = 0
         if excess <= 0:  # no (more) eviction: one storage write for the chunk
             free = self._free
@@ -347,7 +373,7 @@ class Table:
                 self._slot_of.update(zip(range(first_key, first_key + k), slot_list))
                 self.sampler.add(slots, prios, recency)
                 self.remover.add(slots, prios, recency)
-            self.storage.write(torch.from_numpy(slots), chunk)
+            self._write(torch.from_numpy(slots), chunk, values)
             lim.inserts += k
             return
 
@@ -377,7 +403,7 @@ class Table:
             self._add_item(slot, key, prio, rec)
             pending[slot] = j
         if released:
-            self.storage.release(torch.from_numpy(np.array(released, dtype=np.int64)))
+            self._release(released)
         if pending:
             slots = torch.from_numpy(np.array(list(pending), dtype=np.int64))
             index = list(pending.values())
@@ -483,7 +509,7 @@ class Table:
         data = self.storage.read(torch.from_numpy(slots))
         if exhausted:
             lim.deletes += len(exhausted)
-            self.storage.release(torch.tensor(exhausted, dtype=torch.int64))
+            self._release(exhausted)
         lim.samples += n
         data.update(
             {
@@ -541,7 +567,7 @@ class Table:
                 self._remove_item(slot)
             if len(slots):
                 self._limiter.deletes += len(slots)
-                self.storage.release(torch.from_numpy(slots))
+                self._release(slots.tolist())
                 self._cond.notify_all()
             return len(slots)
 
