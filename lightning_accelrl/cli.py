@@ -27,8 +27,11 @@ commands:
                                    --model.init_args.lr 3e-4 --data.num_envs 16 --trainer.devices 2
   recipes list                     the shipped recipes: name, algorithm, env, budget
   recipes show NAME                print a recipe's YAML (a starting point for your own config)
-  evaluate --ckpt PATH [--episodes N] [--stochastic] [--seed S] [--num-envs K]
-                                   play N episodes with a checkpoint; prints one JSON line
+  evaluate --ckpt PATH [--episodes N] [--stochastic] [--seed S] [--num-envs K] [--video DIR]
+                                   play N episodes with a checkpoint; prints one JSON line;
+                                   --video DIR: one MP4 (GIF without ffmpeg) per episode
+  plot RUN_DIR [RUN_DIR ...] --out curve.png [--x env_steps|wall_time|both]
+                                   learning curves; runs of one recipe: mean and min-max over seeds
   --version                        print the version
 
 `accelrl fit --help` lists every option of the trainer, the algorithm and the data module.
@@ -188,12 +191,39 @@ def cmd_evaluate(args: Sequence[str]) -> int:
         "--num-envs", type=int, default=None, help="envs stepped together (default: min(episodes, 8))"
     )
     parser.add_argument("--device", default="cpu")
+    parser.add_argument(
+        "--video",
+        metavar="DIR",
+        default=None,
+        help="record each episode (one env per episode, episode i seeded seed+i) to DIR/episode_<i>.mp4",
+    )
+    parser.add_argument(
+        "--max-episode-steps", type=int, default=None, help="with --video: cut episodes after this many steps"
+    )
     ns = _parse(parser, args)
     if ns.episodes < 1:
         raise UsageError(f"--episodes must be >= 1, got {ns.episodes}")
+    if ns.video is not None:
+        _check_video_dir(ns.video)
     from lightning_accelrl.checkpoints import load_agent
 
     agent, data_hparams = load_agent(ns.ckpt, ns.device)
+    if ns.video is not None:
+        from lightning_accelrl.video import record_episodes
+
+        result = record_episodes(
+            agent,
+            data_hparams["env"],
+            ns.episodes,
+            ns.video,
+            seed=ns.seed,
+            deterministic=not ns.stochastic,
+            env_kwargs=data_hparams.get("env_kwargs"),
+            max_steps=ns.max_episode_steps,
+        )
+        result = {"ckpt": str(ns.ckpt), "env": data_hparams["env"], "deterministic": not ns.stochastic, **result}
+        print(json.dumps(result))
+        return 0
     from lightning_accelrl.envs import make_env
     from lightning_accelrl.evaluation import evaluate_policy
 
@@ -215,6 +245,52 @@ def cmd_evaluate(args: Sequence[str]) -> int:
     return 0
 
 
+def _check_video_dir(path: str) -> None:
+    """Fail before loading anything when the video folder cannot be created or written."""
+    target = Path(path)
+    if target.exists() and not target.is_dir():
+        raise UsageError(f"--video {path!r} is a file, not a directory")
+    existing = next((p for p in (target, *target.parents) if p.exists()), Path("."))
+    if not os.access(existing, os.W_OK):
+        raise UsageError(f"--video {path!r}: directory {str(existing)!r} is not writable")
+    try:
+        import imageio  # noqa: F401
+    except ImportError:
+        raise UsageError("--video needs imageio: pip install 'lightning-accelrl[video]'") from None
+
+
+# ----- plot (no torch) ----------------------------------------------------------------------------------------------
+def cmd_plot(args: Sequence[str]) -> int:
+    import argparse
+
+    class Parser(argparse.ArgumentParser):
+        def error(self, message: str) -> Any:  # missing RUN_DIR/--out: one line, exit 2
+            raise UsageError(f"plot: {message}")
+
+    parser = Parser(
+        prog="accelrl plot",
+        description="Learning curves (episode_return_mean vs env steps and wall-clock time) from run folders.",
+    )
+    parser.add_argument("runs", nargs="+", metavar="RUN_DIR", help="runs/NAME/version_N, runs/NAME or runs")
+    parser.add_argument("--out", required=True, help="image file to write (.png, .pdf, .svg)")
+    parser.add_argument("--x", choices=("both", "env_steps", "wall_time"), default="both")
+    parser.add_argument(
+        "--group-by",
+        choices=("name", "config", "none"),
+        default="name",
+        help="runs drawn as one mean curve with a band: same logger name (recipe), same config up to seeds, or none",
+    )
+    parser.add_argument("--spread", choices=("minmax", "std"), default="minmax")
+    parser.add_argument("--title", default=None)
+    ns = _parse(parser, args)
+    from lightning_accelrl.plot import plot_runs
+
+    drawn = plot_runs(ns.runs, ns.out, x=ns.x, group_by=ns.group_by, spread=ns.spread, title=ns.title)
+    groups = ", ".join(f"{k} ({v} run{'s' if v > 1 else ''})" for k, v in drawn["groups"].items())
+    print(f"wrote {drawn['out']}: {groups}")
+    return 0
+
+
 def _parse(parser: Any, args: Sequence[str]) -> Any:
     try:
         parser.exit_on_error = False
@@ -230,6 +306,7 @@ COMMANDS: dict[str, Callable[[list[str]], int]] = {
     "fit": cmd_fit,
     "recipes": cmd_recipes,
     "evaluate": cmd_evaluate,
+    "plot": cmd_plot,
 }
 
 

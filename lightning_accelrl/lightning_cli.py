@@ -10,9 +10,12 @@ from typing import Any
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar, RichProgressBar
 from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.plugins.io import CheckpointIO
 
 from lightning_accelrl.algos.base import RLModule
+from lightning_accelrl.callbacks.rng import RNGState
 from lightning_accelrl.callbacks.summary import RunSummary
+from lightning_accelrl.checkpoint_io import AtomicCheckpointIO
 from lightning_accelrl.checkpoints import algorithm_of, read_checkpoint
 from lightning_accelrl.data.datamodule import ExperienceDataModule
 from lightning_accelrl.errors import ConfigError
@@ -63,12 +66,26 @@ class AccelRLCLI(LightningCLI):
             isinstance(c, ModelCheckpoint) for c in configured
         ):
             callbacks = [*callbacks, ModelCheckpoint(save_last=True)]  # checkpoints/last.ckpt to resume from
+        callbacks, config = _resume_defaults(config, configured, callbacks)
         return super()._instantiate_trainer(config, callbacks)
 
     def after_fit(self) -> None:
         summary = next((cb for cb in self.trainer.callbacks if isinstance(cb, RunSummary)), None)
         if self.trainer.is_global_zero and summary is not None and summary.path is not None:
             print(f"summary: {summary.path}", flush=True)
+
+
+def _resume_defaults(
+    config: dict[str, Any], configured: list[Any], callbacks: list[Any]
+) -> tuple[list[Any], dict[str, Any]]:
+    """Full resume by default: RNG states in checkpoints (RNGState) and atomic checkpoint files (AtomicCheckpointIO)."""
+    if not any(isinstance(c, RNGState) for c in configured):
+        callbacks = [*callbacks, RNGState()]
+    plugins = config.get("plugins")
+    plugins = [] if plugins is None else list(plugins) if isinstance(plugins, (list, tuple)) else [plugins]
+    if not any(isinstance(p, CheckpointIO) for p in plugins):
+        config = {**config, "plugins": [*plugins, AtomicCheckpointIO()]}
+    return callbacks, config
 
 
 def _share_log_version(loggers: list[Any]) -> None:

@@ -1,5 +1,7 @@
-"""Callbacks: run summary (and, as the project grows, evaluation, video and rate-limiter statistics)."""
+"""Callbacks: run summary, evaluation with videos, RNG states in checkpoints (and, later, rate-limiter statistics)."""
 
+from lightning_accelrl.callbacks.evaluation import VideoEvaluation
+from lightning_accelrl.callbacks.rng import RNGState
 from lightning_accelrl.callbacks.summary import RunSummary
 
-__all__ = ["RunSummary"]
+__all__ = ["RNGState", "RunSummary", "VideoEvaluation"]

@@ -1,0 +1,126 @@
+"""VideoEvaluation: evaluate the policy (and film it) every N env steps during fit; logs ``eval/return_mean``."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.utilities import rank_zero_warn
+
+from lightning_accelrl.errors import check
+
+
+class VideoEvaluation(Callback):
+    """Every ``every_n_env_steps`` env steps (over all ranks), play ``episodes`` fresh episodes on rank 0.
+
+    Logs ``eval/return_mean``, ``eval/return_std``, ``eval/length_mean`` and ``env_steps`` to every logger
+    (directly, at the current step, so the values are written whatever ``log_every_n_steps`` is).
+    With ``video_dir`` each episode is also recorded (:func:`lightning_accelrl.video.record_episodes`) to
+    ``video_dir/env_steps_<N>/episode_<i>.mp4``; a relative ``video_dir`` is placed in the run's log folder.
+    Without it, the episodes run on a vector env from the data module (faster, no frames).
+
+    Evaluation draws from its own seeds and a forked torch generator, so it does not change the training run.
+    Other ranks do not wait for it beyond their next gradient all-reduce.
+    """
+
+    def __init__(
+        self,
+        every_n_env_steps: int = 50_000,
+        episodes: int = 5,
+        video_dir: str | None = None,
+        deterministic: bool = True,
+        seed: int = 1_000_003,
+        at_fit_end: bool = True,
+        max_episode_steps: int | None = None,
+    ) -> None:
+        check(every_n_env_steps >= 1, f"every_n_env_steps must be >= 1, got {every_n_env_steps}")
+        check(episodes >= 1, f"episodes must be >= 1, got {episodes}")
+        self.every_n_env_steps = every_n_env_steps
+        self.episodes = episodes
+        self.video_dir = video_dir
+        self.deterministic = deterministic
+        self.seed = seed
+        self.at_fit_end = at_fit_end
+        self.max_episode_steps = max_episode_steps
+        self.next_at: int | None = None
+        self.last_at: int | None = None
+        self.results: list[dict[str, Any]] = []  # one entry per evaluation (rank 0)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"next_at": self.next_at, "last_at": self.last_at}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.next_at = state_dict.get("next_at")
+        self.last_at = state_dict.get("last_at")
+
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, *args: Any) -> None:
+        dm = trainer.datamodule
+        steps = int(getattr(dm, "env_steps", 0))
+        if self.next_at is None:
+            self.next_at = (steps // self.every_n_env_steps + 1) * self.every_n_env_steps
+        if steps >= self.next_at:
+            self.next_at = (steps // self.every_n_env_steps + 1) * self.every_n_env_steps
+            self.evaluate(trainer, pl_module, steps)
+
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        steps = int(getattr(trainer.datamodule, "env_steps", 0))
+        if self.at_fit_end and self.last_at != steps and steps > 0:
+            self.evaluate(trainer, pl_module, steps)
+
+    def evaluate(self, trainer: Trainer, pl_module: LightningModule, env_steps: int) -> dict[str, Any] | None:
+        self.last_at = env_steps
+        if not trainer.is_global_zero:
+            return None
+        dm = trainer.datamodule
+        was_training = pl_module.training
+        pl_module.eval()
+        try:
+            with torch.random.fork_rng(devices=[]):
+                result = self._run(trainer, pl_module, dm, env_steps)
+        finally:
+            pl_module.train(was_training)
+        result["env_steps"] = env_steps
+        self.results.append(result)
+        metrics = {
+            "eval/return_mean": result["return_mean"],
+            "eval/return_std": result["return_std"],
+            "eval/length_mean": result["length_mean"],
+            "env_steps": float(env_steps),
+        }
+        metrics = {k: v for k, v in metrics.items() if not (isinstance(v, float) and math.isnan(v))}
+        for logger in trainer.loggers:
+            logger.log_metrics(metrics, step=trainer.global_step)
+        trainer.callback_metrics.update({k: torch.tensor(v) for k, v in metrics.items()})
+        return result
+
+    def _run(self, trainer: Trainer, pl_module: LightningModule, dm: Any, env_steps: int) -> dict[str, Any]:
+        if not isinstance(getattr(dm, "env", None), str):
+            # an env object given to the data module is the training env itself: playing on it would disturb training
+            rank_zero_warn("VideoEvaluation needs a data module built from an env id; skipping evaluation")
+            return {"episodes": 0, "return_mean": math.nan, "return_std": math.nan, "length_mean": math.nan}
+        if self.video_dir is not None:
+            from lightning_accelrl.video import record_episodes
+
+            root = Path(self.video_dir)
+            if not root.is_absolute():
+                root = Path(trainer.log_dir or trainer.default_root_dir) / root
+            return record_episodes(
+                pl_module,
+                dm.env,
+                self.episodes,
+                root / f"env_steps_{env_steps}",
+                seed=self.seed,
+                deterministic=self.deterministic,
+                env_kwargs=getattr(dm, "env_kwargs", None),
+                max_steps=self.max_episode_steps,
+            )
+        from lightning_accelrl.evaluation import evaluate_policy
+
+        env = dm.build_env(rank=trainer.global_rank, seed=self.seed)
+        try:
+            return evaluate_policy(pl_module, env, self.episodes, deterministic=self.deterministic)
+        finally:
+            env.close()

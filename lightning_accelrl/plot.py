@@ -1,0 +1,316 @@
+"""Learning curves from run folders: ``accelrl plot RUN_DIR [RUN_DIR ...] --out curve.png``.
+
+A *run* is a logger version folder holding ``metrics.csv`` (``runs/NAME/version_N``); a RUN_DIR may be such a
+folder or any folder above it (``runs/NAME``, ``runs``): every ``metrics.csv`` below it is a run.
+
+What is drawn: ``episode_return_mean`` (mean of the last ``episode_window`` finished episodes) against env steps
+and against wall-clock seconds. Runs of one group (by default the same logger name, e.g. one recipe trained with
+several seeds) are drawn as their mean with a min–max band (``--spread std``: ±1 std); a group of one run is its
+own curve. A resumed run (its ``config.yaml`` names a ``ckpt_path`` inside another given run) is joined to the
+run it continues, so the pair is one curve.
+
+Wall time of a logged row is ``env_steps / env_steps_per_s`` (both logged together; the throughput is computed
+over the run's wall time so far, earlier segments of resumed runs included), so it is exact to float32
+precision. CSV files without ``env_steps_per_s`` fall back to ``summary.json``'s ``wall_time_s``,
+spread over the logged steps in proportion to the step index (an approximation, marked in the legend with ``~``).
+
+No torch import: this module stays fast (matplotlib with the Agg back-end).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lightning_accelrl.errors import ConfigError
+
+Y_KEY = "episode_return_mean"
+X_LABELS = {"env_steps": "env steps", "wall_time": "wall-clock time (s)"}
+
+
+@dataclass
+class Run:
+    """One logged run: its points sorted by env steps."""
+
+    path: Path
+    name: str  # logger name (the folder above version_N)
+    env_steps: np.ndarray
+    returns: np.ndarray
+    wall_time: np.ndarray | None
+    wall_time_exact: bool = True
+    config: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        return f"{self.name}/{self.path.name}" if self.path.name != self.name else self.name
+
+    def series(self, x: str) -> tuple[np.ndarray, np.ndarray] | None:
+        xs = self.env_steps if x == "env_steps" else self.wall_time
+        if xs is None:
+            return None
+        return xs, self.returns
+
+
+def _float(value: str | None) -> float:
+    try:
+        return float(value) if value not in (None, "") else math.nan
+    except ValueError:
+        return math.nan
+
+
+def read_run(run_dir: Path) -> Run:
+    """Read ``run_dir/metrics.csv`` (and ``config.yaml``/``summary.json`` when present)."""
+    csv_path = run_dir / "metrics.csv"
+    try:
+        with csv_path.open(newline="") as f:
+            rows = list(csv.DictReader(f))
+    except OSError as exc:
+        raise ConfigError(f"cannot read {str(csv_path)!r}: {exc.strerror or exc}") from None
+    points = []
+    for row in rows:
+        steps, ret = _float(row.get("env_steps")), _float(row.get(Y_KEY))
+        if math.isfinite(steps) and math.isfinite(ret):
+            points.append(
+                (steps, ret, _float(row.get("wall_time_s")), _float(row.get("env_steps_per_s")), _float(row.get("step")))
+            )
+    if not points:
+        raise ConfigError(
+            f"{str(csv_path)!r} has no rows with env_steps and {Y_KEY} (no finished episode was logged yet)"
+        )
+    points.sort(key=lambda p: p[0])
+    arr = np.asarray(points, dtype=np.float64)
+    env_steps, returns, wall_col, speed, step = arr.T
+    exact = True
+    if np.isfinite(wall_col).all():
+        wall: np.ndarray | None = wall_col
+    elif (np.isfinite(speed) & (speed > 0)).all():
+        wall = env_steps / speed
+    else:
+        wall, exact = _wall_from_summary(run_dir, step), False
+    config = _read_config(run_dir)
+    name = run_dir.parent.name if run_dir.name.startswith("version_") else run_dir.name
+    return Run(run_dir, name, env_steps, returns, wall, exact, config)
+
+
+def _wall_from_summary(run_dir: Path, step: np.ndarray) -> np.ndarray | None:
+    try:
+        total = float(json.loads((run_dir / "summary.json").read_text())["wall_time_s"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if not np.isfinite(step).all():
+        step = np.arange(len(step), dtype=np.float64)
+    return total * (step + 1) / (step.max() + 1)
+
+
+def _read_config(run_dir: Path) -> dict[str, Any]:
+    path = run_dir / "config.yaml"
+    if not path.is_file():
+        return {}
+    try:
+        import yaml
+
+        cfg = yaml.safe_load(path.read_text())
+    except Exception:
+        return {}
+    return cfg if isinstance(cfg, dict) else {}
+
+
+def find_runs(paths: list[str | Path]) -> list[Run]:
+    """Runs under the given folders (each folder: a version folder or any folder above version folders)."""
+    runs: list[Run] = []
+    seen: set[Path] = set()
+    for given in paths:
+        root = Path(given)
+        if not root.exists():
+            raise ConfigError(f"run directory {str(root)!r} not found")
+        if not root.is_dir():
+            raise ConfigError(f"{str(root)!r} is not a directory (give a run folder such as runs/NAME/version_0)")
+        csvs = [root / "metrics.csv"] if (root / "metrics.csv").is_file() else sorted(root.rglob("metrics.csv"))
+        if not csvs:
+            raise ConfigError(f"no metrics.csv under {str(root)!r}: not a run folder of accelrl fit (CSVLogger)")
+        for c in csvs:
+            run_dir = c.parent.resolve()
+            if run_dir not in seen:
+                seen.add(run_dir)
+                runs.append(read_run(c.parent))
+    return join_resumed(runs)
+
+
+# ----- resumed runs ----------------------------------------------------------------------------------------------
+def _resumed_from(run: Run, runs: list[Run]) -> Run | None:
+    ckpt = run.config.get("ckpt_path")
+    if not isinstance(ckpt, str) or not ckpt:
+        return None
+    candidates = [Path(ckpt)] if Path(ckpt).is_absolute() else [a / ckpt for a in run.path.resolve().parents]
+    for other in runs:
+        if other is run:
+            continue
+        root = other.path.resolve()
+        for cand in candidates:
+            resolved = Path(os.path.abspath(cand))
+            if root in resolved.parents:
+                return other
+    return None
+
+
+def join_resumed(runs: list[Run]) -> list[Run]:
+    """A run resumed from another given run's checkpoint continues that run's curve: join them into one."""
+    parent = {id(r): _resumed_from(r, runs) for r in runs}
+    children = {id(p) for p in parent.values() if p is not None}
+    out = []
+    for run in runs:
+        if id(run) in children:
+            continue  # shown as the start of its continuation
+        chain = [run]
+        while (p := parent[id(chain[0])]) is not None and p not in chain:
+            chain.insert(0, p)
+        joined = chain[0]
+        for nxt in chain[1:]:
+            keep = joined.env_steps < nxt.env_steps[0]  # the continuation replaces anything after the checkpoint
+            walls = None
+            if joined.wall_time is not None and nxt.wall_time is not None:
+                walls = np.concatenate([joined.wall_time[keep], nxt.wall_time])
+            joined = Run(
+                nxt.path,
+                nxt.name,
+                np.concatenate([joined.env_steps[keep], nxt.env_steps]),
+                np.concatenate([joined.returns[keep], nxt.returns]),
+                walls,
+                joined.wall_time_exact and nxt.wall_time_exact,
+                nxt.config,
+            )
+        out.append(joined)
+    return out
+
+
+# ----- groups ------------------------------------------------------------------------------------------------------
+_SEED_KEYS = ("seed_everything", "ckpt_path")
+
+
+def _config_key(cfg: dict[str, Any]) -> str:
+    cfg = {k: v for k, v in cfg.items() if k not in _SEED_KEYS}
+    data = dict(cfg.get("data") or {})
+    if isinstance(data.get("init_args"), dict):
+        data["init_args"] = {k: v for k, v in data["init_args"].items() if k != "seed"}
+    data.pop("seed", None)
+    cfg["data"] = data
+    trainer = {k: v for k, v in (cfg.get("trainer") or {}).items() if k not in ("logger", "default_root_dir")}
+    cfg["trainer"] = trainer
+    return hashlib.sha1(json.dumps(cfg, sort_keys=True, default=str).encode()).hexdigest()[:8]
+
+
+def group_runs(runs: list[Run], group_by: str = "name") -> dict[str, list[Run]]:
+    """``name``: same logger name (recipe); ``config``: same config.yaml up to seeds; ``none``: every run alone."""
+    groups: dict[str, list[Run]] = {}
+    for run in runs:
+        if group_by == "name":
+            key = run.name
+        elif group_by == "config":
+            key = f"{run.name} [{_config_key(run.config)}]" if run.config else run.label
+        elif group_by == "none":
+            key = run.label
+        else:
+            raise ConfigError(f"--group-by must be name, config or none, got {group_by!r}")
+        groups.setdefault(key, []).append(run)
+    if group_by == "none" and len(groups) < len(runs):  # same labels from different folders
+        groups = {f"{r.label} ({i})": [r] for i, r in enumerate(runs)}
+    return groups
+
+
+def aggregate(series: list[tuple[np.ndarray, np.ndarray]], spread: str = "minmax") -> tuple[np.ndarray, ...]:
+    """Mean and band of several curves on the union of their x values, over the x range they all cover."""
+    lo = max(float(x[0]) for x, _ in series)
+    hi = min(float(x[-1]) for x, _ in series)
+    if lo > hi:  # no common range: fall back to the union (each curve held at its ends)
+        lo, hi = min(float(x[0]) for x, _ in series), max(float(x[-1]) for x, _ in series)
+    grid = np.unique(np.concatenate([x for x, _ in series]))
+    grid = grid[(grid >= lo) & (grid <= hi)]
+    ys = np.stack([np.interp(grid, x, y) for x, y in series])
+    mean = ys.mean(axis=0)
+    if spread == "std":
+        sd = ys.std(axis=0)
+        return grid, mean, mean - sd, mean + sd
+    if spread == "minmax":
+        return grid, mean, ys.min(axis=0), ys.max(axis=0)
+    raise ConfigError(f"--spread must be minmax or std, got {spread!r}")
+
+
+# ----- drawing -----------------------------------------------------------------------------------------------------
+def _check_out(out: Path) -> None:
+    if out.suffix.lower() not in (".png", ".pdf", ".svg", ".jpg", ".jpeg"):
+        raise ConfigError(f"--out {str(out)!r}: use a .png, .pdf, .svg or .jpg file name")
+    parent = out.parent if str(out.parent) else Path(".")
+    if not parent.is_dir():
+        raise ConfigError(f"cannot write {str(out)!r}: directory {str(parent)!r} does not exist")
+    if out.is_dir():
+        raise ConfigError(f"cannot write {str(out)!r}: it is a directory")
+    if not os.access(parent, os.W_OK) or (out.exists() and not os.access(out, os.W_OK)):
+        raise ConfigError(f"cannot write {str(out)!r}: permission denied")
+
+
+def plot_runs(
+    paths: list[str | Path],
+    out: str | Path,
+    x: str = "both",
+    group_by: str = "name",
+    spread: str = "minmax",
+    title: str | None = None,
+) -> dict[str, Any]:
+    """Draw the learning curves of the runs under ``paths`` into ``out``; returns what was drawn (for tests/CLI)."""
+    if x not in ("both", "env_steps", "wall_time"):
+        raise ConfigError(f"--x must be env_steps, wall_time or both, got {x!r}")
+    out = Path(out)
+    _check_out(out)
+    runs = find_runs(list(paths))
+    groups = group_runs(runs, group_by)
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise ConfigError("plotting needs matplotlib: pip install 'lightning-accelrl[plot]'") from None
+
+    axes_x = ["env_steps", "wall_time"] if x == "both" else [x]
+    fig, axes = plt.subplots(1, len(axes_x), figsize=(6.4 * len(axes_x), 4.2), squeeze=False)
+    drawn: dict[str, Any] = {"runs": len(runs), "groups": {}}
+    for ax, xkey in zip(axes[0], axes_x):
+        for i, (label, members) in enumerate(groups.items()):
+            color = f"C{i % 10}"
+            series = [s for s in (r.series(xkey) for r in members) if s is not None]
+            if not series:
+                continue
+            approx = xkey == "wall_time" and not all(r.wall_time_exact for r in members)
+            text = label + (f" (mean of {len(series)}, {'±std' if spread == 'std' else 'min–max'})" if len(series) > 1 else "")
+            text += " ~time" if approx else ""
+            if len(series) == 1:
+                xs, ys = series[0]
+                ax.plot(xs, ys, color=color, label=text, lw=1.6)
+            else:
+                grid, mean, low, high = aggregate(series, spread)
+                ax.plot(grid, mean, color=color, label=text, lw=1.8)
+                ax.fill_between(grid, low, high, color=color, alpha=0.2, lw=0)
+            drawn["groups"].setdefault(label, len(series))
+        ax.set_xlabel(X_LABELS[xkey])
+        ax.set_ylabel("episode return (mean of recent episodes)")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8, loc="best")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    try:
+        fig.savefig(out, dpi=110)
+    except OSError as exc:
+        raise ConfigError(f"cannot write {str(out)!r}: {exc.strerror or exc}") from None
+    finally:
+        plt.close(fig)
+    drawn["out"] = str(out)
+    return drawn

@@ -1,0 +1,228 @@
+"""Videos of the agent playing: one file per episode, recorded from a separate single env.
+
+Recording uses one plain (non-vector) env per episode, so the last frame is the true final state (vector envs
+reset in the same step an episode ends) and any back-end can be filmed:
+- Gymnasium ids: ``gymnasium.make(id, render_mode="rgb_array", **env_kwargs)``; frames from ``env.render()``.
+- ``ALE/...`` ids: the Gymnasium implementation of our Atari protocol
+  (:func:`lightning_accelrl.envs.atari.make_gym_atari_env`: same preprocessing, same observations as the
+  C++ vector env the agent trained on); frames are the raw RGB screens (``ale.getScreenRGB()``), not the
+  84x84 grayscale the agent sees.
+An episode of ``L`` steps gives ``L + 1`` frames (the reset frame, then one per step).
+
+Files are MP4 (H.264, through imageio-ffmpeg's bundled ffmpeg binary) or, without imageio-ffmpeg, GIF.
+Install with ``pip install 'lightning-accelrl[video]'``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from lightning_accelrl.errors import ConfigError
+
+
+def video_format() -> str:
+    """``"mp4"`` when imageio-ffmpeg (and so an ffmpeg binary) is importable, else ``"gif"``."""
+    try:
+        import imageio_ffmpeg
+
+        imageio_ffmpeg.get_ffmpeg_exe()
+        return "mp4"
+    except Exception:
+        return "gif"
+
+
+def _require_imageio() -> Any:
+    try:
+        import imageio.v2 as imageio
+    except ImportError:
+        raise ConfigError(
+            "recording videos needs imageio: pip install 'lightning-accelrl[video]' (imageio, imageio-ffmpeg)"
+        ) from None
+    return imageio
+
+
+def _even(frame: np.ndarray) -> np.ndarray:
+    """H.264 in yuv420p needs even sides: pad by one edge row/column where needed (no resampling)."""
+    h, w = frame.shape[:2]
+    if h % 2 or w % 2:
+        frame = np.pad(frame, ((0, h % 2), (0, w % 2), (0, 0)), mode="edge")
+    return frame
+
+
+def _rgb(frame: Any) -> np.ndarray:
+    a = np.asarray(frame)
+    if a.ndim == 2:
+        a = np.repeat(a[..., None], 3, axis=-1)
+    if a.dtype != np.uint8:
+        a = np.clip(a, 0, 255).astype(np.uint8)
+    return np.ascontiguousarray(a[..., :3])
+
+
+def write_video(frames: Sequence[np.ndarray], path: str | Path, fps: float = 30.0, fmt: str | None = None) -> Path:
+    """Write RGB ``uint8 [H, W, 3]`` frames; ``path``'s suffix is replaced by ``.mp4`` or ``.gif`` (``fmt``)."""
+    if not frames:
+        raise ValueError("no frames to write")
+    imageio = _require_imageio()
+    fmt = fmt or video_format()
+    path = Path(path).with_suffix(f".{fmt}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if fmt == "mp4":
+        writer = imageio.get_writer(
+            path,
+            format="FFMPEG",  # type: ignore[arg-type]
+            mode="I",
+            fps=fps,
+            codec="libx264",
+            pixelformat="yuv420p",
+            macro_block_size=1,  # sides are made even below; no resize
+            quality=7,
+            ffmpeg_log_level="error",
+        )
+        try:
+            for frame in frames:
+                writer.append_data(_even(_rgb(frame)))
+        finally:
+            writer.close()
+    elif fmt == "gif":
+        # Pillow merges identical consecutive frames (adding up their durations)
+        imageio.mimsave(path, [_rgb(f) for f in frames], format="GIF", duration=1000.0 / fps, loop=0)  # type: ignore[arg-type]
+    else:
+        raise ValueError(f"unknown video format {fmt!r}: mp4 or gif")
+    return path
+
+
+def count_frames(path: str | Path) -> int:
+    """Decode a video written by :func:`write_video` and count its frames."""
+    imageio = _require_imageio()
+    reader = imageio.get_reader(path, format="FFMPEG" if str(path).endswith(".mp4") else "GIF")  # type: ignore[arg-type]
+    try:
+        return sum(1 for _ in reader)
+    finally:
+        reader.close()
+
+
+# ----- single envs that can be filmed --------------------------------------------------------------------------
+class _FilmedEnv:
+    """A single Gymnasium env with torch observations ``[1, ...]`` and an RGB ``frame()``."""
+
+    def __init__(self, env: Any, frame_fn: Any, fps: float) -> None:
+        import gymnasium as gym
+
+        self.env = env
+        self.frame = frame_fn
+        self.fps = fps
+        space = env.action_space
+        self.discrete = isinstance(space, gym.spaces.Discrete)
+        self.offset = int(space.start) if self.discrete else 0
+        self.low = None if self.discrete else np.asarray(space.low, dtype=np.float32)
+        self.high = None if self.discrete else np.asarray(space.high, dtype=np.float32)
+
+    @staticmethod
+    def _obs(obs: Any) -> torch.Tensor:
+        t = torch.from_numpy(np.asarray(obs))
+        return (t.float() if t.dtype == torch.float64 else t).unsqueeze(0)
+
+    def reset(self, seed: int) -> torch.Tensor:
+        obs, _ = self.env.reset(seed=seed)
+        return self._obs(obs)
+
+    def step(self, action: torch.Tensor) -> tuple[torch.Tensor, float, bool]:
+        a = action.detach().cpu().numpy()[0]
+        a = int(a) + self.offset if self.discrete else np.clip(a, self.low, self.high)
+        obs, reward, terminated, truncated, _ = self.env.step(a)
+        return self._obs(obs), float(reward), bool(terminated or truncated)
+
+    def close(self) -> None:
+        self.env.close()
+
+
+def make_filmed_env(env_id: str, env_kwargs: dict[str, Any] | None = None) -> _FilmedEnv:
+    """A single env for ``env_id`` whose frames can be recorded (see the module docstring)."""
+    import gymnasium as gym
+
+    kwargs = dict(env_kwargs or {})
+    if env_id.startswith("ALE/"):
+        from lightning_accelrl.envs.atari import ATARI_DEFAULTS, make_gym_atari_env
+
+        vec = make_gym_atari_env(env_id, 1, 0, 0, kwargs, vectorization="sync")
+        single = vec.env.envs[0]  # GymVectorEnv -> SyncVectorEnv -> the wrapped single env
+        ale = single.unwrapped.ale
+        fps = 60.0 / max(1, int(kwargs.get("frameskip", ATARI_DEFAULTS["frameskip"])))  # one frame per agent step, at real game speed
+        return _FilmedEnv(single, ale.getScreenRGB, fps)
+    from lightning_accelrl.envs.gym import check_env_id
+
+    check_env_id(env_id)
+    kwargs.pop("render_mode", None)
+    env = gym.make(env_id, render_mode="rgb_array", **kwargs)
+    fps = float(env.metadata.get("render_fps") or 30)
+    return _FilmedEnv(env, env.render, fps)
+
+
+@torch.no_grad()
+def record_episodes(
+    agent: Any,
+    env_id: str,
+    episodes: int,
+    video_dir: str | Path,
+    seed: int = 1_000_003,
+    deterministic: bool = True,
+    env_kwargs: dict[str, Any] | None = None,
+    max_steps: int | None = None,
+    prefix: str = "episode",
+    fps: float | None = None,
+) -> dict[str, Any]:
+    """Play ``episodes`` episodes (episode i seeded ``seed + i``), one video file each in ``video_dir``.
+
+    Returns the same statistics as :func:`~lightning_accelrl.evaluation.evaluate_policy` plus ``videos``
+    (the paths) and ``frames`` (frames per video: episode length + 1). ``max_steps`` cuts long episodes.
+    """
+    if episodes < 1:
+        raise ConfigError(f"episodes must be >= 1, got {episodes}")
+    out = Path(video_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"cannot create video directory {str(out)!r}: {exc.strerror or exc}") from None
+    device = torch.device(getattr(agent, "device", "cpu"))
+    returns: list[float] = []
+    lengths: list[int] = []
+    videos: list[str] = []
+    frame_counts: list[int] = []
+    env = make_filmed_env(env_id, env_kwargs)
+    try:
+        for i in range(episodes):
+            obs = env.reset(seed + i)
+            frames = [env.frame()]
+            total, length, done = 0.0, 0, False
+            while not done and (max_steps is None or length < max_steps):
+                action = agent.policy(obs.to(device), deterministic=deterministic)
+                obs, reward, done = env.step(action)
+                total += reward
+                length += 1
+                frames.append(env.frame())
+            path = write_video(frames, out / f"{prefix}_{i:03d}", fps=fps or env.fps)
+            returns.append(total)
+            lengths.append(length)
+            videos.append(str(path))
+            frame_counts.append(len(frames))
+    finally:
+        env.close()
+    arr = np.asarray(returns, dtype=np.float64)
+    return {
+        "episodes": len(returns),
+        "return_mean": float(arr.mean()) if len(arr) else math.nan,
+        "return_std": float(arr.std()) if len(arr) else math.nan,
+        "return_min": float(arr.min()) if len(arr) else math.nan,
+        "return_max": float(arr.max()) if len(arr) else math.nan,
+        "length_mean": float(np.mean(lengths)) if lengths else math.nan,
+        "returns": [round(r, 4) for r in returns],
+        "lengths": lengths,
+        "videos": videos,
+        "frames": frame_counts,
+    }
