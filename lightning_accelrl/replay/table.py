@@ -347,7 +347,7 @@ class Table:
         else:  # a slice of the batch: the collected tensors no longer match it
             chunk, values = items[start : start + k], None
         excess = len(self._slot_of) + k - self.max_size
-        if excess > 0 and k <= self.max_size and isinstance(self.remover, Fifo) and not self.remover._last:
+        if excess > 0 and k <= self.max_size and type(self.remover) is Fifo:
             # A Fifo remover evicts the oldest items, never one of these new ones: evict them all first.
             victims = self.remover.oldest(excess)
             for slot in victims:
