@@ -118,3 +118,34 @@ def test_item_evicted_within_its_own_insert_call_is_never_written():
 def test_storage_smaller_than_table_is_rejected():
     with pytest.raises(ValueError, match="capacity"):
         Table("t", selectors.Fifo(), selectors.Fifo(), 5, rate_limiters.MinSize(1), storage=TensorStorage(4))
+
+
+def _child_reads(buffer: torch.Tensor, conn) -> None:
+    conn.recv()  # wait until the parent has inserted
+    conn.send(buffer[:3].tolist())
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs fork")
+def test_shared_storage_is_read_by_a_forked_process_without_copies():
+    import multiprocessing as mp
+
+    example = TensorDict({"x": torch.zeros(4)}, [])
+    t = Table(
+        "t",
+        selectors.Fifo(),
+        selectors.Fifo(),
+        8,
+        rate_limiters.MinSize(1),
+        storage=TensorStorage(8, example),
+    )
+    t.share_memory_()
+    ctx = mp.get_context("fork")
+    parent, child = ctx.Pipe()
+    proc = ctx.Process(target=_child_reads, args=(t.storage._buffers[0], child))
+    proc.start()
+    t.insert(TensorDict({"x": torch.arange(12.0).reshape(3, 4)}, [3]))  # written after the fork
+    parent.send(None)
+    assert parent.poll(20)
+    assert parent.recv() == torch.arange(12.0).reshape(3, 4).tolist()
+    proc.join(10)
+    assert proc.exitcode == 0
