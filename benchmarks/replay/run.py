@@ -241,6 +241,32 @@ def write_section(path: Path, body: str) -> None:
     path.write_text(text)
 
 
+def goal_lines(body: str) -> list[str]:
+    return [ln for ln in body.splitlines() if ln.startswith("- ") and ("**met" in ln or "**missed" in ln)]
+
+
+def rerender(args) -> None:
+    saved = [json.loads(Path(p).read_text()) for p in args.from_json]
+    bodies = []
+    for d in saved:
+        a = argparse.Namespace(**d["args"])
+        started = d.get("started", "see the raw file")
+        bodies.append(report(d["runs"], d["memory"], a, started, d.get("wall_s", 0.0)))
+    body = bodies[0]
+    for path, d, other in zip(args.from_json[1:], saved[1:], bodies[1:]):
+        n = len(d["runs"]["ours"])
+        load = d.get("loadavg")
+        body += (f"\n\nNoise check, another run ({Path(path).name}, {n} repeats"
+                 + (f", load average {load[0]:.1f} → {load[1]:.1f}" if load else "") + "):\n\n"
+                 + "\n".join(goal_lines(other)))
+    if args.note:
+        body += "\n\n" + args.note
+    print(body)
+    if not args.no_write:
+        write_section(Path(args.results), body)
+        print(f"wrote the replay section of {args.results}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeats", type=int, default=3)
@@ -250,11 +276,19 @@ def main() -> None:
     ap.add_argument("--results", default=str(ROOT / "benchmarks/RESULTS.md"))
     ap.add_argument("--no-write", action="store_true")
     ap.add_argument("--timeout", type=float, default=900)
+    ap.add_argument("--from-json", nargs="+", metavar="RAW",
+                    help="re-render saved runs (benchmarks/out/replay-*.json) instead of measuring: the first one "
+                    "is the table; the goal lines of the others are appended (a noise check)")
+    ap.add_argument("--note", default="", help="a sentence added to the report (e.g. the machine's load)")
     args = ap.parse_args()
+    if args.from_json:
+        rerender(args)
+        return
     libs = [x for x in args.libs.split(",") if x]
     if "reverb" in libs and not Path(args.reverb_python).exists():
         sys.exit(f"{args.reverb_python} not found: run `bash benchmarks/setup_peers.sh` first")
     started = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M")
+    load0 = os.getloadavg()[0]
     t0 = time.perf_counter()
     runs: dict[str, list[dict]] = {lib: [] for lib in LIBS}
     for rep in range(args.repeats):
@@ -269,11 +303,17 @@ def main() -> None:
     out_dir = ROOT / "benchmarks/out"
     out_dir.mkdir(parents=True, exist_ok=True)
     raw = out_dir / f"replay-{started.replace(' ', 'T').replace(':', '')}.json"
-    raw.write_text(json.dumps({"args": vars(args), "runs": runs, "memory": memory}, indent=1))
+    loadavg = [load0, os.getloadavg()[0]]
+    raw.write_text(json.dumps({"args": vars(args), "runs": runs, "memory": memory, "started": started,
+                               "wall_s": wall, "loadavg": loadavg}, indent=1))
     if any(not runs[lib] for lib in LIBS):
         print(f"raw results in {raw} (the report needs ours, reverb and torchrl)")
         return
     body = report(runs, memory, args, started, wall)
+    body += (f"\n\nLoad average (1 min) at the start and end of the run: {loadavg[0]:.1f}, {loadavg[1]:.1f} "
+             f"on {os.cpu_count()} CPUs (other work shares this machine).")
+    if args.note:
+        body += "\n\n" + args.note
     print(body)
     print(f"\nraw results: {raw}")
     if not args.no_write:
