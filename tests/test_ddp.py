@@ -196,10 +196,5 @@ def test_logged_episodes_are_summed_over_ranks(ddp_run) -> None:
         assert ddp_run[rank]["logged_episodes"] == total  # every step, on both ranks
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: seed_everything gives every rank the same torch RNG stream, so action-sampling noise is "
-    "identical across ranks; NOTES.md asks to reseed action sampling per rank",
-)
 def test_action_sampling_is_seeded_per_rank(ddp_run) -> None:
     assert not torch.equal(ddp_run[0]["rng_state"], ddp_run[1]["rng_state"])

@@ -5,6 +5,7 @@ The algorithm files (``ppo.py``, ``a2c.py``...) hold only their networks' use an
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import torch
@@ -48,6 +49,13 @@ class RLModule(LightningModule):
     def build_networks(self, spec: EnvSpec) -> None:
         """Create the algorithm's networks for ``spec`` (called once, in ``configure_model``)."""
         raise NotImplementedError
+
+    def on_fit_start(self) -> None:
+        """Per-rank randomness for action sampling: ``seed_everything`` gives every rank the same torch stream."""
+        if self.trainer.world_size > 1:
+            dm = self._datamodule()
+            base = dm._base_seed() if hasattr(dm, "_base_seed") else int(os.environ.get("PL_GLOBAL_SEED", 0))
+            torch.manual_seed(base + 7919 * self.trainer.global_rank)
 
     def configure_model(self) -> None:
         if not getattr(self, "_built", False):

@@ -150,8 +150,12 @@ class PPO(RLModule):
                     stats["entropy"].append(entropy.detach())
                     stats["approx_kl"].append(((ratio - 1) - log_ratio).mean())
                     stats["clip_frac"].append(((ratio - 1).abs() > clip).float().mean())
-            if hp.target_kl is not None and float(stats["approx_kl"][-1]) > hp.target_kl:
-                break
+            if hp.target_kl is not None:
+                kl = stats["approx_kl"][-1]
+                if self.trainer.world_size > 1:  # every rank must stop after the same epoch (DDP)
+                    kl = self.trainer.strategy.reduce(kl, reduce_op="mean")
+                if float(kl) > hp.target_kl:
+                    break
 
         self.policy_version += 1
         metrics = {f"train/{k}": torch.stack(v).mean() for k, v in stats.items()}

@@ -46,6 +46,8 @@ class ExperienceDataModule(LightningDataModule):
         learning_starts: replay mode: transitions in the table before the first sample (``min_size_to_sample``).
         replay_error_buffer: replay mode: how far the ratio may drift, in samples (default: wide enough that
             the single-threaded loop can always sample or insert).
+        sampler: ``sync`` (all envs step, then one batched forward) or ``alternating`` (two env groups: one
+            steps while the policy runs for the other, the paper's overlap; rollout mode).
     """
 
     def __init__(
@@ -64,12 +66,14 @@ class ExperienceDataModule(LightningDataModule):
         replay_ratio: float = 8.0,
         learning_starts: int = 1_000,
         replay_error_buffer: float | None = None,
+        sampler: Literal["sync", "alternating"] = "sync",
     ) -> None:
         super().__init__()
         check(num_envs >= 1, f"num_envs must be >= 1, got {num_envs}")
         check(rollout_steps >= 1, f"rollout_steps must be >= 1, got {rollout_steps}")
         check(total_env_steps >= 1, f"total_env_steps must be >= 1, got {total_env_steps}")
         check(updates_per_epoch >= 1, f"updates_per_epoch must be >= 1, got {updates_per_epoch}")
+        check(sampler in ("sync", "alternating"), f"sampler must be sync or alternating, got {sampler!r}")
         check(batch_size >= 1, f"batch_size must be >= 1, got {batch_size}")
         check(replay_capacity >= 1, f"replay_capacity must be >= 1, got {replay_capacity}")
         check(replay_ratio > 0, f"replay_ratio must be > 0, got {replay_ratio}")
@@ -99,8 +103,10 @@ class ExperienceDataModule(LightningDataModule):
         self.replay_ratio = replay_ratio
         self.learning_starts = learning_starts
         self.replay_error_buffer = replay_error_buffer
+        self.sampler_kind = sampler
         self.feeder: ReplayFeeder | None = None
         self._exhausted = False
+        self._in_flight = False
         self._pending_replay_state: dict | None = None
         self.sampler: SyncSampler | None = None
         self.tracker: EpisodeTracker | None = None  # outlives the sampler, for summaries after fit
@@ -162,6 +168,10 @@ class ExperienceDataModule(LightningDataModule):
             if self._pending_replay_state is not None:
                 self.feeder.load_state_dict(self._pending_replay_state)
                 self._pending_replay_state = None
+        elif self.sampler_kind == "alternating":
+            from lightning_accelrl.sampling.alternating import AlternatingSampler
+
+            self.sampler = AlternatingSampler(env, self.rollout_steps, episode_window=self.episode_window)
         else:
             self.sampler = SyncSampler(env, self.rollout_steps, episode_window=self.episode_window)
         if self.tracker is not None:  # restored from a checkpoint before the envs existed
@@ -169,6 +179,7 @@ class ExperienceDataModule(LightningDataModule):
         self.tracker = self.sampler.tracker
 
     def teardown(self, stage: str) -> None:
+        self._in_flight = False
         if self.sampler is not None:
             self.sampler.close()
             self.sampler = None
@@ -195,6 +206,10 @@ class ExperienceDataModule(LightningDataModule):
 
     @property
     def progress(self) -> float:
+        """Fraction of the budget spent before the current batch's data was collected (0 for the first update,
+        (k-1)/K for the last of K: annealed rates never reach 0 while they still matter, as in CleanRL)."""
+        if self.feeder is None and self._in_flight:
+            return min(1.0, (self.updates_done - 1) * self.env_steps_per_update / self.total_env_steps)
         return min(1.0, self.env_steps / self.total_env_steps)
 
     @property
@@ -246,6 +261,7 @@ class ExperienceDataModule(LightningDataModule):
         if self._start is None:
             self._start = time.perf_counter()
         rollout = self.sampler.collect(agent)
+        self._in_flight = True  # the update on this rollout has not been applied yet (see ``progress``)
         self.updates_done += 1
         if self.updates_done >= self.total_updates:
             self.trainer.should_stop = True
@@ -283,6 +299,7 @@ class ExperienceDataModule(LightningDataModule):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.updates_done = int(state["updates_done"])
+        self._in_flight = False
         self._elapsed_before = float(state.get("wall_time", 0.0))
         self._start = None
         if state.get("replay") is not None:
