@@ -221,7 +221,12 @@ def cmd_evaluate(args: Sequence[str]) -> int:
             env_kwargs=data_hparams.get("env_kwargs"),
             max_steps=ns.max_episode_steps,
         )
-        result = {"ckpt": str(ns.ckpt), "env": data_hparams["env"], "deterministic": not ns.stochastic, **result}
+        result = {
+            "ckpt": str(ns.ckpt),
+            "env": data_hparams["env"],
+            "deterministic": not ns.stochastic,
+            **result,
+        }
         print(json.dumps(result))
         return 0
     from lightning_accelrl.envs import make_env

@@ -79,7 +79,13 @@ def read_run(run_dir: Path) -> Run:
         steps, ret = _float(row.get("env_steps")), _float(row.get(Y_KEY))
         if math.isfinite(steps) and math.isfinite(ret):
             points.append(
-                (steps, ret, _float(row.get("wall_time_s")), _float(row.get("env_steps_per_s")), _float(row.get("step")))
+                (
+                    steps,
+                    ret,
+                    _float(row.get("wall_time_s")),
+                    _float(row.get("env_steps_per_s")),
+                    _float(row.get("step")),
+                )
             )
     if not points:
         raise ConfigError(
@@ -132,10 +138,16 @@ def find_runs(paths: list[str | Path]) -> list[Run]:
         if not root.exists():
             raise ConfigError(f"run directory {str(root)!r} not found")
         if not root.is_dir():
-            raise ConfigError(f"{str(root)!r} is not a directory (give a run folder such as runs/NAME/version_0)")
-        csvs = [root / "metrics.csv"] if (root / "metrics.csv").is_file() else sorted(root.rglob("metrics.csv"))
+            raise ConfigError(
+                f"{str(root)!r} is not a directory (give a run folder such as runs/NAME/version_0)"
+            )
+        csvs = (
+            [root / "metrics.csv"] if (root / "metrics.csv").is_file() else sorted(root.rglob("metrics.csv"))
+        )
         if not csvs:
-            raise ConfigError(f"no metrics.csv under {str(root)!r}: not a run folder of accelrl fit (CSVLogger)")
+            raise ConfigError(
+                f"no metrics.csv under {str(root)!r}: not a run folder of accelrl fit (CSVLogger)"
+            )
         for c in csvs:
             run_dir = c.parent.resolve()
             if run_dir not in seen:
@@ -174,7 +186,9 @@ def join_resumed(runs: list[Run]) -> list[Run]:
             chain.insert(0, p)
         joined = chain[0]
         for nxt in chain[1:]:
-            keep = joined.env_steps < nxt.env_steps[0]  # the continuation replaces anything after the checkpoint
+            keep = (
+                joined.env_steps < nxt.env_steps[0]
+            )  # the continuation replaces anything after the checkpoint
             walls = None
             if joined.wall_time is not None and nxt.wall_time is not None:
                 walls = np.concatenate([joined.wall_time[keep], nxt.wall_time])
@@ -289,7 +303,11 @@ def plot_runs(
             if not series:
                 continue
             approx = xkey == "wall_time" and not all(r.wall_time_exact for r in members)
-            text = label + (f" (mean of {len(series)}, {'±std' if spread == 'std' else 'min–max'})" if len(series) > 1 else "")
+            text = label + (
+                f" (mean of {len(series)}, {'±std' if spread == 'std' else 'min–max'})"
+                if len(series) > 1
+                else ""
+            )
             text += " ~time" if approx else ""
             if len(series) == 1:
                 xs, ys = series[0]

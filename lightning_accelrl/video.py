@@ -64,7 +64,9 @@ def _rgb(frame: Any) -> np.ndarray:
     return np.ascontiguousarray(a[..., :3])
 
 
-def write_video(frames: Sequence[np.ndarray], path: str | Path, fps: float = 30.0, fmt: str | None = None) -> Path:
+def write_video(
+    frames: Sequence[np.ndarray], path: str | Path, fps: float = 30.0, fmt: str | None = None
+) -> Path:
     """Write RGB ``uint8 [H, W, 3]`` frames; ``path``'s suffix is replaced by ``.mp4`` or ``.gif`` (``fmt``)."""
     if not frames:
         raise ValueError("no frames to write")
@@ -153,7 +155,9 @@ def make_filmed_env(env_id: str, env_kwargs: dict[str, Any] | None = None) -> _F
         vec = make_gym_atari_env(env_id, 1, 0, 0, kwargs, vectorization="sync")
         single = vec.env.envs[0]  # GymVectorEnv -> SyncVectorEnv -> the wrapped single env
         ale = single.unwrapped.ale
-        fps = 60.0 / max(1, int(kwargs.get("frameskip", ATARI_DEFAULTS["frameskip"])))  # one frame per agent step, at real game speed
+        fps = 60.0 / max(
+            1, int(kwargs.get("frameskip", ATARI_DEFAULTS["frameskip"]))
+        )  # one frame per agent step, at real game speed
         return _FilmedEnv(single, ale.getScreenRGB, fps)
     from lightning_accelrl.envs.gym import check_env_id
 
