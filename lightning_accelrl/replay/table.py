@@ -7,6 +7,7 @@ A table composes a sampler and a remover (selectors), a maximum size, a rate lim
 from __future__ import annotations
 
 import importlib
+import itertools
 import math
 import os
 import threading
@@ -529,28 +530,28 @@ class Table:
             keys = keys.detach().cpu().numpy()
         return np.asarray(keys, dtype=np.int64).reshape(-1)
 
-    def _slots_of(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _slots_of(self, keys: list[int]) -> tuple[np.ndarray, np.ndarray]:
         """Slots of the present keys among ``keys`` and a mask of which keys were present."""
-        get = self._slot_of.get
-        slots = np.fromiter((get(k, -1) for k in keys.tolist()), dtype=np.int64, count=len(keys))
+        slots = np.fromiter(
+            map(self._slot_of.get, keys, itertools.repeat(-1)), dtype=np.int64, count=len(keys)
+        )
         present = slots >= 0
         return slots[present], present
 
     def update_priorities(self, keys: Any, priorities: Any) -> None:
         """Set new priorities (sampler and remover both see them; heaps re-order). Unknown keys are ignored; a
         negative or NaN priority is a ``ValueError`` and nothing changes. For repeated keys the last one wins."""
-        keys = self._key_array(keys)
-        p = self._check_priorities(priorities, len(keys))
+        key_list = self._key_array(keys).tolist()
+        p = self._check_priorities(priorities, len(key_list))
+        if len(set(key_list)) != len(key_list):  # keep the last occurrence of each key, in batch order
+            keep = sorted({k: i for i, k in enumerate(key_list)}.values())
+            key_list, p = [key_list[i] for i in keep], p[keep]
         with self._cond:
-            slots, present = self._slots_of(keys)
+            slots, present = self._slots_of(key_list)
             if len(slots) == 0:
                 return
-            p = p[present]
-            if len(slots) > 1:  # keep the last occurrence of each slot, in batch order
-                _, first_in_reversed = np.unique(slots[::-1], return_index=True)
-                keep = np.sort(len(slots) - 1 - first_in_reversed)
-                if len(keep) < len(slots):
-                    slots, p = slots[keep], p[keep]
+            if len(slots) < len(key_list):
+                p = p[present]
             recency = np.arange(self._next_recency, self._next_recency + len(slots), dtype=np.int64)
             self._next_recency += len(slots)
             self._priority[slots] = p
@@ -561,7 +562,7 @@ class Table:
     def delete(self, keys: Any) -> int:
         """Delete items by key (unknown keys are ignored); each counts as a limiter delete. Returns how many."""
         with self._cond:
-            slots, _ = self._slots_of(self._key_array(keys))
+            slots, _ = self._slots_of(self._key_array(keys).tolist())
             slots = np.unique(slots)
             for slot in slots.tolist():
                 self._remove_item(slot)
