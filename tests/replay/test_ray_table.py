@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import os
+import shutil
 import sys
 import tempfile
 import threading
@@ -50,6 +51,7 @@ def ray_session():
     yield
     if started:
         ray.shutdown()
+        shutil.rmtree(temp_dir, ignore_errors=True)  # Ray leaves its session folder behind
 
 
 NO_CPU = {"num_cpus": 0}  # table actors must not keep the producer and consumer tasks from being scheduled
