@@ -1,0 +1,158 @@
+"""``accelrl plot``: learning curves from run folders (hand-made CSVs for the details, two real runs end to end)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from lightning_accelrl import cli
+from lightning_accelrl.plot import aggregate, find_runs, group_runs, plot_runs
+
+pytest.importorskip("matplotlib")
+PNG = b"\x89PNG\r\n\x1a\n"
+QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
+
+
+def write_run(
+    folder: Path,
+    steps: list[float],
+    returns: list[float],
+    speed: float | None = 1000.0,
+    config: dict | None = None,
+    summary: dict | None = None,
+) -> Path:
+    folder.mkdir(parents=True)
+    fields = ["env_steps", "episode_return_mean", "step", "train/loss"] + (
+        ["env_steps_per_s"] if speed else []
+    )
+    with open(folder / "metrics.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fields)
+        w.writeheader()
+        w.writerow({"env_steps": 0, "step": 0, "train/loss": 1.0})  # no episode finished yet: skipped
+        for i, (s, r) in enumerate(zip(steps, returns)):
+            row = {"env_steps": s, "episode_return_mean": r, "step": i + 1, "train/loss": 0.5}
+            if speed:
+                row["env_steps_per_s"] = speed
+            w.writerow(row)
+    if config is not None:
+        import yaml
+
+        (folder / "config.yaml").write_text(yaml.safe_dump(config))
+    if summary is not None:
+        (folder / "summary.json").write_text(json.dumps(summary))
+    return folder
+
+
+def test_aggregate_mean_and_band_over_the_common_range() -> None:
+    a = (np.array([0.0, 10.0, 20.0]), np.array([0.0, 10.0, 20.0]))
+    b = (np.array([5.0, 15.0, 30.0]), np.array([10.0, 20.0, 35.0]))  # b(x) = x + 5
+    grid, mean, low, high = aggregate([a, b], "minmax")
+    assert grid.tolist() == [5.0, 10.0, 15.0, 20.0]  # where both runs have data
+    assert mean.tolist() == [7.5, 12.5, 17.5, 22.5]  # a(5)=5, b(5)=10 ...
+    assert low.tolist() == [5.0, 10.0, 15.0, 20.0] and high.tolist() == [10.0, 15.0, 20.0, 25.0]
+    _, mean_sd, low_sd, high_sd = aggregate([a, b], "std")
+    assert np.allclose(high_sd - mean_sd, 2.5) and np.allclose(mean_sd - low_sd, 2.5)
+
+
+def test_runs_wall_time_groups_and_resumed_runs(tmp_path: Path) -> None:
+    write_run(tmp_path / "runs/ppo/version_0", [100, 200, 300], [10, 20, 30], speed=50.0)
+    write_run(tmp_path / "runs/ppo/version_1", [100, 200, 300], [12, 18, 40], speed=100.0)
+    write_run(
+        tmp_path / "runs/a2c/version_0",
+        [100, 200],
+        [5, 6],
+        speed=None,
+        summary={"wall_time_s": 8.0},
+    )
+    runs = {r.label: r for r in find_runs([tmp_path / "runs"])}
+    assert sorted(runs) == ["a2c/version_0", "ppo/version_0", "ppo/version_1"]
+    assert runs["ppo/version_0"].wall_time.tolist() == [2.0, 4.0, 6.0]  # env_steps / env_steps_per_s
+    assert runs["ppo/version_0"].wall_time_exact
+    a2c = runs["a2c/version_0"]  # no throughput column: summary's total spread over the logged steps
+    assert not a2c.wall_time_exact and a2c.wall_time.tolist() == [8.0 * 2 / 3, 8.0]
+    assert {k: len(v) for k, v in group_runs(list(runs.values()), "name").items()} == {"ppo": 2, "a2c": 1}
+    assert len(group_runs(list(runs.values()), "none")) == 3
+
+    # a run resumed from version_0's checkpoint continues its curve: one run, points after the checkpoint replaced
+    write_run(
+        tmp_path / "runs/ppo/version_2",
+        [250, 400],
+        [25, 45],
+        config={"ckpt_path": "runs/ppo/version_0/checkpoints/last.ckpt"},
+    )
+    runs = {r.label: r for r in find_runs([tmp_path / "runs/ppo"])}
+    assert sorted(runs) == ["ppo/version_1", "ppo/version_2"]
+    assert runs["ppo/version_2"].env_steps.tolist() == [100, 200, 250, 400]
+    assert runs["ppo/version_2"].returns.tolist() == [10, 20, 25, 45]
+
+    out = tmp_path / "curve.png"
+    drawn = plot_runs([tmp_path / "runs"], out, spread="std")
+    assert out.read_bytes().startswith(PNG) and drawn["groups"] == {"ppo": 2, "a2c": 1}
+
+
+def test_bad_input_is_one_line_and_exit_code_2(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    run = write_run(tmp_path / "runs/x/version_0", [1, 2], [1, 2])
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "outdir.png").mkdir()
+    cases = [
+        (["plot", str(tmp_path / "missing"), "--out", str(tmp_path / "c.png")], "run directory"),
+        (["plot", str(tmp_path / "empty"), "--out", str(tmp_path / "c.png")], "no metrics.csv under"),
+        (["plot", str(run), "--out", str(tmp_path / "no/such/dir/c.png")], "does not exist"),
+        (["plot", str(run), "--out", str(tmp_path / "outdir.png")], "it is a directory"),
+        (["plot", str(run), "--out", str(tmp_path / "c.txt")], "use a .png"),
+        (["plot", str(run)], "required: --out"),
+        (["plot", str(run), "--out", str(tmp_path / "c.png"), "--x", "episodes"], "invalid choice"),
+    ]
+    for args, fragment in cases:
+        assert cli.main(args) == 2, args
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("accelrl: error:") and fragment in err[0], (args, err)
+    assert not (tmp_path / "c.png").exists()
+
+
+def test_two_real_runs_of_one_recipe_plot_as_mean_and_band(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["accelrl"])
+    monkeypatch.setenv("PYTHONWARNINGS", "ignore::DeprecationWarning")  # fit sets it; restored after the test
+    for seed in ("0", "1"):
+        budget = [
+            "--data.total_env_steps",
+            "2048",
+            "--data.updates_per_epoch",
+            "4",
+            "--seed_everything",
+            seed,
+        ]
+        assert cli.main(["fit", "--recipe", "ppo-cartpole", *budget, *QUIET]) == 0
+    torch.set_num_threads(
+        1
+    )  # fit set --torch_threads for this process already; keep the test session's value
+    ckpt = torch.load(tmp_path / "runs/ppo-cartpole/version_0/checkpoints/last.ckpt", weights_only=True)
+    assert any("RNGState" in key for key in ckpt["callbacks"])  # full resume is on by default in accelrl fit
+
+    capsys.readouterr()
+    assert cli.main(["plot", "runs/ppo-cartpole", "--out", "curve.png"]) == 0
+    assert "ppo-cartpole (2 runs)" in capsys.readouterr().out
+    assert (tmp_path / "curve.png").read_bytes().startswith(PNG)
+    runs = find_runs([tmp_path / "runs"])
+    assert len(runs) == 2 and all(r.env_steps[-1] == 2048 and r.wall_time_exact for r in runs)
+    assert all(np.all(np.diff(r.wall_time) > 0) for r in runs)  # wall time grows with env steps
+
+    # the plot command itself needs no torch (fast start)
+    code = (
+        "import sys\nfrom lightning_accelrl import cli\n"
+        "assert cli.main(['plot', 'runs', '--out', 'c2.png', '--x', 'wall_time']) == 0\n"
+        "print('torch' in sys.modules)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert proc.stdout.strip().splitlines()[-1] == "False"
+    assert (tmp_path / "c2.png").read_bytes().startswith(PNG)
