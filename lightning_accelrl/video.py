@@ -16,6 +16,7 @@ Install with ``pip install 'lightning-accelrl[video]'``.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -163,6 +164,9 @@ def make_filmed_env(env_id: str, env_kwargs: dict[str, Any] | None = None) -> _F
 
     check_env_id(env_id)
     kwargs.pop("render_mode", None)
+    # off-screen rendering needs no display; without this SDL (pygame) prints an XDG_RUNTIME_DIR "error"
+    os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
+    os.environ.setdefault("SDL_AUDIODRIVER", "dummy")
     env = gym.make(env_id, render_mode="rgb_array", **kwargs)
     fps = float(env.metadata.get("render_fps") or 30)
     return _FilmedEnv(env, env.render, fps)
