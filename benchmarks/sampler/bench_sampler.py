@@ -223,7 +223,9 @@ def measure(configs: dict[str, tuple[str, Callable]], n: int, vsteps: dict[str, 
             t0 = time.perf_counter()
             steps = run(vsteps[key])
             rates[key].append(steps / (time.perf_counter() - t0))
-        print(f"  [{n} envs] repeat {r}: " + ", ".join(f"{k} {v[-1]:.0f}" for k, v in rates.items()), flush=True)
+        print(
+            f"  [{n} envs] repeat {r}: " + ", ".join(f"{k} {v[-1]:.0f}" for k, v in rates.items()), flush=True
+        )
     for _, close in runners.values():
         close()
     return rates
@@ -285,48 +287,58 @@ def main() -> None:
         rates = measure(configs, n, vsteps, args.repeats)
         for key, (label, _) in configs.items():
             med = statistics.median(rates[key])
-            rows.append(f"| {n} | {key} | {label} | {med:,.0f} | {FRAME_SKIP * med:,.0f} | "
-                        f"{min(rates[key]):,.0f}–{max(rates[key]):,.0f} |")
+            rows.append(
+                f"| {n} | {key} | {label} | {med:,.0f} | {FRAME_SKIP * med:,.0f} | "
+                f"{min(rates[key]):,.0f}–{max(rates[key]):,.0f} |"
+            )
         s = [f"- {n} envs: b/a = {ratio(rates, 'b', 'a')} (goal ≥ 0.95)"]
         if "e" in configs:
-            s.append(f"b/e = {ratio(rates, 'b', 'e')}, c/e = {ratio(rates, 'c', 'e')}, "
-                     f"d/e = {ratio(rates, 'd', 'e')} (goal ≥ 2)")
+            s.append(
+                f"b/e = {ratio(rates, 'b', 'e')}, c/e = {ratio(rates, 'c', 'e')}, "
+                f"d/e = {ratio(rates, 'd', 'e')} (goal ≥ 2)"
+            )
         s.append(f"d/c (alternating vs sync, CNN) = {ratio(rates, 'd', 'c')}")
         if "f" in configs:
             s.append(f"b/f = {ratio(rates, 'b', 'f')}")
         summaries.append("; ".join(s))
 
-    cp = measure({"gym": ("", cartpole_gym), "ours": ("", cartpole_ours)}, 64, {"gym": 512, "ours": 512},
-                 args.repeats)
-    cp_line = (f"- CartPole-v1, 64 envs: Gymnasium SyncVectorEnv alone {statistics.median(cp['gym']):,.0f} steps/s, "
-               f"our SyncSampler + trivial policy {statistics.median(cp['ours']):,.0f} steps/s; "
-               f"ours/gym = {ratio(cp, 'ours', 'gym')} (goal ≥ 0.9)")
+    cp = measure(
+        {"gym": ("", cartpole_gym), "ours": ("", cartpole_ours)}, 64, {"gym": 512, "ours": 512}, args.repeats
+    )
+    cp_line = (
+        f"- CartPole-v1, 64 envs: Gymnasium SyncVectorEnv alone {statistics.median(cp['gym']):,.0f} steps/s, "
+        f"our SyncSampler + trivial policy {statistics.median(cp['ours']):,.0f} steps/s; "
+        f"ours/gym = {ratio(cp, 'ours', 'gym')} (goal ≥ 0.9)"
+    )
 
     try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                cwd=HERE).stdout.strip()
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=HERE
+        ).stdout.strip()
     except OSError:
         commit = "?"
-    text = "\n".join([
-        f"## Sampler throughput: Atari (Pong, v5 protocol) and CartPole ({started:%Y-%m-%d})",
-        "",
-        f"- Date: {started:%Y-%m-%d %H:%M} UTC; commit {commit}; 1-min load average at start: {load:.1f}",
-        f"- Machine: {machine()}",
-        f"- Versions: {versions()}",
-        f"- Command: `python benchmarks/sampler/bench_sampler.py {' '.join(sys.argv[1:])}`".rstrip(),
-        "- Measured: sampling only (no learning), random or policy actions; env (agent) steps/s and frames/s "
-        f"(× frame skip {FRAME_SKIP}); {args.repeats} interleaved repeats of {args.vsteps} vector steps, median "
-        "(min–max). Protocol: sticky actions 0.25, minimal action set, 30 no-op starts, 84×84 gray × 4.",
-        "  Ratios are medians of per-repeat ratios (min–max). One torch thread. Shared 2-core machine: compare "
-        "ratios only.",
-        "",
-        "| envs | config | what | steps/s | frames/s | steps/s min–max |",
-        "|---|---|---|---|---|---|",
-        *rows,
-        "",
-        *summaries,
-        cp_line,
-    ])
+    text = "\n".join(
+        [
+            f"## Sampler throughput: Atari (Pong, v5 protocol) and CartPole ({started:%Y-%m-%d})",
+            "",
+            f"- Date: {started:%Y-%m-%d %H:%M} UTC; commit {commit}; 1-min load average at start: {load:.1f}",
+            f"- Machine: {machine()}",
+            f"- Versions: {versions()}",
+            f"- Command: `python benchmarks/sampler/bench_sampler.py {' '.join(sys.argv[1:])}`".rstrip(),
+            "- Measured: sampling only (no learning), random or policy actions; env (agent) steps/s and frames/s "
+            f"(× frame skip {FRAME_SKIP}); {args.repeats} interleaved repeats of {args.vsteps} vector steps, median "
+            "(min–max). Protocol: sticky actions 0.25, minimal action set, 30 no-op starts, 84×84 gray × 4.",
+            "  Ratios are medians of per-repeat ratios (min–max). One torch thread. Shared 2-core machine: compare "
+            "ratios only.",
+            "",
+            "| envs | config | what | steps/s | frames/s | steps/s min–max |",
+            "|---|---|---|---|---|---|",
+            *rows,
+            "",
+            *summaries,
+            cp_line,
+        ]
+    )
     print(text)
     if not args.no_write:
         write_section(text)

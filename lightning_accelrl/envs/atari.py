@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import difflib
 import re
+from collections import deque
 from collections.abc import Sequence
 from typing import Any
 
@@ -192,7 +193,7 @@ class AtariEnv(BatchedEnv):
             autoreset_mode="SameStep",
             grayscale=True,
             **self._backend,
-            **self.protocol,
+            **{**self.protocol, "reward_clipping": False},  # clipped here, so the raw score can be kept
         )
         self.spec = EnvSpec(
             (stack_num, img_height, img_width),
@@ -205,6 +206,10 @@ class AtariEnv(BatchedEnv):
         self._flip = 0
         self._last_ids: np.ndarray | None = None
         self._last_obs: np.ndarray | None = None  # for render()
+        self._clip = self.protocol["reward_clipping"]
+        self._score = np.zeros(num_envs, dtype=np.float64)
+        #: raw (unclipped) returns of finished episodes, most recent last; episodes end where the learner's do
+        self.recent_scores: deque[float] = deque(maxlen=100)
 
     # ----- helpers ----------------------------------------------------------------------------------------
     def _obs(self, obs: np.ndarray) -> torch.Tensor:
@@ -230,6 +235,15 @@ class AtariEnv(BatchedEnv):
         observation = self._obs(obs)
         next_observation = observation
         done = np.logical_or(terminated, truncated)
+        reward = reward.astype(np.float32, copy=False)
+        ids = np.asarray(info["env_id"]) if self.batch_size != self.num_envs else slice(None)
+        self._score[ids] += reward
+        if done.any():
+            ended = np.flatnonzero(done) if isinstance(ids, slice) else ids[done]
+            self.recent_scores.extend(self._score[ended].tolist())
+            self._score[ended] = 0.0
+        if self._clip:
+            reward = np.clip(reward, -1.0, 1.0)
         if done.any():
             idx = torch.from_numpy(np.flatnonzero(done))
             final = torch.from_numpy(info["final_obs"]).index_select(0, idx)  # only done rows are valid
@@ -237,7 +251,7 @@ class AtariEnv(BatchedEnv):
             next_observation.index_copy_(0, idx, final)
         return Step(
             next_observation,
-            torch.from_numpy(reward.astype(np.float32, copy=False)),
+            torch.from_numpy(reward),
             torch.from_numpy(terminated),
             torch.from_numpy(truncated),
             observation,
@@ -253,6 +267,7 @@ class AtariEnv(BatchedEnv):
     # ----- synchronous API (the BatchedEnv contract) -------------------------------------------------------
     def reset(self) -> torch.Tensor:
         self._check_sync("reset")
+        self._score[:] = 0.0
         obs, _ = self.env.reset(seed=np.asarray(self.seeds, dtype=np.int64))
         return self._obs(obs)
 
@@ -272,6 +287,7 @@ class AtariEnv(BatchedEnv):
     # ----- envpool-style async batches (batch_size < num_envs) -----------------------------------------
     def async_reset(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Reset all envs; return the first batch ``(observation [b, ...], env_ids [b])``."""
+        self._score[:] = 0.0
         obs, info = self.env.reset(seed=np.asarray(self.seeds, dtype=np.int64))
         self._last_ids = np.asarray(info["env_id"])
         return self._obs(obs), torch.from_numpy(self._last_ids.astype(np.int64))

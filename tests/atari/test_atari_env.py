@@ -159,3 +159,25 @@ def test_gymnasium_alternative_same_layout() -> None:
         assert torch.equal(step.next_observation[:, :3], obs[:, 1:])
     finally:
         env.close()
+
+
+def test_rewards_clipped_for_learning_raw_scores_kept() -> None:
+    def run(clip: bool) -> tuple[list[float], list[float]]:
+        returns: list[float] = []
+        with AtariEnv("Breakout", 2, seed=5, reward_clipping=clip, repeat_action_probability=0.0) as env:
+            env.reset()
+            acc = torch.zeros(2)
+            gen = torch.Generator().manual_seed(1)
+            for _ in range(400):
+                step = env.step(torch.randint(0, 4, (2,), generator=gen))
+                assert step.reward.abs().max() <= (1 if clip else 7)
+                acc += step.reward
+                for i in (step.terminated | step.truncated).nonzero().flatten().tolist():
+                    returns.append(float(acc[i]))
+                    acc[i] = 0
+            return returns, list(env.recent_scores)
+
+    clipped, scores = run(True)
+    raw, raw_scores = run(False)
+    assert scores == raw_scores == raw and len(scores) >= 2  # same play; scores are the unclipped returns
+    assert all(c <= s for c, s in zip(clipped, scores, strict=True))
