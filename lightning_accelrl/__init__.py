@@ -13,6 +13,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "PPO": "lightning_accelrl.algos.ppo",
     "A2C": "lightning_accelrl.algos.a2c",
+    "APPO": "lightning_accelrl.algos.appo",
     "DQN": "lightning_accelrl.algos.dqn",
     "CategoricalDQN": "lightning_accelrl.algos.c51",
     "ExperienceDataModule": "lightning_accelrl.data.datamodule",

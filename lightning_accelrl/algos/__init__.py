@@ -1,9 +1,10 @@
 """Algorithms as LightningModules, one file each."""
 
 from lightning_accelrl.algos.a2c import A2C
+from lightning_accelrl.algos.appo import APPO
 from lightning_accelrl.algos.base import RLModule
 from lightning_accelrl.algos.c51 import CategoricalDQN
 from lightning_accelrl.algos.dqn import DQN
 from lightning_accelrl.algos.ppo import PPO
 
-__all__ = ["A2C", "DQN", "PPO", "CategoricalDQN", "RLModule"]
+__all__ = ["A2C", "APPO", "DQN", "PPO", "CategoricalDQN", "RLModule"]

@@ -11,6 +11,7 @@ Budgets are env steps over all ranks; the run stops when ``total_env_steps`` is 
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import time
@@ -20,7 +21,8 @@ import torch
 from lightning.pytorch import LightningDataModule
 from tensordict import TensorDict
 
-from lightning_accelrl.data.replay import ReplayFeeder
+from lightning_accelrl.data.async_runner import AsyncRunner
+from lightning_accelrl.data.replay import ReplayFeeder, replay_limiter
 from lightning_accelrl.envs import BatchedEnv, EnvSpec, make_env
 from lightning_accelrl.errors import check
 from lightning_accelrl.sampling import EpisodeTracker, SyncSampler
@@ -46,8 +48,14 @@ class ExperienceDataModule(LightningDataModule):
         learning_starts: replay mode: transitions in the table before the first sample (``min_size_to_sample``).
         replay_error_buffer: replay mode: how far the ratio may drift, in samples (default: wide enough that
             the single-threaded loop can always sample or insert).
-        sampler: ``sync`` (all envs step, then one batched forward) or ``alternating`` (two env groups: one
-            steps while the policy runs for the other, the paper's overlap; rollout mode).
+        sampler: ``sync`` (all envs step, then one batched forward), ``alternating`` (two env groups: one
+            steps while the policy runs for the other, the paper's overlap; rollout mode) or ``async``
+            (``num_sampler_procs`` sampler processes, each with ``num_envs`` envs and a CPU policy copy, feed a
+            served table; the learner samples from it: see ``lightning_accelrl.data.async_runner``).
+        num_sampler_procs: async: sampler processes per rank.
+        weight_sync_every: async: the samplers get new weights every this many updates.
+        async_queue_size: async rollout mode: rollout segments the queue holds (default ``max(2, procs)``);
+            with the processes' own segment in progress it bounds the policy lag.
     """
 
     def __init__(
@@ -66,14 +74,30 @@ class ExperienceDataModule(LightningDataModule):
         replay_ratio: float = 8.0,
         learning_starts: int = 1_000,
         replay_error_buffer: float | None = None,
-        sampler: Literal["sync", "alternating"] = "sync",
+        sampler: Literal["sync", "alternating", "async"] = "sync",
+        num_sampler_procs: int = 2,
+        weight_sync_every: int = 1,
+        async_queue_size: int | None = None,
     ) -> None:
         super().__init__()
         check(num_envs >= 1, f"num_envs must be >= 1, got {num_envs}")
         check(rollout_steps >= 1, f"rollout_steps must be >= 1, got {rollout_steps}")
         check(total_env_steps >= 1, f"total_env_steps must be >= 1, got {total_env_steps}")
         check(updates_per_epoch >= 1, f"updates_per_epoch must be >= 1, got {updates_per_epoch}")
-        check(sampler in ("sync", "alternating"), f"sampler must be sync or alternating, got {sampler!r}")
+        check(
+            sampler in ("sync", "alternating", "async"),
+            f"sampler must be sync, alternating or async, got {sampler!r}",
+        )
+        check(num_sampler_procs >= 1, f"num_sampler_procs must be >= 1, got {num_sampler_procs}")
+        check(weight_sync_every >= 1, f"weight_sync_every must be >= 1, got {weight_sync_every}")
+        check(
+            async_queue_size is None or async_queue_size >= 1,
+            f"async_queue_size must be >= 1, got {async_queue_size}",
+        )
+        check(
+            sampler != "async" or isinstance(env, str),
+            "sampler='async' needs an env id (each sampler process builds its own envs)",
+        )
         check(batch_size >= 1, f"batch_size must be >= 1, got {batch_size}")
         check(replay_capacity >= 1, f"replay_capacity must be >= 1, got {replay_capacity}")
         check(replay_ratio > 0, f"replay_ratio must be > 0, got {replay_ratio}")
@@ -104,6 +128,13 @@ class ExperienceDataModule(LightningDataModule):
         self.learning_starts = learning_starts
         self.replay_error_buffer = replay_error_buffer
         self.sampler_kind = sampler
+        self.num_sampler_procs = num_sampler_procs
+        self.weight_sync_every = weight_sync_every
+        self.async_queue_size = async_queue_size
+        self.runner: AsyncRunner | None = None
+        self._spec_kind = "rollout"
+        self._lag_mark = 0
+        self._async_final_env_steps: int | None = None
         self.feeder: ReplayFeeder | None = None
         self._exhausted = False
         self._in_flight = False
@@ -146,6 +177,15 @@ class ExperienceDataModule(LightningDataModule):
         self._world_size = self.trainer.world_size if self.trainer is not None else 1
         module = self.trainer.lightning_module if self.trainer is not None else None
         spec = module.experience_spec() if hasattr(module, "experience_spec") else {"kind": "rollout"}
+        self._spec_kind = spec["kind"]
+        if (
+            self.sampler_kind == "async"
+        ):  # the sampler processes start in train_dataloader (model built by then)
+            self._experience_spec = spec
+            self._envs_per_rank = self.num_envs
+            if self.tracker is None:
+                self.tracker = EpisodeTracker(1, self.episode_window)
+            return
         env = self.build_env(rank)
         self._envs_per_rank = env.num_envs  # a given batched env decides, not the num_envs argument
         if spec["kind"] == "replay":
@@ -173,13 +213,19 @@ class ExperienceDataModule(LightningDataModule):
 
             self.sampler = AlternatingSampler(env, self.rollout_steps, episode_window=self.episode_window)
         else:
-            self.sampler = SyncSampler(env, self.rollout_steps, episode_window=self.episode_window)
+            self.sampler = SyncSampler(
+                env,
+                self.rollout_steps,
+                store_next_observation=bool(spec.get("next_observation", False)),
+                episode_window=self.episode_window,
+            )
         if self.tracker is not None:  # restored from a checkpoint before the envs existed
             self.sampler.tracker.load_state_dict(self.tracker.state_dict())
         self.tracker = self.sampler.tracker
 
     def teardown(self, stage: str) -> None:
         self._in_flight = False
+        self.close_async()
         if self.sampler is not None:
             self.sampler.close()
             self.sampler = None
@@ -202,12 +248,18 @@ class ExperienceDataModule(LightningDataModule):
         """Env steps collected so far, over all ranks."""
         if self.feeder is not None:
             return self.feeder.env_steps * self._world_size
+        if self.runner is not None:
+            return self.runner.env_steps * self._world_size
+        if self._async_final_env_steps is not None:
+            return self._async_final_env_steps * self._world_size
         return self.updates_done * self.env_steps_per_update
 
     @property
     def progress(self) -> float:
         """Fraction of the budget spent before the current batch's data was collected (0 for the first update,
         (k-1)/K for the last of K: annealed rates never reach 0 while they still matter, as in CleanRL)."""
+        if self.runner is not None:
+            return min(1.0, self.env_steps / self.total_env_steps)
         if self.feeder is None and self._in_flight:
             return min(1.0, (self.updates_done - 1) * self.env_steps_per_update / self.total_env_steps)
         return min(1.0, self.env_steps / self.total_env_steps)
@@ -218,17 +270,106 @@ class ExperienceDataModule(LightningDataModule):
 
     # ----- streaming --------------------------------------------------------------------------------------
     def train_dataloader(self) -> _RolloutStream:
+        if self.sampler_kind == "async" and self.runner is None and self.trainer is not None:
+            self.start_async(self.trainer.lightning_module)
         return _RolloutStream(self)
+
+    # ----- asynchronous sampling ----------------------------------------------------------------------------
+    def start_async(self, module: Any) -> None:
+        """Start this rank's table server and sampler processes (``sampler="async"``)."""
+        rank = self.trainer.global_rank if self.trainer is not None else 0
+        spec = getattr(self, "_experience_spec", None) or module.experience_spec()
+        replay = None
+        if spec["kind"] == "replay":
+            check(
+                self.replay_capacity >= self.learning_starts,
+                f"replay_capacity {self.replay_capacity} must be >= learning_starts {self.learning_starts}",
+            )
+            shape, dtype = self.env_spec.observation_shape, self.env_spec.observation_dtype
+            replay = {
+                "capacity": self.replay_capacity,
+                "limiter": replay_limiter(
+                    self.replay_ratio, self.learning_starts, self.batch_size, self.replay_error_buffer
+                ),
+                "frames": len(shape) == 3 and dtype == torch.uint8,
+            }
+        self.runner = AsyncRunner(
+            module,
+            env_factory=functools.partial(
+                make_env,
+                self.env,
+                self.num_envs,
+                self._base_seed(),
+                vectorization=self.vectorization,
+                env_kwargs=self.env_kwargs,
+            ),
+            kind=spec["kind"],
+            spec=spec,
+            num_procs=self.num_sampler_procs,
+            rank=rank,
+            num_envs=self.num_envs,
+            rollout_steps=self.rollout_steps,
+            budget=math.ceil(self.total_env_steps / self._world_size),
+            weight_sync_every=self.weight_sync_every,
+            queue_size=self.async_queue_size,
+            replay=replay,
+        ).start()
+
+    def close_async(self) -> None:
+        if self.runner is not None:
+            self._drain_episodes()
+            self.runner.close()
+            self._async_final_env_steps = self.runner.env_steps
+            self.runner = None
+
+    def on_exception(self, exception: BaseException) -> None:
+        """Stop the sampler processes and the table server when fit fails or is interrupted."""
+        self.close_async()
+
+    def _drain_episodes(self) -> None:
+        if self.runner is None or self.tracker is None:
+            return
+        for ret, length in self.runner.drain_episodes():
+            self.tracker.recent_returns.append(ret)
+            self.tracker.recent_lengths.append(int(length))
+            self.tracker.episodes += 1
+
+    def _next_async_batch(self) -> TensorDict:
+        runner, module = self.runner, self.trainer.lightning_module
+        if self._start is None:
+            self._start = time.perf_counter()
+        runner.publish(module)
+        self._drain_episodes()
+        if self._spec_kind == "replay":
+            done = runner.env_steps >= runner.budget and runner.all_finished
+            batch = None if done else runner.sample(self.batch_size)
+        else:
+            batch = None if self.updates_done >= self.total_updates else runner.next_rollout()
+        ok = batch is not None
+        if self._world_size > 1:
+            ok = self.trainer.strategy.reduce_boolean_decision(ok, all=True)
+        if not ok:
+            self._exhausted = True
+            self.trainer.should_stop = True
+            raise StopIteration
+        if self._spec_kind == "replay":  # DQN records no lag itself: the samplers' acting weights' staleness
+            module.policy_lags.append(int(module.policy_version) - runner.acting_version)
+        self.updates_done += 1
+        if self._spec_kind == "rollout" and self.updates_done >= self.total_updates:
+            self.trainer.should_stop = True
+        return batch
 
     @property
     def finished(self) -> bool:
         """The env-step budget is spent (replay mode: no batch can be had without stepping beyond it)."""
-        if self.feeder is not None:
+        if self.feeder is not None or (self.runner is not None and self._spec_kind == "replay"):
             return self._exhausted
         return self.updates_done >= self.total_updates
 
     def next_batch(self) -> TensorDict:
         """The next training batch: a fresh rollout, or a replay sample once the limiter allows it."""
+        if self.runner is not None:
+            return self._next_async_batch()
         if self.feeder is None:
             return self.next_rollout()
         if self._start is None:
@@ -255,6 +396,8 @@ class ExperienceDataModule(LightningDataModule):
         """Prioritized replay: new priorities (e.g. |TD error|) for sampled keys of this rank's table."""
         if self.feeder is not None:
             self.feeder.update_priorities(keys, priorities)
+        elif self.runner is not None:
+            self.runner.update_priorities(keys, priorities)
 
     def next_rollout(self) -> TensorDict:
         agent = self.trainer.lightning_module
@@ -283,6 +426,12 @@ class ExperienceDataModule(LightningDataModule):
         stats = {"env_steps": env_steps, "episodes": episodes, "env_steps_per_s": env_steps / elapsed}
         if self.feeder is not None:
             stats.update(self.feeder.stats())
+        module = self.trainer.lightning_module if self.trainer is not None else None
+        lags = getattr(module, "policy_lags", None)
+        if self.sampler_kind == "async" and lags:  # mean lag of the batches since the last log
+            recent = lags[self._lag_mark :] or lags[-1:]
+            stats["train/policy_lag"] = sum(recent) / len(recent)
+            self._lag_mark = len(lags)
         if count > 0:
             stats["episode_window_count"] = count
             stats["episode_return_mean"] = ret_sum / count

@@ -1,0 +1,220 @@
+"""Asynchronous PPO (APPO): PPO's clipped surrogate on rollout segments from lagged policies, corrected by V-trace.
+
+With ``sampler: async`` the segments come from sampler processes acting with weights up to a few updates old
+(the behaviour policy μ). Each update:
+
+1. evaluates the current policy π and value V on the segment (no gradient) and computes V-trace targets
+   ``v_s`` and advantages ``r_t + γ v_{t+1} − V(x_t)`` (Espeholt et al., 2018, IMPALA, eq. 1 and §4.2) with the
+   truncated importance weights ρ_t = min(ρ̄, π/μ), c_t = λ·min(c̄, π/μ);
+2. runs ``update_epochs`` passes of shuffled minibatches of PPO's clipped surrogate with the ratio π_θ/μ taken
+   against the **behaviour** policy (as Sample Factory's APPO): the ratio is the importance weight of the
+   off-policy data, and its clip keeps each update in a trust region around the policy that acted. Value
+   regression on ``v_s``.
+
+With no lag (π = μ) and λ = 1, V-trace targets are the n-step bootstrapped returns (GAE with λ = 1), so on the
+synchronous sampler APPO is PPO with GAE(λ). **Async A2C** (the A3C spirit, batched) is the sibling config
+``update_epochs: 1``, one minibatch per segment (``minibatch_size`` ≥ T·B) and a clip too wide to act
+(``clip_coef: 10``): one importance-weighted A2C gradient step per segment with V-trace advantages.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from tensordict import TensorDict
+
+from lightning_accelrl.algos.base import RLModule, anneal
+from lightning_accelrl.envs.base import EnvSpec
+from lightning_accelrl.errors import check
+from lightning_accelrl.nets.actor_critic import ActionDist
+from lightning_accelrl.nets.factory import build_actor_critic
+
+
+def vtrace(
+    log_rho: torch.Tensor,
+    reward: torch.Tensor,
+    value: torch.Tensor,
+    next_value: torch.Tensor,
+    done: torch.Tensor,
+    terminated: torch.Tensor,
+    gamma: float,
+    lmbda: float = 1.0,
+    rho_clip: float = 1.0,
+    c_clip: float = 1.0,
+    pg_rho_clip: float | None = 1.0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """V-trace targets and policy-gradient advantages over time-major tensors ``[T, B]`` (or ``[T, B, 1]``).
+
+    ``log_rho`` = log π(a_t|x_t) − log μ(a_t|x_t); ``value`` = V(x_t); ``next_value`` = V(x_{t+1}) for every step,
+    with the true final observation's value where an episode was truncated (so bootstrapping stops only at
+    termination); ``done`` cuts the trace at every episode end. Returns ``(vs, pg_advantage)``
+    (``pg_rho_clip=None``: the advantage without the importance weight ρ^pg, for a surrogate that carries it)::
+
+        δ_t   = ρ_t (r_t + γ (1 − term_t) V(x_{t+1}) − V(x_t))
+        vs_t  = V(x_t) + δ_t + γ c_t (1 − done_t) (vs_{t+1} − V(x_{t+1}))
+        adv_t = ρ^pg_t (r_t + γ (1 − term_t) vs'_{t+1} − V(x_t)),  vs'_{t+1} = vs_{t+1} within the episode and
+                                                                      segment, else V(x_{t+1})
+    """
+    rho = log_rho.exp()
+    clipped_rho = rho.clamp(max=rho_clip)
+    cs = lmbda * rho.clamp(max=c_clip)
+    not_terminated = (~terminated).to(reward.dtype)
+    not_done = (~done).to(reward.dtype)
+    delta = clipped_rho * (reward + gamma * not_terminated * next_value - value)
+    acc = torch.zeros_like(delta)  # vs_t − V(x_t)
+    last = torch.zeros_like(delta[0])
+    for t in range(delta.shape[0] - 1, -1, -1):
+        last = delta[t] + gamma * cs[t] * not_done[t] * last
+        acc[t] = last
+    vs = value + acc
+    # vs_{t+1} where the next step continues this episode inside the segment, V(x_{t+1}) otherwise
+    next_acc = torch.zeros_like(acc)
+    next_acc[:-1] = acc[1:] * not_done[:-1]
+    vs_next = next_value + next_acc
+    pg_adv = reward + gamma * not_terminated * vs_next - value
+    if pg_rho_clip is not None:
+        pg_adv = rho.clamp(max=pg_rho_clip) * pg_adv
+    return vs, pg_adv
+
+
+class APPO(RLModule):
+    """PPO on (possibly lagged) rollout segments with V-trace targets and advantages."""
+
+    def __init__(
+        self,
+        lr: float = 3e-4,
+        gamma: float = 0.99,
+        gae_lambda: float = 0.95,
+        clip_coef: float = 0.2,
+        vtrace_rho_clip: float = 1.0,
+        vtrace_c_clip: float = 1.0,
+        value_coef: float = 0.5,
+        entropy_coef: float = 0.0,
+        update_epochs: int = 4,
+        minibatch_size: int = 256,
+        max_grad_norm: float = 0.5,
+        normalize_advantage: bool = True,
+        anneal_lr: bool = True,
+        adam_eps: float = 1e-5,
+        network: str = "auto",
+        hidden: Sequence[int] = (64, 64),
+        activation: str = "tanh",
+        shared_trunk: bool = False,
+        env_spec: dict | None = None,
+    ) -> None:
+        super().__init__()
+        check(lr > 0, f"lr must be > 0, got {lr}")
+        check(0 < gamma <= 1, f"gamma must be in (0, 1], got {gamma}")
+        check(0 <= gae_lambda <= 1, f"gae_lambda must be in [0, 1], got {gae_lambda}")
+        check(clip_coef > 0, f"clip_coef must be > 0, got {clip_coef}")
+        check(min(vtrace_rho_clip, vtrace_c_clip) > 0, "V-trace clips must be > 0")
+        check(update_epochs >= 1, f"update_epochs must be >= 1, got {update_epochs}")
+        check(minibatch_size >= 1, f"minibatch_size must be >= 1, got {minibatch_size}")
+        check(max_grad_norm > 0, f"max_grad_norm must be > 0, got {max_grad_norm}")
+        self.save_hyperparameters()
+
+    def experience_spec(self) -> dict[str, Any]:
+        """Rollout segments with the next observations (values are recomputed with the current network)."""
+        return {"kind": "rollout", "next_observation": True}
+
+    def build_networks(self, spec: EnvSpec) -> None:
+        hp = self.hparams
+        self.net = build_actor_critic(spec, hp.network, hp.hidden, hp.activation, hp.shared_trunk)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam(self.parameters(), lr=self.hparams.lr, eps=self.hparams.adam_eps, fused=True)
+
+    def dist(self, params: torch.Tensor) -> ActionDist:
+        return ActionDist(params, None if self.net.spec.discrete else self.net.log_std)
+
+    # ----- acting (in the sampler processes, on a CPU copy) -------------------------------------------------
+    def act(self, observation: torch.Tensor) -> dict[str, torch.Tensor]:
+        params, value = self.net(observation)
+        dist = self.dist(params)
+        action = dist.sample()
+        return {"action": action, "sample_log_prob": dist.log_prob(action), "state_value": value}
+
+    def value(self, observation: torch.Tensor) -> torch.Tensor:
+        return self.net.value(observation)
+
+    def policy(self, observation: torch.Tensor, deterministic: bool = True) -> torch.Tensor:
+        dist = self.dist(self.net(observation)[0])
+        return dist.mode() if deterministic else dist.sample()
+
+    # ----- learning -----------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def targets(self, batch: TensorDict) -> tuple[torch.Tensor, ...]:
+        """V-trace targets and advantages [T, B] with the current network (the surrogate's ratio carries ρ)."""
+        hp = self.hparams
+        T, B = batch.batch_size
+        obs = batch["observation"].flatten(0, 1)
+        params, value = self.net(obs)
+        log_pi = self.dist(params).log_prob(batch["action"].flatten(0, 1)).reshape(T, B)
+        next_value = self.net.value(batch["next", "observation"].flatten(0, 1)).reshape(T, B)
+        vs, adv = vtrace(
+            log_pi - batch["sample_log_prob"].reshape(T, B),
+            batch["next", "reward"].reshape(T, B),
+            value.reshape(T, B),
+            next_value,
+            batch["next", "done"].reshape(T, B),
+            batch["next", "terminated"].reshape(T, B),
+            hp.gamma,
+            hp.gae_lambda,
+            hp.vtrace_rho_clip,
+            hp.vtrace_c_clip,
+            pg_rho_clip=None,
+        )
+        return vs, adv
+
+    def training_step(self, batch: TensorDict, batch_idx: int) -> None:
+        hp = self.hparams
+        self.track_policy_lag(batch)
+        opt = self.optimizers()
+        lr = anneal(opt.optimizer, hp.lr, self.progress, hp.anneal_lr)
+
+        vs, advantages = self.targets(batch)
+        observations = batch["observation"].flatten(0, 1)
+        actions = batch["action"].flatten(0, 1)
+        behaviour_log_probs = batch["sample_log_prob"].reshape(-1)
+        vs, advantages = vs.reshape(-1), advantages.reshape(-1)
+        n = observations.shape[0]
+        mb = min(hp.minibatch_size, n)
+
+        stats: dict[str, list[torch.Tensor]] = {
+            k: [] for k in ("pg_loss", "value_loss", "entropy", "clip_frac")
+        }
+        for _ in range(hp.update_epochs):
+            perm = torch.randperm(n, device=self.device)
+            for start in range(0, n - mb + 1, mb):
+                idx = perm[start : start + mb]
+                params, value = self.net(observations.index_select(0, idx))
+                dist = self.dist(params)
+                ratio = (
+                    dist.log_prob(actions.index_select(0, idx)) - behaviour_log_probs.index_select(0, idx)
+                ).exp()
+                adv = advantages.index_select(0, idx)
+                if hp.normalize_advantage and mb > 1:
+                    adv = (adv - adv.mean()) / (adv.std() + 1e-8)
+                pg_loss = torch.max(
+                    -adv * ratio, -adv * ratio.clamp(1 - hp.clip_coef, 1 + hp.clip_coef)
+                ).mean()
+                value_loss = 0.5 * ((value.squeeze(-1) - vs.index_select(0, idx)) ** 2).mean()
+                entropy = dist.entropy().mean()
+                loss = pg_loss + hp.value_coef * value_loss - hp.entropy_coef * entropy
+
+                opt.zero_grad()
+                self.manual_backward(loss)
+                self.clip_gradients(opt, gradient_clip_val=hp.max_grad_norm, gradient_clip_algorithm="norm")
+                opt.step()
+                with torch.no_grad():
+                    stats["pg_loss"].append(pg_loss.detach())
+                    stats["value_loss"].append(value_loss.detach())
+                    stats["entropy"].append(entropy.detach())
+                    stats["clip_frac"].append(((ratio - 1).abs() > hp.clip_coef).float().mean())
+
+        self.policy_version += 1
+        metrics = {f"train/{k}": torch.stack(v).mean() for k, v in stats.items()}
+        metrics["train/lr"] = lr
+        self.log_rollout_stats(metrics)

@@ -1,0 +1,449 @@
+"""Asynchronous sampling: sampler processes with their own envs and CPU policy copies feed a served table.
+
+```
+ sampler proc 0 ─┐  (envs + CPU policy copy, batched inference)     ┌─ learner (Trainer process)
+ sampler proc 1 ─┼─► TableClient.insert ─► TableServer (table + limiter) ◄─ TableClient.sample
+      ...        ┘                                                    └─ SharedWeights.publish every k updates
+```
+
+- **Data** goes through a :class:`~lightning_accelrl.replay.TableServer` (a process owning the table and its rate
+  limiter; items travel through shared-memory staging buffers). Rollout mode (APPO, or any rollout algorithm):
+  a Queue table of whole rollout segments ``[T, B]``, sampled once each. Replay mode (DQN family): a uniform or
+  prioritized table of n-step transitions under a SampleToInsertRatio limiter, which bounds the ratio both ways.
+- **Weights** reach the samplers through :class:`SharedWeights`: one flat shared-memory tensor plus a sequence
+  counter (a seqlock: odd while the learner writes). Samplers check the counter before every env step / rollout and
+  copy when it changed; the version they act with is recorded per item (``policy_version``).
+- **Statistics** (env steps, finished episodes, acting versions) go through small shared tensors, one row per
+  sampler, each written by its sampler only.
+- **Faults**: the learner checks its samplers every ``_CHECK_S`` and while waiting for data; a sampler that exited
+  without finishing raises :class:`SamplerProcessError` (one line) within about a second. Children ignore SIGINT
+  (the learner stops them in order), and exit when the learner process dies (the table server does; their next
+  call fails). ``close()`` stops the samplers and the server; nothing stays in ``/dev/shm`` (torch's
+  file-descriptor sharing unlinks names at once).
+
+Samplers are started with ``fork`` (about 6 ms each; ``spawn`` would pickle the module and re-import torch,
+~1 s per process): a forked child calls ``torch.set_num_threads(1)`` before any torch op, and the policy copy it
+uses is a CPU deep copy made before the fork, so a learner on a GPU is fine (the child never touches CUDA).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import functools
+import math
+import multiprocessing as mp
+import os
+import signal
+import sys
+import time
+import traceback
+import weakref
+from typing import Any
+
+import torch
+from tensordict import TensorDict
+
+from lightning_accelrl.errors import ConfigError
+
+__all__ = ["AsyncRunner", "SamplerProcessError", "SharedWeights", "parameters_of"]
+
+_CHECK_S = 0.5  # how often the learner checks that its samplers are alive (also its sample timeout)
+_INSERT_TIMEOUT_S = 1.0  # a blocked insert wakes this often to see whether it should stop
+_META_KEYS = ("key", "priority", "probability", "times_sampled", "table_size")
+# per-sampler counters
+_ENV_STEPS, _EPISODES, _VERSION, _STATE = range(4)
+_RUNNING, _FINISHED = 0, 1
+
+
+class SamplerProcessError(RuntimeError):
+    """A sampler process (or the table server) died: the run cannot go on with the data it promised."""
+
+
+def parameters_of(module: torch.nn.Module) -> list[torch.Tensor]:
+    """The tensors the samplers' policy copies receive: all parameters, in ``parameters()`` order."""
+    return list(module.parameters())
+
+
+class SharedWeights:
+    """A flat float32 copy of a module's parameters in shared memory, with a seqlock and a policy version.
+
+    ``publish`` (learner) bumps the sequence to odd, copies, writes the version, bumps it to even. ``fetch``
+    (sampler) copies only when the sequence is even and changed, and keeps the copy only if the sequence did
+    not move meanwhile (a torn read is retried at the next call). One writer, any number of readers.
+    """
+
+    def __init__(self, params: list[torch.Tensor]) -> None:
+        self.numel = sum(p.numel() for p in params)
+        self.flat = torch.zeros(self.numel, dtype=torch.float32).share_memory_()
+        self.meta = torch.zeros(2, dtype=torch.int64).share_memory_()  # [sequence, policy version]
+
+    def publish(self, params: list[torch.Tensor], version: int) -> None:
+        with torch.no_grad():
+            flat = torch.cat([p.detach().reshape(-1).to("cpu", torch.float32) for p in params])
+        self.meta[0] += 1
+        self.flat.copy_(flat)
+        self.meta[1] = int(version)
+        self.meta[0] += 1
+
+    def fetch(self, params: list[torch.Tensor], last_seq: int) -> tuple[int, int] | None:
+        """Copy new weights into ``params``; returns (sequence, version), or None if nothing new was read."""
+        seq = int(self.meta[0])
+        if seq == last_seq or seq % 2:
+            return None
+        flat = self.flat.clone()
+        version = int(self.meta[1])
+        if int(self.meta[0]) != seq:
+            return None
+        with torch.no_grad():
+            torch.nn.utils.vector_to_parameters(flat, params)
+        return seq, version
+
+
+class _ProgressView:
+    """Stands in for the Trainer inside a sampler process: ``module.progress`` reads the shared env-step count."""
+
+    def __init__(self, counters: torch.Tensor, budget: int) -> None:
+        self.datamodule = self
+        self._counters, self._budget = counters, budget
+
+    @property
+    def progress(self) -> float:
+        return min(1.0, float(self._counters[:, _ENV_STEPS].sum()) / self._budget)
+
+
+def _queue_table(max_size: int) -> Any:
+    from lightning_accelrl.replay import Table
+
+    return Table.queue("rollouts", max_size)
+
+
+def _replay_table(
+    capacity: int, prioritized: bool, priority_exponent: float, limiter: Any, frames: bool
+) -> Any:
+    from lightning_accelrl.replay import FrameStackStorage, Table, selectors
+
+    return Table(
+        "replay",
+        sampler=selectors.Prioritized(priority_exponent) if prioritized else selectors.Uniform(),
+        remover=selectors.Fifo(),
+        max_size=capacity,
+        rate_limiter=limiter,
+        storage=FrameStackStorage(capacity) if frames else None,
+    )
+
+
+class AsyncRunner:
+    """Starts and watches the sampler processes and the table server of one rank; the learner's side of both.
+
+    Args:
+        module: the algorithm (its ``act``/``value`` run in the samplers on a CPU deep copy).
+        env_factory: ``env_factory(stream_rank)`` builds one sampler's batched env (called in the child).
+        kind: ``"rollout"`` or ``"replay"`` (the module's ``experience_spec()["kind"]``).
+        spec: the module's experience spec (n-step, gamma, prioritized... for replay).
+        num_procs: sampler processes of this rank; ``rank``: the global rank (streams and seeds are distinct).
+        num_envs: envs per sampler process; ``rollout_steps``: T of a rollout segment.
+        budget: env steps this rank's samplers collect in all (they stop there).
+        weight_sync_every: publish weights to the samplers every this many policy versions (updates).
+        queue_size: rollout mode: segments the queue holds (bounds the policy lag).
+        replay: replay mode: dict with capacity, batch_size, limiter (a rate limiter), frames (bool).
+        episode_window: finished episodes kept per sampler between two reads by the learner.
+    """
+
+    def __init__(
+        self,
+        module: Any,
+        env_factory: Any,
+        kind: str,
+        spec: dict[str, Any],
+        num_procs: int,
+        rank: int,
+        num_envs: int,
+        rollout_steps: int,
+        budget: int,
+        weight_sync_every: int = 1,
+        queue_size: int | None = None,
+        replay: dict[str, Any] | None = None,
+        episode_window: int = 1024,
+    ) -> None:
+        if kind not in ("rollout", "replay"):
+            raise ConfigError(f"the async sampler streams rollouts or replay samples, not {kind!r}")
+        self.kind, self.spec = kind, spec
+        self.num_procs, self.rank = num_procs, rank
+        self.num_envs, self.rollout_steps = num_envs, rollout_steps
+        self.budget = budget
+        self.weight_sync_every = max(1, int(weight_sync_every))
+        self.queue_size = queue_size or max(2, num_procs)
+        self.replay = replay or {}
+        self.env_factory = env_factory
+        self.window = episode_window
+        self._params = parameters_of(module)
+        self.weights = SharedWeights(self._params)
+        self.counters = torch.zeros(num_procs, 4, dtype=torch.int64).share_memory_()
+        self.episodes = torch.zeros(num_procs, episode_window, 2, dtype=torch.float64).share_memory_()
+        self.stop_flag = torch.zeros(1, dtype=torch.int64).share_memory_()
+        self.server: Any = None
+        self.client: Any = None
+        self.procs: list[Any] = []
+        self._seen = [0] * num_procs
+        self._pushed_version = -1
+        self._next_check = 0.0
+        self._module = module
+        self._closed = False
+        self._finalizer = weakref.finalize(self, AsyncRunner._cleanup, self.stop_flag, self.procs, [None])
+
+    # ----- lifecycle --------------------------------------------------------------------------------------
+    def start(self) -> AsyncRunner:
+        from lightning_accelrl.replay import TableServer
+
+        if self.kind == "rollout":
+            factory = functools.partial(_queue_table, self.queue_size)
+        else:
+            r = self.replay
+            factory = functools.partial(
+                _replay_table,
+                r["capacity"],
+                bool(self.spec.get("prioritized", False)),
+                float(self.spec.get("priority_exponent", 0.6)),
+                r["limiter"],
+                bool(r.get("frames", False)),
+            )
+        self.server = TableServer(factory, start_method="fork").start()
+        self._finalizer.detach()
+        self._finalizer = weakref.finalize(
+            self, AsyncRunner._cleanup, self.stop_flag, self.procs, [self.server]
+        )
+        self.client = self.server.client()
+        self.publish(self._module, force=True)
+        agent = _cpu_copy(self._module)
+        ctx = mp.get_context("fork")  # explicit: `import torchrl` switches the global default to spawn
+        for i in range(self.num_procs):
+            p = ctx.Process(
+                target=_sampler_main,
+                args=(i, self, agent, self.client),
+                name=f"accelrl-sampler-{self.rank}-{i}",
+                daemon=True,
+            )
+            p.start()
+            self.procs.append(p)
+        return self
+
+    def close(self) -> None:
+        """Stop samplers and the table server (idempotent; also run at exit and on garbage collection)."""
+        if self._closed:
+            return
+        self._closed = True
+        self._finalizer.detach()
+        AsyncRunner._cleanup(self.stop_flag, self.procs, [self.server])
+        self.server = None
+        if self.client is not None:
+            with contextlib.suppress(Exception):
+                self.client.close()
+
+    @staticmethod
+    def _cleanup(stop_flag: torch.Tensor, procs: list[Any], server: list[Any]) -> None:
+        stop_flag.fill_(1)
+        if server[0] is not None:  # blocked inserts then fail at once, and the samplers see the stop flag
+            with contextlib.suppress(Exception):
+                server[0].stop(timeout=2.0)
+        deadline = time.monotonic() + 3.0
+        for p in procs:
+            p.join(max(0.0, deadline - time.monotonic()))
+        for p in procs:
+            if p.is_alive():
+                p.terminate()
+                p.join(1.0)
+            if p.is_alive():
+                p.kill()
+                p.join(1.0)
+
+    # ----- the learner's side ---------------------------------------------------------------------------------
+    def publish(self, module: Any, force: bool = False) -> None:
+        """New weights for the samplers when ``weight_sync_every`` updates passed since the last publication."""
+        version = int(getattr(module, "policy_version", 0))
+        if force or version - self._pushed_version >= self.weight_sync_every:
+            self.weights.publish(self._params, version)
+            self._pushed_version = version
+
+    def check(self) -> None:
+        """Raise :class:`SamplerProcessError` if a sampler or the server died."""
+        for i, p in enumerate(self.procs):
+            code = p.exitcode
+            if code is not None and not (code == 0 and int(self.counters[i, _STATE]) == _FINISHED):
+                how = f"was killed by signal {-code}" if code < 0 else f"exited with code {code}"
+                raise SamplerProcessError(
+                    f"async sampler process {i} of rank {self.rank} (pid {p.pid}) {how}; stopping the run"
+                )
+        if self.server is not None and not self.server.is_alive():
+            raise SamplerProcessError(f"the replay table server of rank {self.rank} died; stopping the run")
+
+    @property
+    def all_finished(self) -> bool:
+        return bool((self.counters[:, _STATE] == _FINISHED).all())
+
+    def sample(self, n: int) -> TensorDict | None:
+        """``n`` items from the table, waiting while the limiter refuses; None when the samplers finished and the
+        table cannot supply more."""
+        while True:
+            now = time.monotonic()
+            if now >= self._next_check:
+                self.check()
+                self._next_check = now + _CHECK_S
+            try:
+                return self.client.sample(n, timeout=_CHECK_S)
+            except TimeoutError:
+                self.check()
+                if self.all_finished:
+                    return None
+            except ConnectionError as err:
+                self.check()
+                raise SamplerProcessError(f"lost the replay table server: {err}") from None
+
+    def next_rollout(self) -> TensorDict | None:
+        """One rollout segment ``[T, B]`` (oldest first)."""
+        item = self.sample(1)
+        if item is None:
+            return None
+        seg = item.exclude(*_META_KEYS)[0]
+        seg.batch_size = torch.Size([self.rollout_steps, self.num_envs])
+        return seg
+
+    def update_priorities(self, keys: torch.Tensor, priorities: torch.Tensor) -> None:
+        self.client.update_priorities(keys.detach().cpu(), priorities.detach().float().cpu())
+
+    @property
+    def env_steps(self) -> int:
+        return int(self.counters[:, _ENV_STEPS].sum())
+
+    @property
+    def acting_version(self) -> int:
+        """The oldest policy version any sampler acts with now."""
+        return int(self.counters[:, _VERSION].min())
+
+    def drain_episodes(self) -> list[tuple[float, float]]:
+        """Episodes finished since the last call (return, length), over all samplers."""
+        out: list[tuple[float, float]] = []
+        for i in range(self.num_procs):
+            count = int(self.counters[i, _EPISODES])
+            new = min(count - self._seen[i], self.window)
+            for j in range(count - new, count):
+                ret, length = self.episodes[i, j % self.window].tolist()
+                out.append((ret, length))
+            self._seen[i] = count
+        return out
+
+    def table_info(self) -> dict[str, Any]:
+        return self.client.info()
+
+
+def _cpu_copy(module: Any) -> Any:
+    """A CPU deep copy of the module without its Trainer (made before forking)."""
+    trainer = getattr(module, "_trainer", None)
+    module._trainer = None
+    try:
+        agent = copy.deepcopy(module)
+    finally:
+        module._trainer = trainer
+    return agent.cpu().eval()
+
+
+# ----- the sampler process ----------------------------------------------------------------------------------------
+def _sampler_main(idx: int, runner: AsyncRunner, agent: Any, client: Any) -> None:
+    torch.set_num_threads(1)  # first: a forked child hangs on its first parallel op otherwise (NOTES.md)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C goes to the learner, which stops us in order
+    stop, counters = runner.stop_flag, runner.counters
+    code = 0
+    try:
+        _sample_loop(idx, runner, agent, client)
+        counters[idx, _STATE] = _FINISHED
+    except ConnectionError:
+        if not int(stop[0]):  # the server went away without being asked to: the learner is gone
+            code = 1
+    except Exception:
+        if not int(stop[0]):
+            sys.stderr.write(f"async sampler process {idx} failed:\n{traceback.format_exc()}")
+            code = 1
+    sys.stderr.flush()
+    os._exit(code)  # no inherited atexit handlers or finalizers (they belong to the learner)
+
+
+def _sample_loop(idx: int, runner: AsyncRunner, agent: Any, client: Any) -> None:
+    from lightning_accelrl.replay import NStepWriter, StreamIndexer
+    from lightning_accelrl.sampling import SyncSampler
+
+    stop, counters, ring, window = runner.stop_flag, runner.counters, runner.episodes, runner.window
+    stream_rank = runner.rank * runner.num_procs + idx
+    env = runner.env_factory(stream_rank)
+    agent._trainer = _ProgressView(counters, runner.budget)  # ε schedules etc. follow the global env steps
+    params = parameters_of(agent)
+    replay = runner.kind == "replay"
+    sampler = SyncSampler(
+        env, 1 if replay else runner.rollout_steps, store_next_observation=True, episode_window=window
+    )
+    writer = indexer = None
+    if replay:
+        writer = NStepWriter(runner.spec["n_step"], runner.spec["gamma"], env.num_envs)
+        shape, dtype = env.spec.observation_shape, env.spec.observation_dtype
+        if len(shape) == 3 and dtype == torch.uint8:
+            indexer = StreamIndexer(env.num_envs, shape[0], stream_rank * env.num_envs)
+    seq, episodes_seen = -1, 0
+    try:
+        while not int(stop[0]) and int(counters[:, _ENV_STEPS].sum()) < runner.budget:
+            got = runner.weights.fetch(params, seq)
+            if got is not None:
+                seq, agent.policy_version = got
+                counters[idx, _VERSION] = agent.policy_version
+            data = sampler.collect(agent)
+            counters[idx, _ENV_STEPS] = sampler.env_steps
+            tracker = sampler.tracker
+            if tracker.episodes > episodes_seen:  # publish finished episodes: entries first, then the count
+                new = tracker.episodes - episodes_seen
+                rets, lens = list(tracker.recent_returns)[-new:], list(tracker.recent_lengths)[-new:]
+                for k, (r, n) in enumerate(zip(rets, lens)):
+                    ring[idx, (episodes_seen + k) % window, 0] = r
+                    ring[idx, (episodes_seen + k) % window, 1] = n
+                episodes_seen = tracker.episodes
+                counters[idx, _EPISODES] = episodes_seen
+            if replay:
+                step = data[0]
+                if indexer is not None:
+                    step = indexer(step)
+                items = writer.add(step)
+                if items is None or items.batch_size[0] == 0:
+                    continue
+            else:
+                items = data.unsqueeze(0)  # one item: the whole segment [T, B]
+            _insert(client, items, stop)
+    finally:
+        with contextlib.suppress(Exception):
+            env.close()
+
+
+def _insert(client: Any, items: TensorDict, stop: torch.Tensor) -> None:
+    """Insert all of ``items``, blocking while the limiter refuses, waking to check the stop flag."""
+    while True:
+        try:
+            client.insert(items, timeout=_INSERT_TIMEOUT_S)
+            return
+        except TimeoutError as err:
+            done = int(getattr(err, "num_inserted", 0))
+            if done:
+                items = items[done:]
+            if int(stop[0]):
+                return
+
+
+def default_queue_size(num_procs: int) -> int:
+    return max(2, num_procs)
+
+
+def lag_summary(lags: list[int]) -> dict[str, float]:
+    """Median, p90 and max of a list of policy lags (for benchmarks and logs)."""
+    if not lags:
+        return {"lag_p50": math.nan, "lag_p90": math.nan, "lag_max": math.nan}
+    s = sorted(lags)
+    return {
+        "lag_p50": float(s[len(s) // 2]),
+        "lag_p90": float(s[min(len(s) - 1, int(0.9 * len(s)))]),
+        "lag_max": float(s[-1]),
+    }
