@@ -30,7 +30,9 @@ import torch  # noqa: E402
 from tensordict import TensorDict  # noqa: E402
 
 N_SINGLE = 4096  # pre-built single small items, cycled
-MAX_FRAME_SINGLES = 40_000  # pre-built single frame items (views into the frame pool); a timed loop stops there
+MAX_FRAME_SINGLES = (
+    40_000  # pre-built single frame items (views into the frame pool); a timed loop stops there
+)
 
 
 # ----------------------------------------------------------------------------------------------- items
@@ -51,8 +53,11 @@ def small_singles(n: int) -> list[TensorDict]:
     t = {k: torch.from_numpy(v) for k, v in a.items()}
     return [
         TensorDict(
-            {"observation": t["obs"][i], "action": t["action"][i],
-             "next": {"reward": t["reward"][i], "done": t["done"][i]}},
+            {
+                "observation": t["obs"][i],
+                "action": t["action"][i],
+                "next": {"reward": t["reward"][i], "done": t["done"][i]},
+            },
             batch_size=[],
         )
         for i in range(n)
@@ -69,7 +74,11 @@ class FrameItems:
         self.t = 0
 
     def _td(self, obs, nxt, action, reward, done, t0, n, batch):
-        d = {"observation": obs, "action": action, "next": {"observation": nxt, "reward": reward, "done": done}}
+        d = {
+            "observation": obs,
+            "action": action,
+            "next": {"observation": nxt, "reward": reward, "done": done},
+        }
         if self.index:
             step = torch.arange(t0, t0 + n) + (common.STACK - 1)
             d["stream"] = torch.zeros(n, dtype=torch.int64)
@@ -83,15 +92,31 @@ class FrameItems:
         t = self.t
         self.t += 1
         p = t % common.FRAME_POOL
-        return self._td(self.pool[p : p + common.STACK], self.pool[p + 1 : p + 1 + common.STACK],
-                        torch.tensor(t % 4), torch.tensor(1.0), torch.tensor(False), t, 1, False)
+        return self._td(
+            self.pool[p : p + common.STACK],
+            self.pool[p + 1 : p + 1 + common.STACK],
+            torch.tensor(t % 4),
+            torch.tensor(1.0),
+            torch.tensor(False),
+            t,
+            1,
+            False,
+        )
 
     def batch(self, n: int) -> TensorDict:
         t = self.t
         self.t += n
         obs, nxt = common.frame_batch(self.pool.numpy(), t, n)
-        return self._td(torch.from_numpy(obs), torch.from_numpy(nxt), torch.arange(n) % 4,
-                        torch.ones(n), torch.zeros(n, dtype=torch.bool), t, n, True)
+        return self._td(
+            torch.from_numpy(obs),
+            torch.from_numpy(nxt),
+            torch.arange(n) % 4,
+            torch.ones(n),
+            torch.zeros(n, dtype=torch.bool),
+            t,
+            n,
+            True,
+        )
 
 
 def record(results, kind, op, r, variant, extra=None):
@@ -101,8 +126,11 @@ def record(results, kind, op, r, variant, extra=None):
     if extra:
         r.update(extra)
     results[common.op_name(kind, op)] = r
-    print(f"{kind}.{op}: {r['items_per_s']:,.0f} items/s  {r['us_per_call']:.1f} us/call  ({variant})",
-          file=sys.stderr, flush=True)
+    print(
+        f"{kind}.{op}: {r['items_per_s']:,.0f} items/s  {r['us_per_call']:.1f} us/call  ({variant})",
+        file=sys.stderr,
+        flush=True,
+    )
 
 
 # ----------------------------------------------------------------------------------------------- ours
@@ -135,31 +163,58 @@ def _ours_small(results, budget, want, limiter_name, make_limiter, full):
         return tu.insert(batches[c["i"] % 16])
 
     if want("small", "insert_single"):
-        record(results, kind, "insert_single", common.rate(one, 1, budget), f"Table.insert(item []), {limiter_name}")
+        record(
+            results,
+            kind,
+            "insert_single",
+            common.rate(one, 1, budget),
+            f"Table.insert(item []), {limiter_name}",
+        )
     if want("small", "insert_batch256"):
-        record(results, kind, "insert_batch256", common.rate(batch, common.BATCH, budget),
-               f"Table.insert(items [256]), {limiter_name}")
+        record(
+            results,
+            kind,
+            "insert_batch256",
+            common.rate(batch, common.BATCH, budget),
+            f"Table.insert(items [256]), {limiter_name}",
+        )
     if not full:
         return
     if want("small", "sample256_uniform"):
-        record(results, kind, "sample256_uniform", common.rate(lambda: tu.sample(common.BATCH), common.BATCH, budget),
-               "Table.sample(256), Uniform")
+        record(
+            results,
+            kind,
+            "sample256_uniform",
+            common.rate(lambda: tu.sample(common.BATCH), common.BATCH, budget),
+            "Table.sample(256), Uniform",
+        )
     tu = None
     gc.collect()
     tp = Table("small_p", Prioritized(common.PRIORITY_EXPONENT), Fifo(), cap, make_limiter(), seed=0)
     _fill(tp, small_batch, cap, rng, True)
     if want("small", "sample256_prioritized"):
-        record(results, kind, "sample256_prioritized",
-               common.rate(lambda: tp.sample(common.BATCH), common.BATCH, budget),
-               f"Table.sample(256), Prioritized({common.PRIORITY_EXPONENT})")
+        record(
+            results,
+            kind,
+            "sample256_prioritized",
+            common.rate(lambda: tp.sample(common.BATCH), common.BATCH, budget),
+            f"Table.sample(256), Prioritized({common.PRIORITY_EXPONENT})",
+        )
     if want("small", "update_priorities256"):
-        keys = torch.from_numpy(rng.choice(cap, common.BATCH, replace=False).astype(np.int64))  # keys 0 .. cap-1
+        keys = torch.from_numpy(
+            rng.choice(cap, common.BATCH, replace=False).astype(np.int64)
+        )  # keys 0 .. cap-1
 
         def update():
             tp.update_priorities(keys, torch.rand(common.BATCH, dtype=torch.float64) + 0.01)
 
-        record(results, kind, "update_priorities256", common.rate(update, common.BATCH, budget),
-               "Table.update_priorities(256 keys)")
+        record(
+            results,
+            kind,
+            "update_priorities256",
+            common.rate(update, common.BATCH, budget),
+            "Table.update_priorities(256 keys)",
+        )
 
 
 def _ours_frames(results, budget, want, dedup):
@@ -179,9 +234,13 @@ def _ours_frames(results, budget, want, dedup):
     _fill(tu, gen.batch, cap, rng, False)
     if want("frames", "insert_single"):
         it = iter([gen.single() for _ in range(MAX_FRAME_SINGLES)])
-        record(results, kind, "insert_single",
-               common.rate(lambda: tu.insert(next(it)), 1, budget, max_calls=MAX_FRAME_SINGLES - 10),
-               f"Table.insert(item []), {storage_name}")
+        record(
+            results,
+            kind,
+            "insert_single",
+            common.rate(lambda: tu.insert(next(it)), 1, budget, max_calls=MAX_FRAME_SINGLES - 10),
+            f"Table.insert(item []), {storage_name}",
+        )
         it = None
         gc.collect()
     if want("frames", "insert_batch256"):
@@ -197,22 +256,44 @@ def _ours_frames(results, budget, want, dedup):
                 items["next", "step"] += 8 * common.BATCH
             return tu.insert(items)
 
-        record(results, kind, "insert_batch256", common.rate(fbatch, common.BATCH, budget),
-               f"Table.insert(items [256]), {storage_name}")
+        record(
+            results,
+            kind,
+            "insert_batch256",
+            common.rate(fbatch, common.BATCH, budget),
+            f"Table.insert(items [256]), {storage_name}",
+        )
         fb = None
     if want("frames", "sample256_uniform"):
-        record(results, kind, "sample256_uniform", common.rate(lambda: tu.sample(common.BATCH), common.BATCH, budget),
-               f"Table.sample(256), Uniform, {storage_name}")
+        record(
+            results,
+            kind,
+            "sample256_uniform",
+            common.rate(lambda: tu.sample(common.BATCH), common.BATCH, budget),
+            f"Table.sample(256), Uniform, {storage_name}",
+        )
     tu = None
     gc.collect()
     if not dedup or not want("frames", "sample256_prioritized"):
         return
     gen = FrameItems(index=True)
-    tp = Table("frames_p", Prioritized(common.PRIORITY_EXPONENT), Fifo(), cap, MinSize(1),
-               storage=FrameStackStorage(cap), seed=0)
+    tp = Table(
+        "frames_p",
+        Prioritized(common.PRIORITY_EXPONENT),
+        Fifo(),
+        cap,
+        MinSize(1),
+        storage=FrameStackStorage(cap),
+        seed=0,
+    )
     _fill(tp, gen.batch, cap, rng, True)
-    record(results, kind, "sample256_prioritized", common.rate(lambda: tp.sample(common.BATCH), common.BATCH, budget),
-           f"Table.sample(256), Prioritized({common.PRIORITY_EXPONENT}), {storage_name}")
+    record(
+        results,
+        kind,
+        "sample256_prioritized",
+        common.rate(lambda: tp.sample(common.BATCH), common.BATCH, budget),
+        f"Table.sample(256), Prioritized({common.PRIORITY_EXPONENT}), {storage_name}",
+    )
 
 
 def _bare_gather(results, budget):
@@ -228,8 +309,13 @@ def _bare_gather(results, budget):
         nxt = frames.index_select(0, (idx + 1).reshape(-1)).view(shape)
         return obs, nxt
 
-    record(results, "frames", "bare_index_select", common.rate(gather, common.BATCH, budget),
-           "2 x frames.index_select(0, 1024 frame ids) from a [F, 84, 84] uint8 pool")
+    record(
+        results,
+        "frames",
+        "bare_index_select",
+        common.rate(gather, common.BATCH, budget),
+        "2 x frames.index_select(0, 1024 frame ids) from a [F, 84, 84] uint8 pool",
+    )
 
 
 def run_ours(budget: float, only: set[str]) -> dict:
@@ -241,8 +327,14 @@ def run_ours(budget: float, only: set[str]) -> dict:
         return not only or common.op_name(kind, op) in only
 
     _ours_small(results, budget, want, "MinSize(1)", lambda: MinSize(1), full=True)
-    _ours_small(results, budget, want, "SampleToInsertRatio(1, 1, (-1e15, 1e15))",
-                lambda: SampleToInsertRatio(1.0, 1, (-1e15, 1e15)), full=False)
+    _ours_small(
+        results,
+        budget,
+        want,
+        "SampleToInsertRatio(1, 1, (-1e15, 1e15))",
+        lambda: SampleToInsertRatio(1.0, 1, (-1e15, 1e15)),
+        full=False,
+    )
     _ours_frames(results, budget, want, dedup=True)
     _ours_frames(results, budget, want, dedup=False)
     if want("frames", "bare_index_select"):
@@ -289,7 +381,9 @@ def _torchrl_kind(results, unavailable, budget, want, kind):
             rb.extend(make(n))
             done += n
 
-    rb = TensorDictReplayBuffer(storage=LazyTensorStorage(cap), sampler=RandomSampler(), batch_size=common.BATCH)
+    rb = TensorDictReplayBuffer(
+        storage=LazyTensorStorage(cap), sampler=RandomSampler(), batch_size=common.BATCH
+    )
     fill(rb)
     c = {"i": 0}
     if want(kind, "insert_single"):
@@ -299,12 +393,22 @@ def _torchrl_kind(results, unavailable, budget, want, kind):
                 c["i"] += 1
                 return rb.add(singles[c["i"] % N_SINGLE])
 
-            record(results, kind, "insert_single", common.rate(one, 1, budget), "TensorDictReplayBuffer.add(item [])")
+            record(
+                results,
+                kind,
+                "insert_single",
+                common.rate(one, 1, budget),
+                "TensorDictReplayBuffer.add(item [])",
+            )
         else:
             it = iter([gen.single() for _ in range(MAX_FRAME_SINGLES)])
-            record(results, kind, "insert_single",
-                   common.rate(lambda: rb.add(next(it)), 1, budget, max_calls=MAX_FRAME_SINGLES - 10),
-                   "TensorDictReplayBuffer.add(item [])")
+            record(
+                results,
+                kind,
+                "insert_single",
+                common.rate(lambda: rb.add(next(it)), 1, budget, max_calls=MAX_FRAME_SINGLES - 10),
+                "TensorDictReplayBuffer.add(item [])",
+            )
             it = None
     if want(kind, "insert_batch256"):
 
@@ -312,11 +416,21 @@ def _torchrl_kind(results, unavailable, budget, want, kind):
             c["i"] += 1
             return rb.extend(batches[c["i"] % len(batches)])
 
-        record(results, kind, "insert_batch256", common.rate(batch, common.BATCH, budget),
-               "TensorDictReplayBuffer.extend(items [256])")
+        record(
+            results,
+            kind,
+            "insert_batch256",
+            common.rate(batch, common.BATCH, budget),
+            "TensorDictReplayBuffer.extend(items [256])",
+        )
     if want(kind, "sample256_uniform"):
-        record(results, kind, "sample256_uniform", common.rate(rb.sample, common.BATCH, budget),
-               "TensorDictReplayBuffer.sample() (batch_size 256), RandomSampler, LazyTensorStorage")
+        record(
+            results,
+            kind,
+            "sample256_uniform",
+            common.rate(rb.sample, common.BATCH, budget),
+            "TensorDictReplayBuffer.sample() (batch_size 256), RandomSampler, LazyTensorStorage",
+        )
     rb = None
     gc.collect()
     sampler, err = _prioritized_sampler(cap)
@@ -330,13 +444,24 @@ def _torchrl_kind(results, unavailable, budget, want, kind):
     rb = TensorDictReplayBuffer(storage=LazyTensorStorage(cap), sampler=sampler, batch_size=common.BATCH)
     fill(rb)
     if "sample256_prioritized" in ops:
-        record(results, kind, "sample256_prioritized", common.rate(rb.sample, common.BATCH, budget),
-               "TensorDictReplayBuffer.sample(), PrioritizedSampler")
+        record(
+            results,
+            kind,
+            "sample256_prioritized",
+            common.rate(rb.sample, common.BATCH, budget),
+            "TensorDictReplayBuffer.sample(), PrioritizedSampler",
+        )
     if "update_priorities256" in ops:
         idx = torch.randperm(cap)[: common.BATCH]
-        record(results, kind, "update_priorities256",
-               common.rate(lambda: rb.update_priority(idx, torch.rand(common.BATCH) + 0.01), common.BATCH, budget),
-               "TensorDictReplayBuffer.update_priority(256 indices)")
+        record(
+            results,
+            kind,
+            "update_priorities256",
+            common.rate(
+                lambda: rb.update_priority(idx, torch.rand(common.BATCH) + 0.01), common.BATCH, budget
+            ),
+            "TensorDictReplayBuffer.update_priority(256 indices)",
+        )
 
 
 def run_torchrl(budget: float, only: set[str]) -> tuple[dict, dict]:
@@ -375,22 +500,44 @@ def run_memory(capacity: int, episode_len: int, streams: int) -> dict:
             pos = newest[:, None] + torch.arange(-(s - 1), 2)  # [n, S + 1]: obs frames, then the next frame
             first = (s - 1) + episode * stride  # the episode's first observed frame
             pad = pos < first[:, None]  # frames before the episode's first: zero padding
-            frames = pool.index_select(0, ((pos + 7919 * stream) % common.FRAME_POOL).reshape(-1)).view(
-                n, s + 1, common.H, common.W).clone()
+            frames = (
+                pool.index_select(0, ((pos + 7919 * stream) % common.FRAME_POOL).reshape(-1))
+                .view(n, s + 1, common.H, common.W)
+                .clone()
+            )
             frames[pad] = 0
             items = TensorDict(
-                {"observation": frames[:, :s], "action": torch.zeros(n, dtype=torch.int64),
-                 "stream": torch.full((n,), stream), "step": newest,
-                 "next": {"observation": frames[:, 1:], "reward": torch.zeros(n), "done": k == episode_len - 1,
-                          "step": newest + 1}},
+                {
+                    "observation": frames[:, :s],
+                    "action": torch.zeros(n, dtype=torch.int64),
+                    "stream": torch.full((n,), stream),
+                    "step": newest,
+                    "next": {
+                        "observation": frames[:, 1:],
+                        "reward": torch.zeros(n),
+                        "done": k == episode_len - 1,
+                        "step": newest + 1,
+                    },
+                },
                 batch_size=[n],
             )
             table.insert(items)
     naive = TensorStorage(8)
-    naive.write(torch.arange(1), TensorDict(
-        {"observation": torch.zeros(1, s, common.H, common.W, dtype=torch.uint8), "action": torch.zeros(1, dtype=torch.int64),
-         "next": {"observation": torch.zeros(1, s, common.H, common.W, dtype=torch.uint8), "reward": torch.zeros(1),
-                  "done": torch.zeros(1, dtype=torch.bool)}}, batch_size=[1]))
+    naive.write(
+        torch.arange(1),
+        TensorDict(
+            {
+                "observation": torch.zeros(1, s, common.H, common.W, dtype=torch.uint8),
+                "action": torch.zeros(1, dtype=torch.int64),
+                "next": {
+                    "observation": torch.zeros(1, s, common.H, common.W, dtype=torch.uint8),
+                    "reward": torch.zeros(1),
+                    "done": torch.zeros(1, dtype=torch.bool),
+                },
+            },
+            batch_size=[1],
+        ),
+    )
     live = len(table)
     used_frames = storage.num_frames
     out = {
@@ -402,7 +549,10 @@ def run_memory(capacity: int, episode_len: int, streams: int) -> dict:
         "frames_in_use": used_frames,
         "frames_per_item": used_frames / live,
         "allocated_bytes_per_item": storage.bytes_per_item(),
-        "used_bytes_per_item": (storage.nbytes() - (storage.frame_capacity - used_frames) * common.FRAME_BYTES) / live,
+        "used_bytes_per_item": (
+            storage.nbytes() - (storage.frame_capacity - used_frames) * common.FRAME_BYTES
+        )
+        / live,
         "naive_bytes_per_item": naive.nbytes() / 8,
     }
     print(out, file=sys.stderr, flush=True)

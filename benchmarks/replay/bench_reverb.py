@@ -79,9 +79,19 @@ def main() -> None:
         table("small_u_insert", reverb.selectors.Uniform(), common.SMALL_CAPACITY, None),
         table("frames_u_insert", reverb.selectors.Uniform(), common.FRAMES_CAPACITY, None),
         table("small_u", reverb.selectors.Uniform(), common.SMALL_CAPACITY, spec_small()),
-        table("small_p", reverb.selectors.Prioritized(common.PRIORITY_EXPONENT), common.SMALL_CAPACITY, spec_small()),
+        table(
+            "small_p",
+            reverb.selectors.Prioritized(common.PRIORITY_EXPONENT),
+            common.SMALL_CAPACITY,
+            spec_small(),
+        ),
         table("frames_u", reverb.selectors.Uniform(), common.FRAMES_CAPACITY, spec_frames()),
-        table("frames_p", reverb.selectors.Prioritized(common.PRIORITY_EXPONENT), common.FRAMES_CAPACITY, spec_frames()),
+        table(
+            "frames_p",
+            reverb.selectors.Prioritized(common.PRIORITY_EXPONENT),
+            common.FRAMES_CAPACITY,
+            spec_frames(),
+        ),
     ]
     server = reverb.Server(tables=tables)  # picks a free port
     address = f"localhost:{server.port}"
@@ -95,8 +105,13 @@ def main() -> None:
 
     def frame_step(t):
         obs, nxt = common.frame_item_views(pool, t)
-        return {"obs": obs, "next_obs": nxt, "action": np.int64(t % 4), "reward": np.float32(1.0),
-                "done": np.bool_(False)}
+        return {
+            "obs": obs,
+            "next_obs": nxt,
+            "action": np.int64(t % 4),
+            "reward": np.float32(1.0),
+            "done": np.bool_(False),
+        }
 
     def step_of(kind):
         t = counter["t"]
@@ -125,7 +140,9 @@ def main() -> None:
         r["variants"] = {v: round(x["items_per_s"], 1) for v, x in variants.items()}
         r["bytes_per_s"] = r["items_per_s"] * common.ITEM_BYTES[kind]
         results[common.op_name(kind, op)] = r
-        print(f"reverb {kind}.{op}: {r['items_per_s']:,.0f} items/s ({best}; {r['variants']})", file=sys.stderr)
+        print(
+            f"reverb {kind}.{op}: {r['items_per_s']:,.0f} items/s ({best}; {r['variants']})", file=sys.stderr
+        )
 
     def want(kind, op):
         return not only or common.op_name(kind, op) in only
@@ -136,11 +153,14 @@ def main() -> None:
             server_address=address, table=name, max_in_flight_samples_per_worker=2 * common.BATCH
         ).batch(common.BATCH, drop_remainder=True)
         it = iter(ds)
-        variants["TrajectoryDataset.batch(256)"] = common.rate(lambda: next(it), common.BATCH, args.budget, warmup=3)
+        variants["TrajectoryDataset.batch(256)"] = common.rate(
+            lambda: next(it), common.BATCH, args.budget, warmup=3
+        )
         it = ds = None  # stops the dataset's background workers
         gc.collect()
         variants["client.sample(256)"] = common.rate(
-            lambda: list(client.sample(name, common.BATCH, emit_timesteps=False)), common.BATCH, args.budget)
+            lambda: list(client.sample(name, common.BATCH, emit_timesteps=False)), common.BATCH, args.budget
+        )
         record(kind, op, variants)
 
     def run_kind(kind, cap):
@@ -150,10 +170,12 @@ def main() -> None:
         if want(kind, "insert_single"):
             variants = {}
             variants["client.insert"] = common.rate(
-                lambda: client.insert(step_of(kind), {f"{tu}_insert": 1.0}), 1, args.budget)
+                lambda: client.insert(step_of(kind), {f"{tu}_insert": 1.0}), 1, args.budget
+            )
             w = client.trajectory_writer(num_keep_alive_refs=1)
             variants["TrajectoryWriter(append+create_item)"] = common.rate(
-                lambda: writer_insert(w, tu, 1, kind), 1, args.budget, finish=w.flush)
+                lambda: writer_insert(w, tu, 1, kind), 1, args.budget, finish=w.flush
+            )
 
             def insert_flush():
                 writer_insert(w, tu, 1, kind)
@@ -169,8 +191,15 @@ def main() -> None:
                 writer_insert(wb, tu, common.BATCH, kind)
                 wb.flush()
 
-            record(kind, "insert_batch256",
-                   {"TrajectoryWriter(256x append+create_item, flush)": common.rate(batch, common.BATCH, args.budget)})
+            record(
+                kind,
+                "insert_batch256",
+                {
+                    "TrajectoryWriter(256x append+create_item, flush)": common.rate(
+                        batch, common.BATCH, args.budget
+                    )
+                },
+            )
             wb.close()
         for op, name in (("sample256_uniform", tu), ("sample256_prioritized", tp)):
             if want(kind, op):
@@ -186,8 +215,11 @@ def main() -> None:
                 p = rng.random(common.BATCH) + 0.01
                 client.mutate_priorities(tp, updates=dict(zip(keys, p.tolist())))
 
-            record(kind, "update_priorities256",
-                   {"client.mutate_priorities": common.rate(update, common.BATCH, args.budget)})
+            record(
+                kind,
+                "update_priorities256",
+                {"client.mutate_priorities": common.rate(update, common.BATCH, args.budget)},
+            )
 
     run_kind("small", common.SMALL_CAPACITY)
     run_kind("frames", common.FRAMES_CAPACITY)
@@ -195,14 +227,19 @@ def main() -> None:
     info = client.server_info()
     sizes = {name: t.current_size for name, t in info.items()}
     server.stop()
-    common.emit({
-        "library": "reverb",
-        "versions": {"dm-reverb": md.version("dm-reverb"), "tensorflow-cpu": md.version("tensorflow-cpu"),
-                     "numpy": np.__version__},
-        "machine": common.machine(),
-        "table_sizes": sizes,
-        "results": results,
-    })
+    common.emit(
+        {
+            "library": "reverb",
+            "versions": {
+                "dm-reverb": md.version("dm-reverb"),
+                "tensorflow-cpu": md.version("tensorflow-cpu"),
+                "numpy": np.__version__,
+            },
+            "machine": common.machine(),
+            "table_sizes": sizes,
+            "results": results,
+        }
+    )
 
 
 if __name__ == "__main__":

@@ -81,9 +81,15 @@ def frame_batch(pool: np.ndarray, t0: int, n: int) -> tuple[np.ndarray, np.ndarr
     return np.ascontiguousarray(frames[:, :STACK]), np.ascontiguousarray(frames[:, 1:])
 
 
-def rate(call: Callable[[], object], items_per_call: int, budget_s: float, min_calls: int = 3,
-         warmup: int = 2, finish: Callable[[], object] | None = None,
-         max_calls: int | None = None) -> dict[str, float]:
+def rate(
+    call: Callable[[], object],
+    items_per_call: int,
+    budget_s: float,
+    min_calls: int = 3,
+    warmup: int = 2,
+    finish: Callable[[], object] | None = None,
+    max_calls: int | None = None,
+) -> dict[str, float]:
     """Items per second of ``call`` over about ``budget_s`` seconds (after ``warmup`` untimed calls).
     ``finish`` (e.g. a writer flush) runs inside the timed span, once, at the end."""
     for _ in range(warmup):
@@ -101,8 +107,12 @@ def rate(call: Callable[[], object], items_per_call: int, budget_s: float, min_c
     if finish is not None:
         finish()
     elapsed = time.perf_counter() - start
-    return {"items_per_s": calls * items_per_call / elapsed, "calls": calls, "seconds": elapsed,
-            "us_per_call": 1e6 * elapsed / calls}
+    return {
+        "items_per_s": calls * items_per_call / elapsed,
+        "calls": calls,
+        "seconds": elapsed,
+        "us_per_call": 1e6 * elapsed / calls,
+    }
 
 
 def machine() -> dict[str, object]:
@@ -115,8 +125,12 @@ def machine() -> dict[str, object]:
                     break
     except OSError:
         pass
-    return {"nproc": os.cpu_count(), "cpu": cpu, "python": platform.python_version(),
-            "platform": platform.platform()}
+    return {
+        "nproc": os.cpu_count(),
+        "cpu": cpu,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
 
 
 def emit(payload: dict) -> None:

@@ -60,15 +60,22 @@ def command(lib: str, args) -> list[str]:
 
 
 def run_one(cmd: list[str], timeout: float) -> dict:
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", TF_CPP_MIN_LOG_LEVEL="2",
-               PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env = dict(
+        os.environ,
+        OMP_NUM_THREADS="1",
+        MKL_NUM_THREADS="1",
+        TF_CPP_MIN_LOG_LEVEL="2",
+        PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+    )
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT, env=env)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
     if proc.returncode != 0 or not lines:
-        sys.exit(f"failed ({proc.returncode}): {' '.join(cmd)}\n--- stdout\n{proc.stdout[-3000:]}\n"
-                 f"--- stderr\n{proc.stderr[-3000:]}")
-    out = json.loads(lines[-1][len("RESULT "):])
+        sys.exit(
+            f"failed ({proc.returncode}): {' '.join(cmd)}\n--- stdout\n{proc.stdout[-3000:]}\n"
+            f"--- stderr\n{proc.stderr[-3000:]}"
+        )
+    out = json.loads(lines[-1][len("RESULT ") :])
     out["wall_s"] = time.perf_counter() - t0
     return out
 
@@ -164,7 +171,13 @@ def report(runs: dict[str, list[dict]], memory: dict, args, started: str, wall: 
             f"| {op} | {fmt_cell(series(runs, 'ours', op), kind)} | {fmt_cell(series(runs, 'reverb', op), kind)} | "
             f"{trl} | {fmt_ratio(ratios(runs, op, 'reverb'))} | {fmt_ratio(ratios(runs, op, 'torchrl'))} |"
         )
-    lines += ["", "Ours, other configurations (same runs):", "", "| operation | ours | note |", "|---|---|---|"]
+    lines += [
+        "",
+        "Ours, other configurations (same runs):",
+        "",
+        "| operation | ours | note |",
+        "|---|---|---|",
+    ]
     notes = {
         "small[limiter=SampleToInsertRatio].insert_single": "limiter on: band checked per item (vs MinSize(1) "
         f"above: {fmt_ratio(_ratio_same(runs, 'small[limiter=SampleToInsertRatio].insert_single', 'small.insert_single'))})",
@@ -177,9 +190,15 @@ def report(runs: dict[str, list[dict]], memory: dict, args, started: str, wall: 
         "(the same 14.5 MB a 256-item sample returns), no table",
     }
     for op in EXTRA_OURS:
-        lines.append(f"| {op} | {fmt_cell(series(runs, 'ours', op), op.split('[')[0].split('.')[0])} | {notes[op]} |")
+        lines.append(
+            f"| {op} | {fmt_cell(series(runs, 'ours', op), op.split('[')[0].split('.')[0])} | {notes[op]} |"
+        )
     variants = runs["reverb"][0]["results"]
-    lines += ["", "Reverb's figure is its best variant (median items/s of each variant over the repeats):", ""]
+    lines += [
+        "",
+        "Reverb's figure is its best variant (median items/s of each variant over the repeats):",
+        "",
+    ]
     for op in MAIN_OPS:
         if op not in variants:
             continue
@@ -187,7 +206,9 @@ def report(runs: dict[str, list[dict]], memory: dict, args, started: str, wall: 
         for r in runs["reverb"]:
             for name, x in r["results"][op]["variants"].items():
                 per.setdefault(name, []).append(x)
-        lines.append(f"- {op}: " + "; ".join(f"`{n}` {fmt_rate(statistics.median(x))}" for n, x in per.items()))
+        lines.append(
+            f"- {op}: " + "; ".join(f"`{n}` {fmt_rate(statistics.median(x))}" for n, x in per.items())
+        )
     if unavailable:
         first = next(iter(unavailable.values()))
         lines += ["", f"TorchRL prioritized ({', '.join(unavailable)}): {first}"]
@@ -206,8 +227,11 @@ def report(runs: dict[str, list[dict]], memory: dict, args, started: str, wall: 
         r = ratios(runs, op, "torchrl")
         if r is not None and statistics.median(r) < 1.0:
             behind.append(f"{op} ({fmt_ratio(r)})")
-    lines.append("- ≥ TorchRL on every op: " + ("**met**" if not behind else "**missed** on " + ", ".join(behind))
-                 + (" (TorchRL's prioritized ops are unavailable)" if unavailable else ""))
+    lines.append(
+        "- ≥ TorchRL on every op: "
+        + ("**met**" if not behind else "**missed** on " + ", ".join(behind))
+        + (" (TorchRL's prioritized ops are unavailable)" if unavailable else "")
+    )
     if memory:
         mm = memory["memory"]
         lines += [
@@ -224,14 +248,19 @@ def report(runs: dict[str, list[dict]], memory: dict, args, started: str, wall: 
 
 
 def _ratio_same(runs, op: str, base: str) -> list[float] | None:
-    out = [r["results"][op]["items_per_s"] / r["results"][base]["items_per_s"]
-           for r in runs["ours"] if op in r["results"] and base in r["results"]]
+    out = [
+        r["results"][op]["items_per_s"] / r["results"][base]["items_per_s"]
+        for r in runs["ours"]
+        if op in r["results"] and base in r["results"]
+    ]
     return out or None
 
 
 def write_section(path: Path, body: str) -> None:
     text = path.read_text() if path.exists() else "# Benchmark results\n"
-    section = f"{BEGIN}\n## Replay: our Table vs Reverb vs TorchRL (`benchmarks/replay/run.py`)\n\n{body}\n{END}"
+    section = (
+        f"{BEGIN}\n## Replay: our Table vs Reverb vs TorchRL (`benchmarks/replay/run.py`)\n\n{body}\n{END}"
+    )
     if BEGIN in text and END in text:
         head, rest = text.split(BEGIN, 1)
         _, tail = rest.split(END, 1)
@@ -256,9 +285,12 @@ def rerender(args) -> None:
     for path, d, other in zip(args.from_json[1:], saved[1:], bodies[1:]):
         n = len(d["runs"]["ours"])
         load = d.get("loadavg")
-        body += (f"\n\nNoise check, another run ({Path(path).name}, {n} repeats"
-                 + (f", load average {load[0]:.1f} → {load[1]:.1f}" if load else "") + "):\n\n"
-                 + "\n".join(goal_lines(other)))
+        body += (
+            f"\n\nNoise check, another run ({Path(path).name}, {n} repeats"
+            + (f", load average {load[0]:.1f} → {load[1]:.1f}" if load else "")
+            + "):\n\n"
+            + "\n".join(goal_lines(other))
+        )
     if args.note:
         body += "\n\n" + args.note
     print(body)
@@ -276,9 +308,13 @@ def main() -> None:
     ap.add_argument("--results", default=str(ROOT / "benchmarks/RESULTS.md"))
     ap.add_argument("--no-write", action="store_true")
     ap.add_argument("--timeout", type=float, default=900)
-    ap.add_argument("--from-json", nargs="+", metavar="RAW",
-                    help="re-render saved runs (benchmarks/out/replay-*.json) instead of measuring: the first one "
-                    "is the table; the goal lines of the others are appended (a noise check)")
+    ap.add_argument(
+        "--from-json",
+        nargs="+",
+        metavar="RAW",
+        help="re-render saved runs (benchmarks/out/replay-*.json) instead of measuring: the first one "
+        "is the table; the goal lines of the others are appended (a noise check)",
+    )
     ap.add_argument("--note", default="", help="a sentence added to the report (e.g. the machine's load)")
     args = ap.parse_args()
     if args.from_json:
@@ -297,21 +333,36 @@ def main() -> None:
             if lib == "ours":
                 out["git"] = git_state()
             runs[lib].append(out)
-            print(f"repeat {rep + 1}/{args.repeats} {lib}: {out['wall_s']:.0f} s", file=sys.stderr, flush=True)
+            print(
+                f"repeat {rep + 1}/{args.repeats} {lib}: {out['wall_s']:.0f} s", file=sys.stderr, flush=True
+            )
     memory = run_one([sys.executable, str(HERE / "bench_ours.py"), "--lib", "memory"], args.timeout)
     wall = time.perf_counter() - t0
     out_dir = ROOT / "benchmarks/out"
     out_dir.mkdir(parents=True, exist_ok=True)
     raw = out_dir / f"replay-{started.replace(' ', 'T').replace(':', '')}.json"
     loadavg = [load0, os.getloadavg()[0]]
-    raw.write_text(json.dumps({"args": vars(args), "runs": runs, "memory": memory, "started": started,
-                               "wall_s": wall, "loadavg": loadavg}, indent=1))
+    raw.write_text(
+        json.dumps(
+            {
+                "args": vars(args),
+                "runs": runs,
+                "memory": memory,
+                "started": started,
+                "wall_s": wall,
+                "loadavg": loadavg,
+            },
+            indent=1,
+        )
+    )
     if any(not runs[lib] for lib in LIBS):
         print(f"raw results in {raw} (the report needs ours, reverb and torchrl)")
         return
     body = report(runs, memory, args, started, wall)
-    body += (f"\n\nLoad average (1 min) at the start and end of the run: {loadavg[0]:.1f}, {loadavg[1]:.1f} "
-             f"on {os.cpu_count()} CPUs (other work shares this machine).")
+    body += (
+        f"\n\nLoad average (1 min) at the start and end of the run: {loadavg[0]:.1f}, {loadavg[1]:.1f} "
+        f"on {os.cpu_count()} CPUs (other work shares this machine)."
+    )
     if args.note:
         body += "\n\n" + args.note
     print(body)

@@ -70,7 +70,8 @@ class RunSummary(Callback):
             summary["wall_time_to_threshold_s"] = self.reached["wall_time_s"] if self.reached else None
         if self.eval_episodes > 0:
             summary.update(self._evaluate(trainer, pl_module, dm))
-        log_dir = Path(trainer.log_dir or trainer.default_root_dir)  # on every rank: log_dir broadcasts under DDP
+        # on every rank: trainer.log_dir broadcasts from rank 0 under DDP
+        log_dir = Path(trainer.log_dir or trainer.default_root_dir)
         if trainer.is_global_zero:
             log_dir.mkdir(parents=True, exist_ok=True)
             self.path = log_dir / self.filename
