@@ -32,12 +32,20 @@ TARGET = 475.0
 
 def appo(sampler: str) -> tuple[dict, dict]:
     model = dict(
-        lr=2e-3, gamma=0.98, gae_lambda=0.8, clip_coef=0.2, update_epochs=10, minibatch_size=256,
-        anneal_lr=True, hidden=(64, 64),
+        lr=2e-3,
+        gamma=0.98,
+        gae_lambda=0.8,
+        clip_coef=0.2,
+        update_epochs=10,
+        minibatch_size=256,
+        anneal_lr=True,
+        hidden=(64, 64),
     )
     data = dict(env="CartPole-v1", rollout_steps=16, total_env_steps=150_000, updates_per_epoch=50)
     if sampler == "async":
-        data.update(num_envs=16, sampler="async", num_sampler_procs=1, weight_sync_every=1, async_queue_size=1)
+        data.update(
+            num_envs=16, sampler="async", num_sampler_procs=2, weight_sync_every=1, async_queue_size=1
+        )
     else:
         data.update(num_envs=16)
     return model, data
@@ -45,12 +53,24 @@ def appo(sampler: str) -> tuple[dict, dict]:
 
 def dqn(sampler: str) -> tuple[dict, dict]:
     model = dict(
-        lr=2.3e-3, gamma=0.99, target_update_period=5, exploration_initial=1.0, exploration_final=0.04,
-        exploration_fraction=0.16, hidden=(256, 256), max_grad_norm=10.0, adam_eps=1e-8,
+        lr=1e-3,
+        gamma=0.99,
+        target_update_period=250,
+        exploration_initial=1.0,
+        exploration_final=0.0,
+        exploration_fraction=0.1,
+        hidden=(256, 256),
+        max_grad_norm=10.0,
+        double_q=True,
     )
     data = dict(
-        env="CartPole-v1", total_env_steps=80_000, batch_size=64, replay_ratio=32.0, learning_starts=1000,
-        replay_capacity=100_000, updates_per_epoch=500,
+        env="CartPole-v1",
+        total_env_steps=100_000,
+        batch_size=128,
+        replay_ratio=16.0,
+        learning_starts=1000,
+        replay_capacity=50_000,
+        updates_per_epoch=500,
     )
     if sampler == "async":
         data.update(num_envs=4, sampler="async", num_sampler_procs=2, weight_sync_every=4)
@@ -100,8 +120,14 @@ def run_one(name: str, seed: int, target: float = TARGET) -> dict:
     dm = ExperienceDataModule(seed=seed, **data_kwargs)
     stop = StopAtTarget()
     trainer = L.Trainer(
-        accelerator="cpu", max_epochs=-1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, log_every_n_steps=50, callbacks=[stop],
+        accelerator="cpu",
+        max_epochs=-1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        log_every_n_steps=50,
+        callbacks=[stop],
     )
     t0 = time.perf_counter()
     trainer.fit(model, datamodule=dm)
@@ -152,7 +178,10 @@ def main() -> None:
             t0 = time.perf_counter()
             proc = subprocess.run(
                 [sys.executable, __file__, "--one", name, "--seed", str(seed)],
-                capture_output=True, text=True, env=env, timeout=args.timeout,
+                capture_output=True,
+                text=True,
+                env=env,
+                timeout=args.timeout,
             )
             line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
             if proc.returncode != 0 or not line:
@@ -205,9 +234,7 @@ def render(results: list[dict]) -> str:
             lag = f"{lags[len(lags) // 2]} / {lags[int(0.9 * (len(lags) - 1))]} / {lags[-1]}"
         else:
             lag = "0 (sync)"
-        per_seed = ", ".join(
-            f"{r['wall_time_to_target_s']:.1f}" if r["reached"] else "–" for r in rs
-        )
+        per_seed = ", ".join(f"{r['wall_time_to_target_s']:.1f}" if r["reached"] else "–" for r in rs)
         lines.append(
             f"| {name} | {len(ok)}/{len(rs)} | {t:.1f} ({per_seed}) | {s:,.0f} | {u:.0f} | {lag} |"
             if t is not None
