@@ -330,3 +330,68 @@ def test_interrupt_leaves_no_process_or_shared_memory(tmp_path: Path) -> None:
         time.sleep(0.05)
     assert not _group_alive(proc.pid), output.decode(errors="replace")[-3000:]
     assert _shm() - shm_before == set()
+
+
+# ----- DDP: DQN in replay mode keeps identical parameters on 2 ranks -------------------------------------------
+DDP_DQN = textwrap.dedent(
+    """
+    import os, sys
+    import torch
+    torch.set_num_threads(1)
+    import lightning as L
+    from lightning_accelrl import DQN, ExperienceDataModule
+
+    def main():
+        L.seed_everything(0, verbose=False)
+        model = DQN(hidden=(32, 32), target_update_period=20)
+        dm = ExperienceDataModule(
+            "CartPole-v1", num_envs=2, total_env_steps=2000, batch_size=32, replay_ratio=4.0, learning_starts=200,
+            seed=3, sampler=sys.argv[2],
+        )
+        trainer = L.Trainer(
+            strategy="ddp", devices=2, accelerator="cpu", logger=False, enable_checkpointing=False,
+            enable_progress_bar=False, enable_model_summary=False, max_epochs=-1,
+        )
+        trainer.fit(model, datamodule=dm)
+        flat = torch.cat([p.detach().flatten() for p in model.parameters()])
+        torch.save({"params": flat, "updates": model.updates, "env_steps": dm.env_steps},
+                   os.path.join(sys.argv[1], f"rank{trainer.global_rank}.pt"))
+
+    if __name__ == "__main__":
+        main()
+    """
+)
+
+
+@pytest.mark.parametrize("sampler", ["sync", "async"])
+def test_ddp_dqn_keeps_identical_parameters(tmp_path: Path, sampler: str) -> None:
+    script = tmp_path / "ddp_dqn.py"
+    script.write_text(DDP_DQN)
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    env.pop("LOCAL_RANK", None)
+    env.pop("WORLD_SIZE", None)
+    shm_before = _shm()
+    proc = subprocess.Popen(
+        [sys.executable, str(script), str(tmp_path), sampler],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        output, _ = proc.communicate(timeout=180)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        output, _ = proc.communicate()
+        pytest.fail("DDP DQN run timed out:\n" + output.decode(errors="replace")[-4000:])
+    deadline = time.monotonic() + 10
+    while _group_alive(proc.pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _group_alive(proc.pid)
+    text = output.decode(errors="replace")
+    assert proc.returncode == 0, text[-4000:]
+    assert _shm() - shm_before == set()
+    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in (0, 1))
+    assert r0["updates"] == r1["updates"] > 0
+    torch.testing.assert_close(r0["params"], r1["params"], rtol=0, atol=0)
