@@ -19,10 +19,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 from tensordict import TensorDict, TensorDictBase
 
-from .storage import TensorStorage
+from .storage import TensorStorage, new_tensordict
 
 __all__ = ["FrameStackStorage", "StreamIndexer"]
 
@@ -32,6 +33,11 @@ _STREAM_SHIFT = 44  # key = stream << 44 | position: 2^19 streams, positions bel
 _MAX_STREAM = 1 << (63 - _STREAM_SHIFT)
 _NO_KEY = torch.iinfo(torch.int64).min  # frame_key of a free slot (never a real key)
 _ZERO = 0  # frame slot 0 holds the all-zero frame forever: padding frames cost nothing
+_SMALL_RELEASE = 8  # releases of up to this many slots run in plain Python over numpy views
+
+
+def _as_tuple(key: NestedKey) -> tuple[str, ...]:
+    return (key,) if isinstance(key, str) else tuple(key)
 
 
 def _step_flag(nxt: TensorDictBase, key: str, b: int) -> torch.Tensor:
@@ -152,6 +158,8 @@ class FrameStackStorage:
         self._index: torch.Tensor | None = None  # [capacity, 2S] int32 frame slots of obs and next obs stacks
         self._live = torch.zeros(self.capacity, dtype=torch.bool)
         self._cache = torch.full((self.cache_streams, self.cache_window), -1, dtype=torch.int64)
+        self._np: _Views | None = None  # numpy views of the pool's tensors for per-item writes and releases
+        self._item_layout: tuple[Any, Any] = (None, None)  # (item field keys, where each role sits in them)
         if example is not None:
             if example.batch_dims == 0:
                 example = example.unsqueeze(0)
@@ -203,9 +211,15 @@ class FrameStackStorage:
         self._refcount = torch.empty(f, dtype=torch.int32)
         self._free = torch.empty(self.frame_capacity, dtype=torch.int32)
         self._index = torch.zeros((self.capacity, 2 * self.stack), dtype=torch.int32)
+        self._np = None
         self._reset_pool()
         if self._shared:
             self.share_memory_()
+
+    def _views(self) -> _Views:
+        if self._np is None:
+            self._np = _Views(self)
+        return self._np
 
     def _reset_pool(self) -> None:
         self._frame_key.fill_(_NO_KEY)
@@ -306,7 +320,7 @@ class FrameStackStorage:
         miss = (~hit).nonzero().squeeze(1)
 
         source = self._source_frames(items, first.index_select(0, miss), n)  # [k, H, W]
-        nonzero = source.reshape(len(miss), -1).any(1)
+        nonzero = source.flatten(1).any(1)  # (reshape(0, -1) fails when every frame is already stored)
         new = torch.full((len(miss),), _ZERO, dtype=torch.int64)
         stored = nonzero.nonzero().squeeze(1)
         new[stored] = self._pop(len(stored))  # raises before any frame changes
@@ -324,6 +338,143 @@ class FrameStackStorage:
         self._refcount.index_add_(0, frames, torch.ones_like(frames, dtype=torch.int32))
         self._index.index_copy_(0, slots, frames.reshape(n, 2 * self.stack).to(torch.int32))
         self._live[slots] = True
+
+    def _layout_of(self, keys: tuple) -> Any:
+        """For an item's field keys (in order): the positions of obs, next obs, stream, step, next step and of
+        the small fields, or None if a required key is missing."""
+        seen_keys, layout = self._item_layout
+        if keys == seen_keys:
+            return layout
+        where = {k: i for i, k in enumerate(keys)}
+        roles = [
+            _as_tuple(k)
+            for k in (self.obs_key, self.next_obs_key, self.stream_key, self.step_key, self.next_step_key)
+        ]
+        if all(r in where for r in roles):
+            role_pos = [where[r] for r in roles]
+            small = [i for i, k in enumerate(keys) if k not in roles[:2]]
+            layout = (*role_pos, small, tuple(keys[i] for i in small))
+        else:
+            layout = None
+        self._item_layout = (keys, layout)
+        return layout
+
+    def write_item(self, slot: int, item: TensorDictBase, leaves: list[tuple[tuple, torch.Tensor]]) -> None:
+        """`write` of one item given without a batch dimension (``leaves``: its (key, tensor) fields), in plain
+        Python over numpy views: an insert of one transition touches a handful of numbers and one new frame,
+        far below the cost of a vectorised torch op each. Anything unusual goes through `write`."""
+        layout = self._layout_of(tuple(k for k, _ in leaves)) if self._frames is not None else None
+        if layout is None:
+            return self._write_general(slot, item)
+        i_obs, i_next, i_stream, i_step, i_next_step, small_idx, small_keys = layout
+        small = self._small
+        signature = small.signature
+        values = [leaves[i][1] for i in small_idx]
+        if signature is None or len(signature) != len(values):
+            return self._write_general(slot, item)
+        for (key, dtype, shape), k, v in zip(signature, small_keys, values):
+            if key != k or v.dtype != dtype or v.shape != shape:
+                return self._write_general(slot, item)
+        obs, nxt = leaves[i_obs][1], leaves[i_next][1]
+        try:
+            stream, step, next_step = (
+                leaves[i_stream][1].item(),
+                leaves[i_step][1].item(),
+                leaves[i_next_step][1].item(),
+            )
+            obs_np, next_np = obs.numpy(), nxt.numpy()
+        except (RuntimeError, TypeError, ValueError):  # not one number each, not CPU, needs grad, ...
+            return self._write_general(slot, item)
+        v = self._views()
+        s = self.stack
+        if (
+            type(stream) is not int
+            or type(step) is not int
+            or type(next_step) is not int
+            or not 0 <= stream < _MAX_STREAM
+            or next_step <= step
+            or obs_np.shape != v.frame_shape
+            or next_np.shape != v.frame_shape
+            or obs.dtype != v.dtype
+            or nxt.dtype != v.dtype
+            or v.live[slot]
+        ):
+            return self._write_general(slot, item)  # raises the error that applies
+        small.write_one(slot, values)
+
+        base = stream << _STREAM_SHIFT
+        crow = stream % self.cache_streams
+        frame_key, refcount, cache, window = v.frame_key, v.refcount, v.cache, self.cache_window
+        cols: dict[int, int] = {}  # frame key -> its first column (item frame 0 .. 2S - 1)
+        order = [base + step - s + 1 + j for j in range(s)] + [base + next_step - s + 1 + j for j in range(s)]
+        for c, key in enumerate(order):
+            if key not in cols:
+                cols[key] = c
+        found: dict[int, int] = {}  # frame key -> frame slot
+        missing: list[tuple[int, Any]] = []  # (frame key, pixels) of frames not in the pool
+        for key, c in cols.items():
+            pos = key - base
+            cached = cache.item(crow, pos % window)
+            src = obs_np[c] if c < s else next_np[c - s]
+            if cached >= 0 and frame_key.item(cached) == key and refcount.item(cached) > 0:
+                if self.check_writes and not np.array_equal(v.frames[cached], src):
+                    raise ValueError(
+                        "two frames with the same (stream, position) differ: the items' "
+                        f"{self.step_key!r} numbering is wrong (it must jump by >= S after an episode ends)"
+                    )
+                found[key] = cached
+            elif src.any():
+                missing.append((key, src))
+            else:
+                found[key] = _ZERO
+        if self.check_writes:  # two columns of this item with one (stream, position) must hold the same frame
+            for c, key in enumerate(order):
+                first = cols[key]
+                if first != c:
+                    a = obs_np[c] if c < s else next_np[c - s]
+                    b = obs_np[first] if first < s else next_np[first - s]
+                    if not np.array_equal(a, b):
+                        raise ValueError(
+                            "two frames with the same (stream, position) differ: the items' "
+                            f"{self.step_key!r} numbering is wrong (it must jump by >= S after an episode ends)"
+                        )
+        if missing:
+            fresh = v.pop(len(missing), self.frame_capacity)  # raises before any frame changes
+            frames = v.frames
+            for (key, src), f in zip(missing, fresh):
+                frames[f] = src
+                frame_key[f] = key
+                found[key] = f
+        for key in cols:
+            cache[crow, (key - base) % window] = found[key]
+        row = v.index[slot]
+        for c, key in enumerate(order):
+            f = found[key]
+            refcount[f] += 1
+            row[c] = f
+        v.live[slot] = True
+
+    def _write_general(self, slot: int, item: TensorDictBase) -> None:
+        self.write(torch.tensor([slot], dtype=torch.int64), item.unsqueeze(0))
+
+    def _release_few(self, slots: list[int]) -> None:
+        """`release` of a few slots in plain Python over numpy views (same order of freed frames)."""
+        v = self._views()
+        live, index, refcount = v.live, v.index, v.refcount
+        frames: list[int] = []
+        for slot in sorted(set(slots)):
+            if live[slot]:
+                row = index[slot].tolist()
+                for f in row:
+                    refcount[f] -= 1
+                live[slot] = False
+                frames += row
+        freed = [f for f in sorted(set(frames)) if f != _ZERO and refcount.item(f) == 0]
+        if freed:
+            frame_key = v.frame_key
+            for f in freed:
+                frame_key[f] = _NO_KEY
+            v.push(freed, self.frame_capacity)
 
     def _source_frames(self, items: TensorDictBase, flat_idx: torch.Tensor, n: int) -> torch.Tensor:
         """Frames at flat (item * 2S + column) positions; columns < S are from obs, the rest from next obs."""
@@ -360,25 +511,39 @@ class FrameStackStorage:
             raise RuntimeError("FrameStackStorage.read before any write")
         if not bool(self._live.index_select(0, slots).all()):
             raise KeyError("FrameStackStorage.read of a slot that holds no item")
-        out = self._small.read(slots)
+        tree = self._small._read_tree(slots)
         index = self._index.index_select(0, slots).long()  # [n, 2S]
-        expected, _ = self._keys(out, n)
+        s, shape = self.stack, self._frames.shape[1:]
+        offsets = torch.arange(1 - s, 1)
+        stream = _leaf(tree, self.stream_key).reshape(n, 1).long() << _STREAM_SHIFT
+        expected = torch.cat(
+            [
+                stream + (_leaf(tree, self.step_key).reshape(n, 1).long() + offsets),
+                stream + (_leaf(tree, self.next_step_key).reshape(n, 1).long() + offsets),
+            ],
+            1,
+        )
         stamps = self._frame_key.index_select(0, index.reshape(-1)).reshape(n, -1)
         if not bool(((stamps == expected) | (index == _ZERO)).all()):
             raise RuntimeError(
                 "FrameStackStorage: a frame of a live item was overwritten (the pool was used concurrently "
                 "without the table's lock, or its state is corrupt); refusing to return wrong frames"
             )
-        s, shape = self.stack, self._frames.shape[1:]
-        out.set(self.obs_key, self._frames.index_select(0, index[:, :s].reshape(-1)).view(n, s, *shape))
-        out.set(self.next_obs_key, self._frames.index_select(0, index[:, s:].reshape(-1)).view(n, s, *shape))
-        return out
+        _set_leaf(
+            tree, self.obs_key, self._frames.index_select(0, index[:, :s].reshape(-1)).view(n, s, *shape)
+        )
+        _set_leaf(
+            tree, self.next_obs_key, self._frames.index_select(0, index[:, s:].reshape(-1)).view(n, s, *shape)
+        )
+        return new_tensordict(tree, n, self._small.device)
 
     def release(self, slots: torch.Tensor) -> None:
         """Drop the items' references; frames no item uses any more go back to the free queue."""
         if self._frames is None:
             return
         slots = torch.as_tensor(slots, dtype=torch.int64).reshape(-1)
+        if len(slots) <= _SMALL_RELEASE:
+            return self._release_few(slots.tolist())
         slots = slots[self._live.index_select(0, slots)].unique()
         if len(slots) == 0:
             return
@@ -398,6 +563,7 @@ class FrameStackStorage:
     def share_memory_(self) -> FrameStackStorage:
         """Move the pool, indices and fields to shared memory (if not allocated yet, allocate there later)."""
         self._shared = True
+        self._np = None  # the data moves
         for t in (self._frames, self._frame_key, self._refcount, self._free, self._index):
             if t is not None:
                 t.share_memory_()
@@ -481,3 +647,54 @@ class FrameStackStorage:
             f"FrameStackStorage(capacity={self.capacity}, frame_capacity={self.frame_capacity}, stack_shape={shape}, "
             f"items={int(self._live.sum())}, frames={self.num_frames}, shared={self._shared})"
         )
+
+
+def _leaf(tree: dict[str, Any], key: NestedKey) -> torch.Tensor:
+    for part in _as_tuple(key):
+        tree = tree[part]
+    return tree  # type: ignore[return-value]
+
+
+def _set_leaf(tree: dict[str, Any], key: NestedKey, value: torch.Tensor) -> None:
+    *path, last = _as_tuple(key)
+    for part in path:
+        tree = tree.setdefault(part, {})
+    tree[last] = value
+
+
+class _Views:
+    """Numpy views of a `FrameStackStorage`'s tensors (same memory), for its per-item paths."""
+
+    def __init__(self, storage: FrameStackStorage) -> None:
+        self.frames = storage._frames.numpy()
+        self.frame_shape = (storage.stack, *self.frames.shape[1:])
+        self.dtype = storage._frames.dtype
+        self.frame_key = storage._frame_key.numpy()
+        self.refcount = storage._refcount.numpy()
+        self.free = storage._free.numpy()
+        self.free_ptr = storage._free_ptr.numpy()  # (head, count) of the free queue
+        self.index = storage._index.numpy()
+        self.live = storage._live.numpy()
+        self.cache = storage._cache.numpy()
+
+    def pop(self, k: int, capacity: int) -> list[int]:
+        head, count = self.free_ptr.tolist()
+        if k > count:
+            raise RuntimeError(
+                f"FrameStackStorage is out of frame slots: this write needs {k} new frames, {count} of "
+                f"{capacity} are free. Live items hold the rest (about one frame per item plus the "
+                "first stack of each episode); raise frame_capacity."
+            )
+        free = self.free
+        out = [free.item((head + i) % capacity) for i in range(k)]
+        self.free_ptr[0] = (head + k) % capacity
+        self.free_ptr[1] = count - k
+        return out
+
+    def push(self, slots: list[int], capacity: int) -> None:
+        head, count = self.free_ptr.tolist()
+        free = self.free
+        end = head + count
+        for i, f in enumerate(slots):
+            free[(end + i) % capacity] = f
+        self.free_ptr[1] = count + len(slots)

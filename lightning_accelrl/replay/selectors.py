@@ -60,6 +60,11 @@ class Selector:
         """Remove one present item."""
         raise NotImplementedError
 
+    def remove_many(self, slots: np.ndarray) -> None:
+        """Remove several present items (distinct slots, int64)."""
+        for slot in slots.tolist():
+            self.remove(slot)
+
     def update(self, slots: np.ndarray, priorities: np.ndarray, recency: np.ndarray) -> None:
         """New priorities for present items (unique slots)."""
 
@@ -118,6 +123,26 @@ class _Members:
         self.pos[slot] = -1
         self.n -= 1
 
+    def remove_many(self, slots: np.ndarray) -> None:
+        """Remove distinct present slots at once: the surviving members of the tail fill the holes the removed
+        ones leave in front of the new end."""
+        k = len(slots)
+        if k < 8:
+            for slot in slots.tolist():
+                self.remove(slot)
+            return
+        items, pos = self.items, self.pos
+        end = self.n - k
+        where = pos[slots]
+        pos[slots] = -1
+        holes = where[where < end]
+        if len(holes):
+            tail = items[end : self.n]
+            movers = tail[pos[tail] >= 0]
+            items[holes] = movers
+            pos[movers] = holes
+        self.n = end
+
     def draw(self, n: int, rng: np.random.Generator) -> np.ndarray:
         return self.items[rng.integers(0, self.n, size=n)]
 
@@ -142,6 +167,9 @@ class Uniform(Selector):
 
     def remove(self, slot: int) -> None:
         self._members.remove(slot)
+
+    def remove_many(self, slots: np.ndarray) -> None:
+        self._members.remove_many(slots)
 
     def select(self, rng: np.random.Generator) -> tuple[int, float]:
         m = self._members
@@ -193,6 +221,10 @@ class Prioritized(Selector):
         self._members.remove(slot)
         self._tree.set_one(slot, 0.0)
 
+    def remove_many(self, slots: np.ndarray) -> None:
+        self._members.remove_many(slots)
+        self._tree.set(slots, np.zeros(len(slots)))
+
     def update(self, slots: np.ndarray, priorities: np.ndarray, recency: np.ndarray) -> None:
         self._tree.set(slots, self._weights(priorities))
 
@@ -243,8 +275,18 @@ class Fifo(Selector):
         """The ``n`` oldest items, oldest first (the table evicts them in one go when a Fifo remover is full)."""
         return list(itertools.islice(iter(self._order), n))
 
+    def pop_oldest(self, n: int) -> list[int]:
+        """Remove and return the ``n`` oldest items, oldest first."""
+        pop = self._order.popitem
+        return [pop(last=False)[0] for _ in range(n)]
+
     def remove(self, slot: int) -> None:
         del self._order[slot]
+
+    def remove_many(self, slots: np.ndarray) -> None:
+        order = self._order
+        for slot in slots.tolist():
+            del order[slot]
 
     def select(self, rng: np.random.Generator) -> tuple[int, float]:
         order = self._order
@@ -301,6 +343,12 @@ class _Heap(Selector):
     def remove(self, slot: int) -> None:
         self._recency[slot] = -1
         self._size -= 1
+
+    def remove_many(self, slots: np.ndarray) -> None:
+        current = self._recency
+        for slot in slots.tolist():
+            current[slot] = -1
+        self._size -= len(slots)
 
     def select(self, rng: np.random.Generator) -> tuple[int, float]:
         heap, current = self._heap, self._recency

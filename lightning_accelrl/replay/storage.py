@@ -25,7 +25,7 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 from tensordict import TensorDict, TensorDictBase
 
-__all__ = ["Storage", "TensorStorage", "describe_mismatch", "field_leaves"]
+__all__ = ["Storage", "TensorStorage", "describe_mismatch", "field_leaves", "new_tensordict"]
 
 NestedKey = tuple[str, ...]
 
@@ -71,6 +71,7 @@ class TensorStorage:
         self._shared = False
         self._keys: list[NestedKey] = []
         self._buffers: list[torch.Tensor] = []
+        self._np: list[Any] | None = None  # numpy views of the buffers (None where numpy cannot view one)
         self._signature: tuple[tuple[NestedKey, torch.dtype, torch.Size], ...] | None = None
         if example is not None:
             if example.batch_dims == 0:
@@ -115,6 +116,7 @@ class TensorStorage:
 
     def _set_layout(self, keys: list[NestedKey], buffers: list[torch.Tensor]) -> None:
         self._keys, self._buffers = keys, buffers
+        self._np = None
         self._signature = tuple((k, b.dtype, b.shape[1:]) for k, b in zip(keys, buffers))
 
     def _aligned(self, items: TensorDictBase) -> list[torch.Tensor]:
@@ -142,18 +144,51 @@ class TensorStorage:
                 value = value.to(buf.device)
             buf.index_copy_(0, slots, value)
 
-    def read(self, slots: torch.Tensor) -> TensorDict:
+    def _numpy_views(self) -> list[Any]:
+        """Numpy views of the buffers for per-item writes (numpy indexing costs far less than torch's for one
+        row); None for a buffer numpy cannot view (not on the CPU, or a dtype numpy lacks). Rebuilt whenever the
+        buffers change (new layout, shared memory)."""
+        views: list[Any] = []
+        for buf in self._buffers:
+            try:
+                view = buf.numpy() if buf.device.type == "cpu" else None
+            except (TypeError, RuntimeError):
+                view = None
+            # scalar fields take a Python number (value.item()), the others a numpy view of the value
+            views.append((view, buf.dim() == 1))
+        self._np = views
+        return views
+
+    def write_one(self, slot: int, values: list[torch.Tensor]) -> None:
+        """Write one item (tensors without a batch dimension, in :attr:`signature` order) to ``slot``."""
+        views = self._np if self._np is not None else self._numpy_views()
+        for buf, (view, scalar), value in zip(self._buffers, views, values):
+            if view is not None:
+                try:
+                    view[slot] = value.item() if scalar else value.numpy()
+                    continue
+                except (TypeError, RuntimeError):  # on another device, needs grad, ...: let torch copy it
+                    pass
+            buf[slot] = value.to(buf.device)
+
+    def _read_tree(self, slots: torch.Tensor) -> dict[str, Any]:
+        """The gathered rows as a nested dict of fresh tensors."""
         if self._signature is None:
             raise RuntimeError("TensorStorage.read before any write")
-        n = len(slots)
         out: dict[str, Any] = {}
         for key, buf in zip(self._keys, self._buffers):
             value = buf.index_select(0, slots)
+            if len(key) == 1:
+                out[key[0]] = value
+                continue
             node = out
             for part in key[:-1]:
                 node = node.setdefault(part, {})
             node[key[-1]] = value
-        return TensorDict(out, batch_size=[n], device=self.device)
+        return out
+
+    def read(self, slots: torch.Tensor) -> TensorDict:
+        return new_tensordict(self._read_tree(slots), len(slots), self.device)
 
     def release(self, slots: torch.Tensor) -> None:
         """Nothing to do: a slot's old data is simply overwritten by its next write."""
@@ -165,6 +200,7 @@ class TensorStorage:
         self._shared = True
         for buf in self._buffers:
             buf.share_memory_()
+        self._np = None  # the data moved
         return self
 
     def is_shared(self) -> bool:
@@ -201,6 +237,17 @@ class TensorStorage:
     def __repr__(self) -> str:
         fields = ", ".join(f"{_fmt(k)}: {tuple(s)} {d}" for k, (d, s) in self.fields.items())
         return f"TensorStorage(capacity={self.capacity}, fields={{{fields}}}, shared={self._shared})"
+
+
+_new_unsafe = getattr(TensorDict, "_new_unsafe", None)
+
+
+def new_tensordict(tree: dict[str, Any], n: int, device: torch.device | None = None) -> TensorDict:
+    """A TensorDict [n] from a nested dict of tensors that all have ``n`` rows (and live on ``device`` if one
+    is given), built without re-validating every value (the caller made them)."""
+    if _new_unsafe is not None:
+        return _new_unsafe(tree, batch_size=torch.Size([n]), device=device)
+    return TensorDict(tree, batch_size=[n], device=device)
 
 
 def field_leaves(items: TensorDictBase) -> list[tuple[NestedKey, torch.Tensor]]:

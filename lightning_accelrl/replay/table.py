@@ -23,7 +23,13 @@ from lightning_accelrl.replay import selectors as _selectors
 from lightning_accelrl.replay.checkpoint import FORMAT_VERSION, read_checkpoint, write_checkpoint
 from lightning_accelrl.replay.rate_limiters import Queue, RateLimiter, Stack
 from lightning_accelrl.replay.selectors import Fifo, Lifo, Selector
-from lightning_accelrl.replay.storage import Storage, TensorStorage, describe_mismatch, field_leaves
+from lightning_accelrl.replay.storage import (
+    Storage,
+    TensorStorage,
+    describe_mismatch,
+    field_leaves,
+    new_tensordict,
+)
 
 __all__ = ["SAMPLE_INFO_KEYS", "Table"]
 
@@ -87,6 +93,9 @@ class Table:
             raise ValueError(f"storage capacity {storage.capacity} < max_size {self.max_size}")
         self.storage = storage
         self._plain_storage = type(storage).write is TensorStorage.write
+        # storages with a per-item write (FrameStackStorage) get single items without a batch dimension
+        self._write_item = getattr(storage, "write_item", None)
+        self._direct_seen: tuple[Any, Any, bool] = (None, None, False)  # (storage signature, fields, same?)
         self._noop_release = type(storage).release is TensorStorage.release
         # Slot ``max_size`` is scratch: an incoming item waits there while the remover decides what to evict.
         cap = self.max_size + 1
@@ -101,6 +110,7 @@ class Table:
         self._priority = np.zeros(cap, dtype=np.float64)
         self._times = np.zeros(cap, dtype=np.int64)
         self._recency = np.zeros(cap, dtype=np.int64)
+        self._mark = np.zeros(cap, dtype=np.int64)  # scratch for finding repeated slots in a sample
         self._slot_of: dict[int, int] = {}  # key -> slot, in insertion order (keys only grow)
         self._free = list(range(self.max_size - 1, -1, -1))
         self._next_key = 0
@@ -221,13 +231,35 @@ class Table:
             raise ValueError(describe_mismatch(expected, given, f"table {self.name!r}'s"))
         return None
 
+    def _direct(self) -> bool:
+        """Whether the storage is a plain TensorStorage laid out exactly as the table's fields (so the tensors
+        the field check collected can be written as they are). Cached while neither layout changes."""
+        if not self._plain_storage:
+            return False
+        sig, fields = self.storage.signature, self._fields
+        seen_sig, seen_fields, same = self._direct_seen
+        if sig is seen_sig and fields is seen_fields:
+            return same
+        same = sig is not None and sig == fields
+        self._direct_seen = (sig, fields, same)
+        return same
+
     def _write(self, slots: torch.Tensor, items: TensorDictBase, values: list[torch.Tensor] | None) -> None:
         """storage.write, or for a plain TensorStorage laid out as the table's fields, a write of the tensors
         the field check already collected (saves a second walk over the TensorDict per insert)."""
-        if values is not None and self._plain_storage and self.storage.signature == self._fields:
+        if values is not None and self._direct():
             self.storage.write_values(slots, values)
         else:
             self.storage.write(slots, items)
+
+    def _write_one(self, slot: int, item: TensorDictBase, leaves: list[tuple[tuple, torch.Tensor]]) -> None:
+        """Write one item given without a batch dimension (``leaves``: its fields, in the table's order)."""
+        if self._direct():
+            self.storage.write_one(slot, [v for _, v in leaves])
+        elif self._write_item is not None:
+            self._write_item(slot, item, leaves)
+        else:
+            self.storage.write(torch.tensor([slot], dtype=torch.int64), item.unsqueeze(0))
 
     def _release(self, slots: list[int]) -> None:
         if not self._noop_release:  # TensorStorage.release does nothing: skip building the tensor
@@ -253,6 +285,9 @@ class Table:
         if not isinstance(items, TensorDictBase):
             raise TypeError(f"items must be a TensorDict, got {type(items).__name__}")
         if items.batch_dims == 0:
+            key = self._insert_one(items, priority, timeout)
+            if key is not None:
+                return key
             items = items.unsqueeze(0)
         n = int(items.batch_size[0])
         priorities = self._check_priorities(priority, n)
@@ -277,6 +312,51 @@ class Table:
                 done += k
                 self._cond.notify_all()
         return torch.from_numpy(keys)
+
+    def _insert_one(self, item: TensorDictBase, priority: Any, timeout: float | None) -> torch.Tensor | None:
+        """The insert of one item given without a batch dimension, without adding one (that alone costs more
+        than the rest of the insert). Returns None, having changed nothing, when the item's fields differ from the
+        table's (or none are known yet), so the general path can report or record them."""
+        if type(priority) is float and priority >= 0 and (priority != math.inf or not self._finite_only):
+            prio = priority
+        else:
+            prio = float(self._check_priorities(priority, 1)[0])
+        leaves = field_leaves(item)
+        signature = tuple([(k, v.dtype, v.shape) for k, v in leaves])
+        deadline = self._deadline(timeout)
+        with self._cond:
+            if signature != self._fields:
+                return None
+            while self._admissible(1) == 0:
+                if not self._wait(deadline, True):
+                    err = TimeoutError(
+                        f"table {self.name!r}: insert timed out after {timeout} s; 0 of 1 items were "
+                        f"inserted (limiter {self._counts()})"
+                    )
+                    err.num_inserted = 0  # type: ignore[attr-defined]
+                    err.keys = torch.zeros(0, dtype=torch.int64)  # type: ignore[attr-defined]
+                    raise err
+            key = self._next_key
+            lim = self._limiter
+            if len(self._slot_of) >= self.max_size:
+                if type(self.remover) is not Fifo:  # the remover may pick the new item: the general path
+                    keys = np.empty(1, dtype=np.int64)
+                    self._insert_chunk(item.unsqueeze(0), 0, 1, np.array([prio]), keys)
+                    self._cond.notify_all()
+                    return torch.from_numpy(keys)
+                victim = self.remover.pop_oldest(1)[0]
+                self._remove_item(victim, remover=False)
+                lim.deletes += 1
+                self._release([victim])
+            self._next_key = key + 1
+            rec = self._next_recency
+            self._next_recency = rec + 1
+            slot = self._free.pop()
+            self._add_item(slot, key, prio, rec)
+            self._write_one(slot, item, leaves)
+            lim.inserts += 1
+            self._cond.notify_all()
+        return torch.tensor([key])
 
     def _wait(self, deadline: float | None, inserting: bool) -> bool:
         """Wait until notified or the deadline, recording the blocked time; False once the deadline has passed."""
@@ -350,9 +430,8 @@ class Table:
         excess = len(self._slot_of) + k - self.max_size
         if excess > 0 and k <= self.max_size and type(self.remover) is Fifo:
             # A Fifo remover evicts the oldest items, never one of these new ones: evict them all first.
-            victims = self.remover.oldest(excess)
-            for slot in victims:
-                self._remove_item(slot)
+            victims = self.remover.pop_oldest(excess)
+            self._remove_items(victims, remover=False)
             lim.deletes += excess
             self._release(victims)
             excess = 0
@@ -424,13 +503,31 @@ class Table:
         self._times[slot] = 0
         self._recency[slot] = recency
 
-    def _remove_item(self, slot: int) -> None:
-        """Forget the item in ``slot`` (sampler, remover, key map) and free the slot; no limiter or storage call."""
+    def _remove_item(self, slot: int, remover: bool = True) -> None:
+        """Forget the item in ``slot`` (sampler, remover unless it already dropped it, key map) and free the slot;
+        no limiter or storage call."""
         del self._slot_of[int(self._key[slot])]
         self.sampler.remove(slot)
-        self.remover.remove(slot)
+        if remover:
+            self.remover.remove(slot)
         self._sum_times -= int(self._times[slot])
         self._free.append(slot)
+
+    def _remove_items(self, slots: list[int], remover: bool = True) -> None:
+        """:meth:`_remove_item` for several distinct slots at once (freed in the order given)."""
+        if len(slots) < 4:
+            for slot in slots:
+                self._remove_item(slot, remover)
+            return
+        arr = np.array(slots, dtype=np.int64)
+        slot_of = self._slot_of
+        for key in self._key[arr].tolist():
+            del slot_of[key]
+        self.sampler.remove_many(arr)
+        if remover:
+            self.remover.remove_many(arr)
+        self._sum_times -= int(self._times[arr].sum())
+        self._free.extend(slots)
 
     # -- sample ----------------------------------------------------------------------------------------------
     def sample(self, num_samples: int, timeout: float | None = None) -> TensorDict:
@@ -481,9 +578,16 @@ class Table:
                 times[slots] += 1
                 counts = times[slots]
             else:
-                occurrence, unique, repeats = _occurrence(slots)
-                counts = times[slots] + occurrence + 1
-                times[unique] += repeats
+                # Repeated slots? Mark each slot with its last position: a repeat finds another position there.
+                mark, positions = self._mark, np.arange(n)
+                mark[slots] = positions
+                if (mark[slots] == positions).all():
+                    counts = times[slots] + 1
+                    times[slots] = counts
+                else:
+                    occurrence, unique, repeats = _occurrence(slots)
+                    counts = times[slots] + occurrence + 1
+                    times[unique] += repeats
             self._sum_times += n
             keys = self._key[slots]
             priorities = self._priority[slots]
@@ -512,15 +616,17 @@ class Table:
             lim.deletes += len(exhausted)
             self._release(exhausted)
         lim.samples += n
-        data.update(
-            {
-                "key": torch.from_numpy(keys),
-                "priority": torch.from_numpy(priorities),
-                "probability": torch.from_numpy(np.asarray(probs, dtype=np.float64)),
-                "times_sampled": torch.from_numpy(counts),
-                "table_size": torch.from_numpy(sizes),
-            }
-        )
+        info = {
+            "key": torch.from_numpy(keys),
+            "priority": torch.from_numpy(priorities),
+            "probability": torch.from_numpy(np.asarray(probs, dtype=np.float64)),
+            "times_sampled": torch.from_numpy(counts),
+            "table_size": torch.from_numpy(sizes),
+        }
+        if type(data) is TensorDict and data.device is None and not data.is_locked:
+            # one construction with every field, instead of validating each info field on its way in
+            return new_tensordict({**data._tensordict, **info}, n)
+        data.update(info)
         return data
 
     # -- priorities, deletes, reset --------------------------------------------------------------------------
@@ -564,8 +670,7 @@ class Table:
         with self._cond:
             slots, _ = self._slots_of(self._key_array(keys).tolist())
             slots = np.unique(slots)
-            for slot in slots.tolist():
-                self._remove_item(slot)
+            self._remove_items(slots.tolist())
             if len(slots):
                 self._limiter.deletes += len(slots)
                 self._release(slots.tolist())
