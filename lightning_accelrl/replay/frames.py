@@ -159,7 +159,7 @@ class FrameStackStorage:
         self._live = torch.zeros(self.capacity, dtype=torch.bool)
         self._cache = torch.full((self.cache_streams, self.cache_window), -1, dtype=torch.int64)
         self._np: _Views | None = None  # numpy views of the pool's tensors for per-item writes and releases
-        self._item_layout: tuple[Any, Any] = (None, None)  # (item field keys, where each role sits in them)
+        self._item_layout: tuple[Any, ...] = (None, None, None, None)  # cache of _item_plan
         if example is not None:
             if example.batch_dims == 0:
                 example = example.unsqueeze(0)
@@ -339,105 +339,122 @@ class FrameStackStorage:
         self._index.index_copy_(0, slots, frames.reshape(n, 2 * self.stack).to(torch.int32))
         self._live[slots] = True
 
+    def _item_plan(self, leaves: list[tuple[tuple, torch.Tensor]], signature: Any) -> Any:
+        """Where obs, next obs, stream, step, next step and the small fields sit among an item's leaves, or None
+        when the item does not fit this storage's layout as it is. Cached per (caller's signature, layouts)."""
+        v = self._views()
+        small_sig = self._small.signature
+        cached = self._item_layout
+        if signature is not None and cached[0] is signature and cached[1] is small_sig and cached[2] is v:
+            return cached[3]
+        layout = self._layout_of(tuple([k for k, _ in leaves]))
+        if layout is not None:
+            i_obs, i_next, _, _, _, small_idx, small_keys = layout
+            values = [leaves[i][1] for i in small_idx]
+            if (
+                small_sig is None
+                or len(small_sig) != len(values)
+                or any(
+                    key != k or x.dtype != dtype or x.shape != shape
+                    for (key, dtype, shape), k, x in zip(small_sig, small_keys, values)
+                )
+                or any(
+                    tuple(leaves[i][1].shape) != v.frame_shape or leaves[i][1].dtype != v.dtype
+                    for i in (i_obs, i_next)
+                )
+            ):
+                layout = None
+        if signature is not None:
+            self._item_layout = (signature, small_sig, v, layout)
+        return layout
+
     def _layout_of(self, keys: tuple) -> Any:
-        """For an item's field keys (in order): the positions of obs, next obs, stream, step, next step and of
-        the small fields, or None if a required key is missing."""
-        seen_keys, layout = self._item_layout
-        if keys == seen_keys:
-            return layout
         where = {k: i for i, k in enumerate(keys)}
         roles = [
             _as_tuple(k)
             for k in (self.obs_key, self.next_obs_key, self.stream_key, self.step_key, self.next_step_key)
         ]
-        if all(r in where for r in roles):
-            role_pos = [where[r] for r in roles]
-            small = [i for i, k in enumerate(keys) if k not in roles[:2]]
-            layout = (*role_pos, small, tuple(keys[i] for i in small))
-        else:
-            layout = None
-        self._item_layout = (keys, layout)
-        return layout
+        if not all(r in where for r in roles):
+            return None
+        small = [i for i, k in enumerate(keys) if k not in roles[:2]]
+        return (*[where[r] for r in roles], small, tuple(keys[i] for i in small))
 
-    def write_item(self, slot: int, item: TensorDictBase, leaves: list[tuple[tuple, torch.Tensor]]) -> None:
-        """`write` of one item given without a batch dimension (``leaves``: its (key, tensor) fields), in plain
-        Python over numpy views: an insert of one transition touches a handful of numbers and one new frame,
-        far below the cost of a vectorised torch op each. Anything unusual goes through `write`."""
-        layout = self._layout_of(tuple(k for k, _ in leaves)) if self._frames is not None else None
+    def write_item(
+        self,
+        slot: int,
+        item: TensorDictBase,
+        leaves: list[tuple[tuple, torch.Tensor]],
+        signature: Any = None,
+    ) -> None:
+        """`write` of one item given without a batch dimension (``leaves``: its (key, tensor) fields; the
+        caller may pass a ``signature`` object that stands for their keys, dtypes and shapes, so the layout
+        check runs once per signature), in plain Python over numpy views: an insert of one transition touches a
+        handful of numbers and one new frame, far below the cost of a vectorised torch op each. Anything unusual
+        goes through `write`."""
+        if self._frames is None:
+            return self._write_general(slot, item)
+        layout = self._item_plan(leaves, signature)
         if layout is None:
             return self._write_general(slot, item)
-        i_obs, i_next, i_stream, i_step, i_next_step, small_idx, small_keys = layout
-        small = self._small
-        signature = small.signature
-        values = [leaves[i][1] for i in small_idx]
-        if signature is None or len(signature) != len(values):
-            return self._write_general(slot, item)
-        for (key, dtype, shape), k, v in zip(signature, small_keys, values):
-            if key != k or v.dtype != dtype or v.shape != shape:
-                return self._write_general(slot, item)
-        obs, nxt = leaves[i_obs][1], leaves[i_next][1]
+        i_obs, i_next, i_stream, i_step, i_next_step, small_idx, _ = layout
         try:
             stream, step, next_step = (
                 leaves[i_stream][1].item(),
                 leaves[i_step][1].item(),
                 leaves[i_next_step][1].item(),
             )
-            obs_np, next_np = obs.numpy(), nxt.numpy()
-        except (RuntimeError, TypeError, ValueError):  # not one number each, not CPU, needs grad, ...
+        except (RuntimeError, ValueError):  # not one number each
             return self._write_general(slot, item)
-        v = self._views()
-        s = self.stack
+        v = self._np
         if (
             type(stream) is not int
             or type(step) is not int
             or type(next_step) is not int
             or not 0 <= stream < _MAX_STREAM
             or next_step <= step
-            or obs_np.shape != v.frame_shape
-            or next_np.shape != v.frame_shape
-            or obs.dtype != v.dtype
-            or nxt.dtype != v.dtype
             or v.live[slot]
         ):
             return self._write_general(slot, item)  # raises the error that applies
-        small.write_one(slot, values)
+        obs, nxt = leaves[i_obs][1], leaves[i_next][1]
+        if not (obs.is_cpu and nxt.is_cpu):
+            return self._write_general(slot, item)
+        self._small.write_one(slot, [leaves[i][1] for i in small_idx])
 
+        s, check = self.stack, self.check_writes
         base = stream << _STREAM_SHIFT
         crow = stream % self.cache_streams
         frame_key, refcount, cache, window = v.frame_key, v.refcount, v.cache, self.cache_window
-        cols: dict[int, int] = {}  # frame key -> its first column (item frame 0 .. 2S - 1)
         order = [base + step - s + 1 + j for j in range(s)] + [base + next_step - s + 1 + j for j in range(s)]
+        cols: dict[int, int] = {}  # frame key -> its first column (item frame 0 .. 2S - 1)
         for c, key in enumerate(order):
             if key not in cols:
                 cols[key] = c
+        pixels = [None, None]  # numpy views of obs and next obs, made when needed
+
+        def frame(c: int) -> Any:
+            j = c >= s
+            if pixels[j] is None:
+                pixels[j] = (nxt if j else obs).detach().numpy()
+            return pixels[j][c - s if j else c]
+
         found: dict[int, int] = {}  # frame key -> frame slot
         missing: list[tuple[int, Any]] = []  # (frame key, pixels) of frames not in the pool
         for key, c in cols.items():
-            pos = key - base
-            cached = cache.item(crow, pos % window)
-            src = obs_np[c] if c < s else next_np[c - s]
+            cached = cache.item(crow, (key - base) % window)
             if cached >= 0 and frame_key.item(cached) == key and refcount.item(cached) > 0:
-                if self.check_writes and not np.array_equal(v.frames[cached], src):
-                    raise ValueError(
-                        "two frames with the same (stream, position) differ: the items' "
-                        f"{self.step_key!r} numbering is wrong (it must jump by >= S after an episode ends)"
-                    )
+                if check and not np.array_equal(v.frames[cached], frame(c)):
+                    raise self._numbering_error()
                 found[key] = cached
-            elif src.any():
-                missing.append((key, src))
             else:
-                found[key] = _ZERO
-        if self.check_writes:  # two columns of this item with one (stream, position) must hold the same frame
+                src = frame(c)
+                if src.any():
+                    missing.append((key, src))
+                else:
+                    found[key] = _ZERO
+        if check:  # two columns of this item with one (stream, position) must hold the same frame
             for c, key in enumerate(order):
-                first = cols[key]
-                if first != c:
-                    a = obs_np[c] if c < s else next_np[c - s]
-                    b = obs_np[first] if first < s else next_np[first - s]
-                    if not np.array_equal(a, b):
-                        raise ValueError(
-                            "two frames with the same (stream, position) differ: the items' "
-                            f"{self.step_key!r} numbering is wrong (it must jump by >= S after an episode ends)"
-                        )
+                if cols[key] != c and not np.array_equal(frame(c), frame(cols[key])):
+                    raise self._numbering_error()
         if missing:
             fresh = v.pop(len(missing), self.frame_capacity)  # raises before any frame changes
             frames = v.frames
@@ -447,18 +464,26 @@ class FrameStackStorage:
                 found[key] = f
         for key in cols:
             cache[crow, (key - base) % window] = found[key]
-        row = v.index[slot]
-        for c, key in enumerate(order):
-            f = found[key]
+        row = [found[key] for key in order]
+        v.index[slot] = row
+        for f in row:
             refcount[f] += 1
-            row[c] = f
         v.live[slot] = True
+
+    def _numbering_error(self) -> ValueError:
+        return ValueError(
+            "two frames with the same (stream, position) differ: the items' "
+            f"{self.step_key!r} numbering is wrong (it must jump by >= S after an episode ends)"
+        )
 
     def _write_general(self, slot: int, item: TensorDictBase) -> None:
         self.write(torch.tensor([slot], dtype=torch.int64), item.unsqueeze(0))
 
-    def _release_few(self, slots: list[int]) -> None:
-        """`release` of a few slots in plain Python over numpy views (same order of freed frames)."""
+    def release_list(self, slots: list[int]) -> None:
+        """`release` of a few slots given as a list, in plain Python over numpy views (frames are freed in the
+        same order)."""
+        if self._frames is None:
+            return
         v = self._views()
         live, index, refcount = v.live, v.index, v.refcount
         frames: list[int] = []
@@ -543,7 +568,7 @@ class FrameStackStorage:
             return
         slots = torch.as_tensor(slots, dtype=torch.int64).reshape(-1)
         if len(slots) <= _SMALL_RELEASE:
-            return self._release_few(slots.tolist())
+            return self.release_list(slots.tolist())
         slots = slots[self._live.index_select(0, slots)].unique()
         if len(slots) == 0:
             return

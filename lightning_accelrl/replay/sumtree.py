@@ -11,6 +11,8 @@ import numpy as np
 
 __all__ = ["SumTree"]
 
+_TOP_LEVEL = 11  # find() picks a subtree at this level (2,048 nodes) in one searchsorted
+
 
 class SumTree:
     """Sum tree over ``capacity`` leaves with whole-batch descent (one numpy op per level for all draws)."""
@@ -54,15 +56,26 @@ class SumTree:
             i >>= 1
 
     def find(self, targets: np.ndarray) -> np.ndarray:
-        """Leaves whose cumulative-weight interval holds each target in [0, total): a batch descent."""
+        """Leaves whose cumulative-weight interval holds each target in [0, total): a batch descent.
+
+        The top levels are skipped: one ``searchsorted`` over the running sums of the nodes at level
+        ``min(depth, 11)`` (at most 2,048 of them, summed afresh on each call) picks each draw's subtree there,
+        then the descent goes on level by level."""
         nodes = self.nodes
-        idx = np.ones(len(targets), dtype=np.int64)
         u = np.array(targets, dtype=np.float64)
-        for _ in range(self.depth):
+        top = min(self.depth, _TOP_LEVEL)
+        first = 1 << top
+        level = nodes[first : 2 * first]
+        ends = np.cumsum(level)
+        # the first node whose interval end exceeds the target (the last one if rounding put it past all)
+        pos = np.minimum(np.searchsorted(ends, u, side="right"), first - 1)
+        u -= ends[pos] - level[pos]
+        idx = pos + first
+        for _ in range(self.depth - top):
             idx <<= 1
             left = nodes[idx]
             right = u >= left
-            u -= np.where(right, left, 0.0)
+            u -= left * right
             idx += right
         leaves = idx - self.offset
         # Rounding can push a draw onto a zero-weight leaf at an interval boundary: move it to a positive one.

@@ -95,6 +95,7 @@ class Table:
         self._plain_storage = type(storage).write is TensorStorage.write
         # storages with a per-item write (FrameStackStorage) get single items without a batch dimension
         self._write_item = getattr(storage, "write_item", None)
+        self._release_list = getattr(storage, "release_list", None)  # the same for a release of a few items
         self._direct_seen: tuple[Any, Any, bool] = (None, None, False)  # (storage signature, fields, same?)
         self._noop_release = type(storage).release is TensorStorage.release
         # Slot ``max_size`` is scratch: an incoming item waits there while the remover decides what to evict.
@@ -110,7 +111,7 @@ class Table:
         self._priority = np.zeros(cap, dtype=np.float64)
         self._times = np.zeros(cap, dtype=np.int64)
         self._recency = np.zeros(cap, dtype=np.int64)
-        self._mark = np.zeros(cap, dtype=np.int64)  # scratch for finding repeated slots in a sample
+        self._mark = np.zeros(cap, dtype=np.int64)  # scratch counter of repeated slots in a sample (all zero)
         self._slot_of: dict[int, int] = {}  # key -> slot, in insertion order (keys only grow)
         self._free = list(range(self.max_size - 1, -1, -1))
         self._next_key = 0
@@ -257,12 +258,16 @@ class Table:
         if self._direct():
             self.storage.write_one(slot, [v for _, v in leaves])
         elif self._write_item is not None:
-            self._write_item(slot, item, leaves)
+            self._write_item(slot, item, leaves, self._fields)
         else:
             self.storage.write(torch.tensor([slot], dtype=torch.int64), item.unsqueeze(0))
 
     def _release(self, slots: list[int]) -> None:
-        if not self._noop_release:  # TensorStorage.release does nothing: skip building the tensor
+        if self._noop_release:  # TensorStorage.release does nothing: skip building the tensor
+            return
+        if self._release_list is not None and len(slots) <= 8:
+            self._release_list(slots)
+        else:
             self.storage.release(torch.tensor(slots, dtype=torch.int64))
 
     @staticmethod
@@ -356,7 +361,7 @@ class Table:
             self._write_one(slot, item, leaves)
             lim.inserts += 1
             self._cond.notify_all()
-        return torch.tensor([key])
+        return torch.from_numpy(np.array([key], dtype=np.int64))
 
     def _wait(self, deadline: float | None, inserting: bool) -> bool:
         """Wait until notified or the deadline, recording the blocked time; False once the deadline has passed."""
@@ -578,16 +583,25 @@ class Table:
                 times[slots] += 1
                 counts = times[slots]
             else:
-                # Repeated slots? Mark each slot with its last position: a repeat finds another position there.
-                mark, positions = self._mark, np.arange(n)
-                mark[slots] = positions
-                if (mark[slots] == positions).all():
-                    counts = times[slots] + 1
-                    times[slots] = counts
-                else:
-                    occurrence, unique, repeats = _occurrence(slots)
-                    counts = times[slots] + occurrence + 1
-                    times[unique] += repeats
+                # How often each slot occurs in this sample (a scratch counter, zeroed again after)
+                mark = self._mark
+                np.add.at(mark, slots, 1)
+                repeats = mark[slots]
+                mark[slots] = 0
+                before = times[slots]
+                times[slots] = (
+                    before + repeats
+                )  # a repeated slot gets the same total at each of its positions
+                counts = before + 1
+                multi = np.flatnonzero(repeats > 1)
+                if len(multi) > 64:
+                    counts += _occurrence(slots)[0]
+                elif len(multi):  # the k-th occurrence of a slot in this sample counts k - 1 earlier ones
+                    seen: dict[int, int] = {}
+                    for i, slot in zip(multi.tolist(), slots[multi].tolist()):
+                        k = seen.get(slot, 0)
+                        counts[i] += k
+                        seen[slot] = k + 1
             self._sum_times += n
             keys = self._key[slots]
             priorities = self._priority[slots]
