@@ -529,37 +529,35 @@ class FrameStackStorage:
             )
 
     def read(self, slots: torch.Tensor) -> TensorDict:
-        """Fresh tensors; both stacks are gathered with one `index_select` each."""
+        """Fresh tensors; both stacks are gathered with one `index_select` each (the bookkeeping checks run in
+        numpy, whose per-call cost is far below torch's at these sizes)."""
         slots = torch.as_tensor(slots, dtype=torch.int64).reshape(-1)
         n = len(slots)
         if self._frames is None:
             raise RuntimeError("FrameStackStorage.read before any write")
-        if not bool(self._live.index_select(0, slots).all()):
+        v = self._views()
+        slots_np = slots.numpy()
+        if n and slots_np.min() < 0:  # numpy would wrap a negative index around
+            raise IndexError(f"FrameStackStorage.read: negative slot {int(slots_np.min())}")
+        if not v.live[slots_np].all():
             raise KeyError("FrameStackStorage.read of a slot that holds no item")
         tree = self._small._read_tree(slots)
-        index = self._index.index_select(0, slots).long()  # [n, 2S]
+        index = v.index[slots_np]  # [n, 2S] int32 frame slots
         s, shape = self.stack, self._frames.shape[1:]
-        offsets = torch.arange(1 - s, 1)
-        stream = _leaf(tree, self.stream_key).reshape(n, 1).long() << _STREAM_SHIFT
-        expected = torch.cat(
-            [
-                stream + (_leaf(tree, self.step_key).reshape(n, 1).long() + offsets),
-                stream + (_leaf(tree, self.next_step_key).reshape(n, 1).long() + offsets),
-            ],
-            1,
-        )
-        stamps = self._frame_key.index_select(0, index.reshape(-1)).reshape(n, -1)
-        if not bool(((stamps == expected) | (index == _ZERO)).all()):
+        offsets = np.arange(1 - s, 1)
+        stream = _leaf(tree, self.stream_key).numpy().reshape(n, 1).astype(np.int64) << _STREAM_SHIFT
+        step = _leaf(tree, self.step_key).numpy().reshape(n, 1).astype(np.int64)
+        next_step = _leaf(tree, self.next_step_key).numpy().reshape(n, 1).astype(np.int64)
+        expected = np.concatenate([stream + (step + offsets), stream + (next_step + offsets)], 1)
+        if not ((v.frame_key[index] == expected) | (index == _ZERO)).all():
             raise RuntimeError(
                 "FrameStackStorage: a frame of a live item was overwritten (the pool was used concurrently "
                 "without the table's lock, or its state is corrupt); refusing to return wrong frames"
             )
-        _set_leaf(
-            tree, self.obs_key, self._frames.index_select(0, index[:, :s].reshape(-1)).view(n, s, *shape)
-        )
-        _set_leaf(
-            tree, self.next_obs_key, self._frames.index_select(0, index[:, s:].reshape(-1)).view(n, s, *shape)
-        )
+        obs_idx = torch.from_numpy(np.ascontiguousarray(index[:, :s]).reshape(-1))
+        next_idx = torch.from_numpy(np.ascontiguousarray(index[:, s:]).reshape(-1))
+        _set_leaf(tree, self.obs_key, self._frames.index_select(0, obs_idx).view(n, s, *shape))
+        _set_leaf(tree, self.next_obs_key, self._frames.index_select(0, next_idx).view(n, s, *shape))
         return new_tensordict(tree, n, self._small.device)
 
     def release(self, slots: torch.Tensor) -> None:
