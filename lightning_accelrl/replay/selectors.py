@@ -116,12 +116,13 @@ class _Members:
         self.n += 1
 
     def remove(self, slot: int) -> None:
-        p = int(self.pos[slot])
-        last = int(self.items[self.n - 1])
-        self.items[p] = last
-        self.pos[last] = p
-        self.pos[slot] = -1
-        self.n -= 1
+        items, pos = self.items, self.pos
+        p = pos.item(slot)
+        self.n = n = self.n - 1
+        last = items.item(n)
+        items[p] = last
+        pos[last] = p
+        pos[slot] = -1
 
     def remove_many(self, slots: np.ndarray) -> None:
         """Remove distinct present slots at once: the surviving members of the tail fill the holes the removed

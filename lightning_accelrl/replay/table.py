@@ -315,7 +315,7 @@ class Table:
                     continue
                 self._insert_chunk(items, done, k, priorities, keys, values)
                 done += k
-                self._cond.notify_all()
+                self._notify()
         return torch.from_numpy(keys)
 
     def _insert_one(self, item: TensorDictBase, priority: Any, timeout: float | None) -> torch.Tensor | None:
@@ -347,7 +347,7 @@ class Table:
                 if type(self.remover) is not Fifo:  # the remover may pick the new item: the general path
                     keys = np.empty(1, dtype=np.int64)
                     self._insert_chunk(item.unsqueeze(0), 0, 1, np.array([prio]), keys)
-                    self._cond.notify_all()
+                    self._notify()
                     return torch.from_numpy(keys)
                 victim = self.remover.pop_oldest(1)[0]
                 self._remove_item(victim, remover=False)
@@ -360,8 +360,13 @@ class Table:
             self._add_item(slot, key, prio, rec)
             self._write_one(slot, item, leaves)
             lim.inserts += 1
-            self._cond.notify_all()
+            self._notify()
         return torch.from_numpy(np.array([key], dtype=np.int64))
+
+    def _notify(self) -> None:
+        """Wake the inserts and samples blocked on the limiter, if any (the counters change under the lock)."""
+        if self._waiting_inserts or self._waiting_samples:
+            self._cond.notify_all()
 
     def _wait(self, deadline: float | None, inserting: bool) -> bool:
         """Wait until notified or the deadline, recording the blocked time; False once the deadline has passed."""
@@ -563,7 +568,7 @@ class Table:
                         f"(size {len(self._slot_of)}, limiter {self._counts()})"
                     )
             batch = self._sample_now(n)
-            self._cond.notify_all()
+            self._notify()
         return batch
 
     def _can_supply(self, n: int) -> bool:
