@@ -642,9 +642,14 @@ class Table:
             "times_sampled": torch.from_numpy(counts),
             "table_size": torch.from_numpy(sizes),
         }
-        if type(data) is TensorDict and data.device is None and not data.is_locked:
+        device = data.device if type(data) is TensorDict else False
+        if (
+            (device is None or (device and device.type == "cpu"))
+            and not data.is_locked
+            and getattr(data, "_td_dim_names", None) is None
+        ):
             # one construction with every field, instead of validating each info field on its way in
-            return new_tensordict({**data._tensordict, **info}, n)
+            return new_tensordict({**data._tensordict, **info}, n, device)
         data.update(info)
         return data
 
