@@ -41,9 +41,15 @@ class SumTree:
             return
         idx = self.offset + np.asarray(leaves, dtype=np.int64)
         nodes[idx] = weights
-        for _ in range(self.depth):
+        top = min(self.depth, _TOP_LEVEL)
+        for _ in range(self.depth - top):
             idx >>= 1
-            nodes[idx] = nodes[2 * idx] + nodes[2 * idx + 1]
+            left = idx << 1
+            nodes[idx] = nodes[left] + nodes[left + 1]
+        # The top levels (at most 2,047 nodes) are recomputed whole: one slice sum per level beats gathers.
+        for level in range(top - 1, -1, -1):
+            lo = 1 << level
+            np.add(nodes[2 * lo : 4 * lo : 2], nodes[2 * lo + 1 : 4 * lo : 2], out=nodes[lo : 2 * lo])
 
     def set_one(self, leaf: int, weight: float) -> None:
         """Set one leaf in plain Python (cheaper than numpy calls for a single path of ``depth`` nodes)."""
