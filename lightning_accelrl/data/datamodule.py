@@ -155,9 +155,9 @@ class ExperienceDataModule(LightningDataModule):
             if self.sampler is not None:
                 self._spec = self.sampler.env.spec
             elif isinstance(self.env, str):
-                from lightning_accelrl.envs.gym import probe_spec
+                from lightning_accelrl.envs import probe_spec  # Atari ids: from the ROM and the protocol
 
-                self._spec = probe_spec(self.env, self.env_kwargs)
+                self._spec = probe_spec(self.env, self.env_kwargs, self.vectorization)
             else:
                 self._spec = make_env(self.env).spec
         return self._spec
