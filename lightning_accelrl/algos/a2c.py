@@ -40,6 +40,8 @@ class A2C(RLModule):
         hidden: Sequence[int] = (64, 64),
         activation: str = "tanh",
         shared_trunk: bool = False,
+        channels_last: bool = False,
+        compile_network: bool = False,
         env_spec: dict | None = None,
     ) -> None:
         super().__init__()
@@ -52,7 +54,9 @@ class A2C(RLModule):
 
     def build_networks(self, spec: EnvSpec) -> None:
         hp = self.hparams
-        self.net = build_actor_critic(spec, hp.network, hp.hidden, hp.activation, hp.shared_trunk)
+        self.net = build_actor_critic(
+            spec, hp.network, hp.hidden, hp.activation, hp.shared_trunk, hp.channels_last, hp.compile_network
+        )
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         hp = self.hparams

@@ -43,6 +43,8 @@ class PPO(RLModule):
         hidden: Sequence[int] = (64, 64),
         activation: str = "tanh",
         shared_trunk: bool = False,
+        channels_last: bool = False,
+        compile_network: bool = False,
         env_spec: dict | None = None,
     ) -> None:
         super().__init__()
@@ -57,7 +59,9 @@ class PPO(RLModule):
 
     def build_networks(self, spec: EnvSpec) -> None:
         hp = self.hparams
-        self.net = build_actor_critic(spec, hp.network, hp.hidden, hp.activation, hp.shared_trunk)
+        self.net = build_actor_critic(
+            spec, hp.network, hp.hidden, hp.activation, hp.shared_trunk, hp.channels_last, hp.compile_network
+        )
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         # fused: one kernel for all parameters (~20% faster steps for the small networks of classic control)
