@@ -99,7 +99,7 @@ def cmd_recipes(args: Sequence[str]) -> int:
         for name in recipe_names():
             info = recipe_info(RECIPES_DIR / f"{name}.yaml")
             table.add_row(*(info[c] for c in columns))
-        Console().print(table)
+        Console(width=None if sys.stdout.isatty() else 200).print(table)  # pipes: no truncated names
         return 0
     if args[0] == "show" and len(args) == 2:
         print(recipe_path(args[1]).read_text(), end="")
