@@ -203,6 +203,7 @@ class ExperienceDataModule(LightningDataModule):
                 prioritized=spec["prioritized"],
                 priority_exponent=spec["priority_exponent"],
                 first_stream=rank * env.num_envs,
+                seed=self._base_seed() + 104_729 * rank,
             )
             if self._pending_replay_state is not None:
                 self.feeder.load_state_dict(self._pending_replay_state)

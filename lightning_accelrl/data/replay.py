@@ -61,6 +61,7 @@ class ReplayFeeder:
         prioritized: bool,
         priority_exponent: float,
         first_stream: int = 0,
+        seed: int | None = None,
     ) -> None:
         if capacity < min_size:
             raise ConfigError(f"replay_capacity {capacity} must be >= learning_starts {min_size}")
@@ -78,6 +79,7 @@ class ReplayFeeder:
             max_size=capacity,
             rate_limiter=replay_limiter(samples_per_insert, min_size, batch_size, error_buffer),
             storage=FrameStackStorage(capacity) if frames else None,
+            seed=seed,  # replay sampling follows the run's seed (None: OS entropy)
         )
         self.writer = NStepWriter(n_step, gamma, sampler.num_envs)
         self.pending: TensorDict | None = None
