@@ -12,15 +12,13 @@ from typing import Literal
 import torch
 from tensordict import TensorDict
 
-from lightning_accelrl.algos.base import RLModule, anneal
+from lightning_accelrl.algos.actor_critic import ActorCriticModule
+from lightning_accelrl.algos.base import anneal
 from lightning_accelrl.algos.returns import gae
-from lightning_accelrl.envs.base import EnvSpec
 from lightning_accelrl.errors import check
-from lightning_accelrl.nets.actor_critic import ActionDist
-from lightning_accelrl.nets.factory import build_actor_critic
 
 
-class A2C(RLModule):
+class A2C(ActorCriticModule):
     """A2C: one synchronous update per rollout of all envs."""
 
     def __init__(
@@ -52,32 +50,11 @@ class A2C(RLModule):
         check(optimizer in ("rmsprop", "adam"), f"optimizer must be 'rmsprop' or 'adam', got {optimizer!r}")
         self.save_hyperparameters()
 
-    def build_networks(self, spec: EnvSpec) -> None:
-        hp = self.hparams
-        self.net = build_actor_critic(
-            spec, hp.network, hp.hidden, hp.activation, hp.shared_trunk, hp.channels_last, hp.compile_network
-        )
-
     def configure_optimizers(self) -> torch.optim.Optimizer:
         hp = self.hparams
         if hp.optimizer == "rmsprop":
             return torch.optim.RMSprop(self.parameters(), lr=hp.lr, alpha=hp.rmsprop_alpha, eps=hp.eps)
         return torch.optim.Adam(self.parameters(), lr=hp.lr, eps=hp.eps, fused=True)
-
-    def dist(self, params: torch.Tensor) -> ActionDist:
-        return ActionDist(params, None if self.net.spec.discrete else self.net.log_std)
-
-    def act(self, observation: torch.Tensor) -> dict[str, torch.Tensor]:
-        params, value = self.net(observation)
-        action = self.dist(params).sample()
-        return {"action": action, "state_value": value}
-
-    def value(self, observation: torch.Tensor) -> torch.Tensor:
-        return self.net.value(observation)
-
-    def policy(self, observation: torch.Tensor, deterministic: bool = True) -> torch.Tensor:
-        dist = self.dist(self.net(observation)[0])
-        return dist.mode() if deterministic else dist.sample()
 
     def training_step(self, batch: TensorDict, batch_idx: int) -> None:
         hp = self.hparams

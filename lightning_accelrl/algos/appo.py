@@ -25,11 +25,9 @@ from typing import Any
 import torch
 from tensordict import TensorDict
 
-from lightning_accelrl.algos.base import RLModule, anneal
-from lightning_accelrl.envs.base import EnvSpec
+from lightning_accelrl.algos.actor_critic import ActorCriticModule
+from lightning_accelrl.algos.base import anneal
 from lightning_accelrl.errors import check
-from lightning_accelrl.nets.actor_critic import ActionDist
-from lightning_accelrl.nets.factory import build_actor_critic
 
 
 def vtrace(
@@ -79,7 +77,7 @@ def vtrace(
     return vs, pg_adv
 
 
-class APPO(RLModule):
+class APPO(ActorCriticModule):
     """PPO on (possibly lagged) rollout segments with V-trace targets and advantages."""
 
     def __init__(
@@ -119,30 +117,10 @@ class APPO(RLModule):
         """Rollout segments with the next observations (values are recomputed with the current network)."""
         return {"kind": "rollout", "next_observation": True}
 
-    def build_networks(self, spec: EnvSpec) -> None:
-        hp = self.hparams
-        self.net = build_actor_critic(spec, hp.network, hp.hidden, hp.activation, hp.shared_trunk)
-
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.Adam(self.parameters(), lr=self.hparams.lr, eps=self.hparams.adam_eps, fused=True)
 
-    def dist(self, params: torch.Tensor) -> ActionDist:
-        return ActionDist(params, None if self.net.spec.discrete else self.net.log_std)
-
-    # ----- acting (in the sampler processes, on a CPU copy) -------------------------------------------------
-    def act(self, observation: torch.Tensor) -> dict[str, torch.Tensor]:
-        params, value = self.net(observation)
-        dist = self.dist(params)
-        action = dist.sample()
-        return {"action": action, "sample_log_prob": dist.log_prob(action), "state_value": value}
-
-    def value(self, observation: torch.Tensor) -> torch.Tensor:
-        return self.net.value(observation)
-
-    def policy(self, observation: torch.Tensor, deterministic: bool = True) -> torch.Tensor:
-        dist = self.dist(self.net(observation)[0])
-        return dist.mode() if deterministic else dist.sample()
-
+    # acting: ActorCriticModule.act, one batched forward for all envs
     # ----- learning -----------------------------------------------------------------------------------------
     @torch.no_grad()
     def targets(self, batch: TensorDict) -> tuple[torch.Tensor, ...]:

@@ -11,15 +11,13 @@ from collections.abc import Sequence
 import torch
 from tensordict import TensorDict
 
-from lightning_accelrl.algos.base import RLModule, anneal
+from lightning_accelrl.algos.actor_critic import ActorCriticModule
+from lightning_accelrl.algos.base import anneal
 from lightning_accelrl.algos.returns import gae
-from lightning_accelrl.envs.base import EnvSpec
 from lightning_accelrl.errors import check
-from lightning_accelrl.nets.actor_critic import ActionDist
-from lightning_accelrl.nets.factory import build_actor_critic
 
 
-class PPO(RLModule):
+class PPO(ActorCriticModule):
     """PPO with clipped surrogate, (optionally clipped) value loss, entropy bonus and LR/clip annealing."""
 
     def __init__(
@@ -57,34 +55,11 @@ class PPO(RLModule):
         check(max_grad_norm > 0, f"max_grad_norm must be > 0, got {max_grad_norm}")
         self.save_hyperparameters()
 
-    def build_networks(self, spec: EnvSpec) -> None:
-        hp = self.hparams
-        self.net = build_actor_critic(
-            spec, hp.network, hp.hidden, hp.activation, hp.shared_trunk, hp.channels_last, hp.compile_network
-        )
-
     def configure_optimizers(self) -> torch.optim.Optimizer:
         # fused: one kernel for all parameters (~20% faster steps for the small networks of classic control)
         return torch.optim.Adam(self.parameters(), lr=self.hparams.lr, eps=self.hparams.adam_eps, fused=True)
 
-    def dist(self, params: torch.Tensor) -> ActionDist:
-        return ActionDist(params, None if self.net.spec.discrete else self.net.log_std)
-
-    # ----- acting (called by the sampler, one batched forward for all envs) ---------------------------------
-    def act(self, observation: torch.Tensor) -> dict[str, torch.Tensor]:
-        params, value = self.net(observation)
-        dist = self.dist(params)
-        action = dist.sample()
-        return {"action": action, "sample_log_prob": dist.log_prob(action), "state_value": value}
-
-    def value(self, observation: torch.Tensor) -> torch.Tensor:
-        return self.net.value(observation)
-
-    def policy(self, observation: torch.Tensor, deterministic: bool = True) -> torch.Tensor:
-        """Actions for evaluation: the mode of the policy, or a sample."""
-        dist = self.dist(self.net(observation)[0])
-        return dist.mode() if deterministic else dist.sample()
-
+    # acting: ActorCriticModule.act, one batched forward for all envs
     # ----- learning -----------------------------------------------------------------------------------------
     def training_step(self, batch: TensorDict, batch_idx: int) -> None:
         hp = self.hparams

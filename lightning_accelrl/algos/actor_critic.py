@@ -1,0 +1,48 @@
+"""What the policy-gradient modules (PPO, A2C, APPO) share: the actor-critic network and how it acts.
+
+Each algorithm file keeps its own hyper-parameters, optimizer and loss; acting is the same for all of them.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from lightning_accelrl.algos.base import RLModule
+from lightning_accelrl.envs.base import EnvSpec
+from lightning_accelrl.nets.actor_critic import ActionDist
+from lightning_accelrl.nets.factory import build_actor_critic
+
+
+class ActorCriticModule(RLModule):
+    """An :class:`RLModule` with ``self.net`` (policy and value) built from the hyper-parameters ``network``,
+    ``hidden``, ``activation``, ``shared_trunk`` and, for CNNs, ``channels_last`` and ``compile_network``."""
+
+    def build_networks(self, spec: EnvSpec) -> None:
+        hp = self.hparams
+        self.net = build_actor_critic(
+            spec,
+            hp.network,
+            hp.hidden,
+            hp.activation,
+            hp.shared_trunk,
+            hp.get("channels_last", False),
+            hp.get("compile_network", False),
+        )
+
+    def dist(self, params: torch.Tensor) -> ActionDist:
+        return ActionDist(params, None if self.net.spec.discrete else self.net.log_std)
+
+    def act(self, observation: torch.Tensor) -> dict[str, torch.Tensor]:
+        """One batched forward for all envs: sampled actions, their log-probabilities and the state values."""
+        params, value = self.net(observation)
+        dist = self.dist(params)
+        action = dist.sample()
+        return {"action": action, "sample_log_prob": dist.log_prob(action), "state_value": value}
+
+    def value(self, observation: torch.Tensor) -> torch.Tensor:
+        return self.net.value(observation)
+
+    def policy(self, observation: torch.Tensor, deterministic: bool = True) -> torch.Tensor:
+        """Actions for evaluation: the mode of the policy, or a sample."""
+        dist = self.dist(self.net(observation)[0])
+        return dist.mode() if deterministic else dist.sample()
