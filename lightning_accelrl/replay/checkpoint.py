@@ -9,16 +9,16 @@ length and checksum before unpickling (with ``weights_only=True``), so a missing
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import io
 import os
 import struct
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from lightning_accelrl.atomic import atomic_write
 
 __all__ = ["FORMAT_VERSION", "MAGIC", "read_checkpoint", "write_checkpoint"]
 
@@ -47,39 +47,13 @@ class _HashingWriter:
 
 def write_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> Path:
     """Write ``payload`` atomically to ``path`` (parent directories are created)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as file:
-            file.write(b"\0" * _HEADER.size)
-            writer = _HashingWriter(file)
-            torch.save(payload, writer)
-            file.seek(0)
-            file.write(_HEADER.pack(MAGIC, FORMAT_VERSION, writer.length, writer.sha.digest()))
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp_name)
-        raise
-    _fsync_dir(path.parent)
-    return path
-
-
-def _fsync_dir(directory: Path) -> None:
-    """Make the rename durable; some file systems do not allow fsync on directories, which is harmless."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    with atomic_write(path) as file:
+        file.write(b"\0" * _HEADER.size)
+        writer = _HashingWriter(file)
+        torch.save(payload, writer)
+        file.seek(0)
+        file.write(_HEADER.pack(MAGIC, FORMAT_VERSION, writer.length, writer.sha.digest()))
+    return Path(path)
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
