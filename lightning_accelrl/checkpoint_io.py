@@ -20,7 +20,7 @@ import torch
 from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from lightning_accelrl.atomic import TEMP_SUFFIX, atomic_write  # noqa: F401 - TEMP_SUFFIX re-exported
+from lightning_accelrl.atomic import atomic_write
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike[str]) -> None:
