@@ -179,7 +179,7 @@ class ExperienceDataModule(LightningDataModule):
         self._spec_kind = spec["kind"]
         if (
             self.sampler_kind == "async"
-        ):  # the sampler processes start in train_dataloader (model built by then)
+        ):  # sampler processes start in train_dataloader, once the model is built
             self._experience_spec = spec
             self._envs_per_rank = self.num_envs
             if self.tracker is None:
