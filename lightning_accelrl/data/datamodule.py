@@ -177,9 +177,8 @@ class ExperienceDataModule(LightningDataModule):
         module = self.trainer.lightning_module if self.trainer is not None else None
         spec = module.experience_spec() if hasattr(module, "experience_spec") else {"kind": "rollout"}
         self._spec_kind = spec["kind"]
-        if (
-            self.sampler_kind == "async"
-        ):  # sampler processes start in train_dataloader, once the model is built
+        # async: the sampler processes start in train_dataloader, once the model is built
+        if self.sampler_kind == "async":
             self._experience_spec = spec
             self._envs_per_rank = self.num_envs
             if self.tracker is None:
