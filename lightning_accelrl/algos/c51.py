@@ -63,19 +63,23 @@ class CategoricalDQN(DQN):
         return (self.q(observation).softmax(-1) * self.support).sum(-1)
 
     def td_loss(self, batch: TensorDict) -> tuple[torch.Tensor, torch.Tensor]:
-        logits = self.q(batch["observation"])
+        logits, online_next = self.online_outputs(batch)
         action = batch["action"].long().reshape(-1, 1, 1).expand(-1, 1, logits.shape[-1])
         log_p = F.log_softmax(logits.gather(1, action).squeeze(1), -1)
         with torch.no_grad():
-            target = self.target_distribution(batch)
+            target = self.target_distribution(batch, online_next)
         loss = -(target * log_p).sum(-1)
         return loss, loss.detach()
 
     @torch.no_grad()
-    def target_distribution(self, batch: TensorDict) -> torch.Tensor:
+    def target_distribution(self, batch: TensorDict, online_next: torch.Tensor | None = None) -> torch.Tensor:
         next_obs = batch["next", "observation"]
         next_probs = self.q_target(next_obs).softmax(-1)  # [B, A, N]
-        next_q = self.q_values(next_obs) if self.hparams.double_q else (next_probs * self.support).sum(-1)
+        if self.hparams.double_q:  # argmax of the online net's expected returns
+            online_next = self.q(next_obs) if online_next is None else online_next
+            next_q = (online_next.softmax(-1) * self.support).sum(-1)
+        else:
+            next_q = (next_probs * self.support).sum(-1)
         best = next_q.argmax(-1).reshape(-1, 1, 1).expand(-1, 1, next_probs.shape[-1])
         p = next_probs.gather(1, best).squeeze(1)
         reward = batch["next", "reward"].reshape(-1).to(p.dtype)

@@ -128,19 +128,30 @@ class DQN(RLModule):
     def td_loss(self, batch: TensorDict) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-sample Huber loss and |TD error| against the (double-)Q n-step target."""
         hp = self.hparams
-        q = self.q(batch["observation"]).gather(-1, batch["action"].long().unsqueeze(-1)).squeeze(-1)
+        q_obs, online_next = self.online_outputs(batch)
+        q = q_obs.gather(-1, batch["action"].long().unsqueeze(-1)).squeeze(-1)
         with torch.no_grad():
-            target = self.target_values(batch)
+            target = self.target_values(batch, online_next)
         td = target - q
         return F.huber_loss(q, target, reduction="none", delta=hp.huber_delta), td.abs().detach()
 
+    def online_outputs(self, batch: TensorDict) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Online-network outputs for s_t (with gradients) and, for double-Q, for s_{t+n} (detached): one
+        batched forward over both instead of two."""
+        obs = batch["observation"]
+        if not self.hparams.double_q:
+            return self.q(obs), None
+        both = self.q(torch.cat([obs, batch["next", "observation"]]))
+        return both[: obs.shape[0]], both[obs.shape[0] :].detach()
+
     @torch.no_grad()
-    def target_values(self, batch: TensorDict) -> torch.Tensor:
+    def target_values(self, batch: TensorDict, online_next: torch.Tensor | None = None) -> torch.Tensor:
         """r^(n) + γ^n · Q_target(s_{t+n}, a*), a* = argmax of the online net (double) or of the target net."""
         next_obs = batch["next", "observation"]
         next_q_target = self.q_target(next_obs)
         if self.hparams.double_q:
-            best = self.q(next_obs).argmax(-1, keepdim=True)
+            online_next = self.q(next_obs) if online_next is None else online_next
+            best = online_next.argmax(-1, keepdim=True)
         else:
             best = next_q_target.argmax(-1, keepdim=True)
         next_q = next_q_target.gather(-1, best).squeeze(-1)
@@ -194,8 +205,7 @@ class DQN(RLModule):
         """Hard copy every ``target_update_period`` updates, or Polyak averaging with ``target_tau < 1`` every update."""
         hp = self.hparams
         if hp.target_tau < 1.0:
-            for p_t, p in zip(self.q_target.parameters(), self.q.parameters(), strict=True):
-                p_t.lerp_(p, hp.target_tau)
+            torch._foreach_lerp_(list(self.q_target.parameters()), list(self.q.parameters()), hp.target_tau)
         elif self.updates % hp.target_update_period == 0:
             self.q_target.load_state_dict(self.q.state_dict())
 
