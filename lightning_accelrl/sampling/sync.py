@@ -16,6 +16,8 @@ from tensordict import TensorDict
 from lightning_accelrl.envs.base import BatchedEnv
 from lightning_accelrl.sampling.episodes import EpisodeTracker
 
+_NEXT_KEYS = (("next", "reward"), ("next", "terminated"), ("next", "truncated"), ("next", "done"))
+
 
 class Agent(Protocol):
     """What a sampler needs from a policy. ``act`` must return at least ``"action"`` ([B, ...] tensors)."""
@@ -104,12 +106,13 @@ class SyncSampler:
                 bufs[key][t].copy_(value)
             step = self.env.step(out["action"])
             done = step.terminated | step.truncated
-            nxt = ("next", "reward"), ("next", "terminated"), ("next", "truncated"), ("next", "done")
-            for key, value in zip(nxt, (step.reward, step.terminated, step.truncated, done), strict=True):
+            for key, value in zip(
+                _NEXT_KEYS, (step.reward, step.terminated, step.truncated, done), strict=True
+            ):
                 bufs[key][t].copy_(value.unsqueeze(-1))
             if self.store_next_observation:
                 bufs["next", "observation"][t].copy_(step.next_observation)
-            if "state_value" in out and bool(step.truncated.any()):
+            if "state_value" in out and step.truncated.numpy().any():  # numpy: no tensor op on the hot path
                 idx = step.truncated.nonzero().squeeze(-1)
                 final = step.next_observation.index_select(0, idx).to(device)
                 truncated_values.append((t, idx.to(device), agent.value(final)))
