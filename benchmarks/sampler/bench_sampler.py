@@ -39,6 +39,7 @@ RESULTS = HERE.parent / "RESULTS.md"
 GAME = "ALE/Pong-v5"
 FRAME_SKIP = 4
 PROTOCOL = {"repeat_action_probability": 0.25, "full_action_space": False, "noop_max": 30}
+DEVICE = torch.device("cpu")  # where the CNN policy runs (--device)
 
 
 # ----- agents -----------------------------------------------------------------------------------------------
@@ -53,14 +54,13 @@ class TrivialAgent:
 
 
 class CNNAgent:
-    """What PPO's ``act`` does: Nature CNN forward, sample, log-prob, value."""
-
-    device = torch.device("cpu")
+    """What PPO's ``act`` does: Nature CNN forward, sample, log-prob, value (on ``DEVICE``)."""
 
     def __init__(self, spec) -> None:  # noqa: ANN001
         from lightning_accelrl.nets.cnn import ActorCriticCNN
 
-        self.net = ActorCriticCNN(spec, "nature")
+        self.device = DEVICE
+        self.net = ActorCriticCNN(spec, "nature").to(DEVICE)
 
     def act(self, obs: torch.Tensor) -> dict[str, torch.Tensor]:
         from lightning_accelrl.nets.actor_critic import ActionDist
@@ -203,8 +203,8 @@ def cartpole_ours(n: int) -> tuple[Callable[[int], int], Callable[[], None]]:
 ATARI_CONFIGS: dict[str, tuple[str, Callable]] = {
     "a": ("raw AtariVectorEnv, random actions", raw_ale),
     "b": ("SyncSampler + AtariEnv, trivial policy", lambda n: our_sampler(n, "sync", "trivial")),
-    "c": ("SyncSampler + AtariEnv, Nature CNN (CPU)", lambda n: our_sampler(n, "sync", "cnn")),
-    "d": ("AlternatingSampler + AtariEnv, Nature CNN (CPU)", lambda n: our_sampler(n, "alternating", "cnn")),
+    "c": ("SyncSampler + AtariEnv, Nature CNN", lambda n: our_sampler(n, "sync", "cnn")),
+    "d": ("AlternatingSampler + AtariEnv, Nature CNN", lambda n: our_sampler(n, "alternating", "cnn")),
     "e": ("TorchRL Collector + ParallelEnv(GymWrapper), random", torchrl_collector),
     "f": ("Gymnasium AsyncVectorEnv + AtariPreprocessing + FrameStack", gym_async),
 }
@@ -239,10 +239,15 @@ def ratio(rates: dict, num: str, den: str) -> str:
 def versions() -> str:
     import ale_py
     import gymnasium
-    import torchrl
 
+    try:
+        import torchrl
+
+        trl = torchrl.__version__
+    except ImportError:
+        trl = "not installed"
     return (
-        f"torch {torch.__version__}, torchrl {torchrl.__version__}, ale-py {ale_py.__version__}, "
+        f"torch {torch.__version__}, torchrl {trl}, ale-py {ale_py.__version__}, "
         f"gymnasium {gymnasium.__version__}, numpy {np.__version__}, python {platform.python_version()}"
     )
 
@@ -260,10 +265,10 @@ def machine() -> str:
     return f"{os.cpu_count()} cores ({cpu}), {platform.system()} {platform.machine()}; GPU: {gpu}"
 
 
-def write_section(text: str) -> None:
+def write_section(text: str, name: str) -> None:
     body = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
-    block = f"<!-- BEGIN sampler -->\n{text.rstrip()}\n<!-- END sampler -->\n"
-    pattern = re.compile(r"<!-- BEGIN sampler -->.*?<!-- END sampler -->\n?", re.S)
+    block = f"<!-- BEGIN {name} -->\n{text.rstrip()}\n<!-- END {name} -->\n"
+    pattern = re.compile(rf"<!-- BEGIN {name} -->.*?<!-- END {name} -->\n?", re.S)
     body = pattern.sub(lambda _: block, body) if pattern.search(body) else body.rstrip() + "\n\n" + block
     RESULTS.write_text(body)
 
@@ -274,8 +279,12 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--vsteps", type=int, default=128, help="vector steps per timed measurement (Atari)")
     p.add_argument("--skip", default="", help="configs to leave out, e.g. 'e' (TorchRL)")
+    p.add_argument("--device", default="cpu", help="where the Nature CNN policy of c and d runs, e.g. cuda")
+    p.add_argument("--section", default="sampler", help="RESULTS.md section to (re)write")
     p.add_argument("--no-write", action="store_true")
     args = p.parse_args()
+    global DEVICE
+    DEVICE = torch.device(args.device)
     torch.set_num_threads(1)
     load = os.getloadavg()[0]
     started = datetime.datetime.now(datetime.UTC)
@@ -327,8 +336,9 @@ def main() -> None:
             f"- Command: `python benchmarks/sampler/bench_sampler.py {' '.join(sys.argv[1:])}`".rstrip(),
             "- Measured: sampling only (no learning), random or policy actions; env (agent) steps/s and frames/s "
             f"(× frame skip {FRAME_SKIP}); {args.repeats} interleaved repeats of {args.vsteps} vector steps, median "
-            "(min–max). Protocol: sticky actions 0.25, minimal action set, 30 no-op starts, 84×84 gray × 4.",
-            "  Ratios are medians of per-repeat ratios (min–max). One torch thread. Shared 2-core machine: compare "
+            f"(min–max). Protocol: sticky actions 0.25, minimal action set, 30 no-op starts, 84×84 gray × 4. "
+            f"CNN policy (c, d) on {DEVICE}.",
+            "  Ratios are medians of per-repeat ratios (min–max). One torch thread. On a shared machine compare "
             "ratios only.",
             "",
             "| envs | config | what | steps/s | frames/s | steps/s min–max |",
@@ -341,7 +351,7 @@ def main() -> None:
     )
     print(text)
     if not args.no_write:
-        write_section(text)
+        write_section(text, args.section)
 
 
 if __name__ == "__main__":
