@@ -136,13 +136,15 @@ class DQN(RLModule):
         return F.huber_loss(q, target, reduction="none", delta=hp.huber_delta), td.abs().detach()
 
     def online_outputs(self, batch: TensorDict) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Online-network outputs for s_t (with gradients) and, for double-Q, for s_{t+n} (detached): one
-        batched forward over both instead of two."""
-        obs = batch["observation"]
+        """Online-network outputs for s_t (with gradients) and, for double-Q, for s_{t+n} (without).
+
+        Two forwards, not one over ``cat([s_t, s_{t+n}])``: the concatenated forward would carry the s_{t+n} half
+        through the backward matmuls too (measured ~20-25% slower per update for 64-256 wide MLPs on CPU)."""
+        q_obs = self.q(batch["observation"])
         if not self.hparams.double_q:
-            return self.q(obs), None
-        both = self.q(torch.cat([obs, batch["next", "observation"]]))
-        return both[: obs.shape[0]], both[obs.shape[0] :].detach()
+            return q_obs, None
+        with torch.no_grad():
+            return q_obs, self.q(batch["next", "observation"])
 
     @torch.no_grad()
     def target_values(self, batch: TensorDict, online_next: torch.Tensor | None = None) -> torch.Tensor:
