@@ -261,3 +261,78 @@ def test_sampler_with_cartpole_and_torch_agent() -> None:
     assert torch.equal(td["observation"][1:][~done[:-1]], td["next", "observation"][:-1][~done[:-1]])
     assert (td["next", "reward"] == 1).all()
     s.close()
+
+
+def reference_collect(env, agent, steps: int, observation: torch.Tensor) -> tuple[dict, list, torch.Tensor]:
+    """The plain, slow definition of a rollout (one synchronous ``env.step`` per step, per-step torch ops):
+    the fast path of :class:`SyncSampler` must produce exactly this."""
+    rows, returns = collections.defaultdict(list), []
+    for _ in range(steps):
+        out = agent.act(observation)
+        step = env.step(out["action"])
+        done = step.terminated | step.truncated
+        rows["observation"].append(observation.clone())
+        for key, value in out.items():
+            rows[key].append(value.clone())
+        rows["next", "observation"].append(step.next_observation.clone())
+        rows["next", "reward"].append(step.reward.unsqueeze(-1))
+        rows["next", "terminated"].append(step.terminated.unsqueeze(-1))
+        rows["next", "truncated"].append(step.truncated.unsqueeze(-1))
+        rows["next", "done"].append(done.unsqueeze(-1))
+        # s_{t+1}'s value: the final observation's where the episode ended (only truncation keeps it)
+        rows["next", "state_value"].append(agent.value(step.next_observation))
+        returns.append((step.reward.clone(), done.clone()))
+        observation = step.observation.clone()
+    td = {k: torch.stack(v) for k, v in rows.items()}
+    td["policy_version"] = torch.full(td["action"].shape, agent.policy_version)
+    return td, returns, observation
+
+
+@pytest.mark.parametrize(
+    ("env_id", "num_envs", "steps"), [(COUNTING_TL_ID, 4, 9), ("CartPole-v1", 16, 40), (COUNTING_ID, 3, 1)]
+)
+def test_rollouts_equal_the_reference_definition(env_id: str, num_envs: int, steps: int) -> None:
+    """The fast path (numpy views, staged flags, overlapped copies, per-rollout statistics) changes nothing."""
+    fast = sampler(env_id, num_envs=num_envs, steps=steps, store_next_observation=True, episode_window=10_000)
+    ref_env = make_env(env_id, num_envs=num_envs, seed=0, vectorization="sync")
+    ref_tracker = EpisodeTracker(num_envs, 10_000)
+    agent = FakeAgent()
+    agent.policy_version = 3
+    observation = ref_env.reset().clone()
+    for _ in range(4):
+        td = fast.collect(agent)
+        ref, steps_done, observation = reference_collect(ref_env, agent, steps, observation)
+        keys = set(td.keys(include_nested=True, leaves_only=True))
+        assert keys == set(ref)
+        for key in keys:
+            # ("next", "state_value") at a termination is not used by any estimator; compare it where it is
+            keep = (
+                ~(ref["next", "terminated"] & ~ref["next", "truncated"])
+                if key == ("next", "state_value")
+                else ...
+            )
+            assert td[key].dtype == ref[key].dtype, key
+            assert torch.equal(td[key][keep], ref[key][keep]), key
+        for reward, done in steps_done:
+            ref_tracker.update(reward, done)
+    assert fast.tracker.episodes == ref_tracker.episodes > 0
+    assert list(fast.tracker.recent_returns) == list(ref_tracker.recent_returns)
+    assert list(fast.tracker.recent_lengths) == list(ref_tracker.recent_lengths)
+    assert fast.tracker.returns.tolist() == ref_tracker.returns.tolist()
+    assert fast.tracker.lengths.tolist() == ref_tracker.lengths.tolist()
+    fast.close()
+    ref_env.close()
+
+
+def test_tracker_rollout_update_equals_step_updates() -> None:
+    rng = torch.Generator().manual_seed(0)
+    rewards = torch.randn(50, 5, generator=rng)  # arbitrary floats: the sums must match bit for bit
+    dones = torch.rand(50, 5, generator=rng) < 0.15
+    one, many = EpisodeTracker(5, 1000), EpisodeTracker(5, 1000)
+    for t in range(50):
+        one.update(rewards[t], dones[t])
+    many.update_rollout(rewards[:20].numpy(), dones[:20].numpy())
+    many.update_rollout(rewards[20:].numpy(), dones[20:].numpy())
+    assert list(one.recent_returns) == list(many.recent_returns)
+    assert list(one.recent_lengths) == list(many.recent_lengths)
+    assert one.returns.tolist() == many.returns.tolist() and one.lengths.tolist() == many.lengths.tolist()

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from lightning_accelrl.envs.base import BatchedEnv, EnvSpec, Step, env_seeds
+from lightning_accelrl.envs.base import BatchedEnv, EnvSpec, Step, as_numpy, env_seeds
 from lightning_accelrl.errors import ConfigError
 
 #: The protocol knobs (``ExperienceDataModule(env_kwargs=...)``) and their defaults.
@@ -221,34 +221,36 @@ class AtariEnv(BatchedEnv):
             self._pinned = [torch.empty(t.shape, dtype=t.dtype).pin_memory() for _ in range(2)]
         # double-buffered: the sampler reads step k's tensors until step k+1 returns
         self._flip ^= 1
-        return self._pinned[self._flip].copy_(t)
+        pinned = self._pinned[self._flip]
+        np.copyto(pinned.numpy(), obs)  # numpy: torch's copy_ goes through the thread pool (10x slower here)
+        return pinned
 
     def _actions(self, actions: torch.Tensor | np.ndarray) -> np.ndarray:
-        if isinstance(actions, torch.Tensor):
-            actions = actions.detach().to("cpu").numpy()
-        a = np.asarray(actions)
-        if a.dtype not in (np.int64, np.int32):
+        a = as_numpy(actions) if isinstance(actions, torch.Tensor) else np.asarray(actions)
+        if a.dtype != np.int64 and a.dtype != np.int32:
             a = a.astype(np.int64)
         return a.reshape(-1)
 
     def _make_step(self, obs, reward, terminated, truncated, info) -> Step:  # noqa: ANN001 - numpy arrays
         observation = self._obs(obs)
-        next_observation = observation
-        done = np.logical_or(terminated, truncated)
+        done = terminated | truncated
         reward = reward.astype(np.float32, copy=False)
-        ids = np.asarray(info["env_id"]) if self.batch_size != self.num_envs else slice(None)
-        self._score[ids] += reward
-        if done.any():
-            ended = np.flatnonzero(done) if isinstance(ids, slice) else ids[done]
+        ids = info["env_id"] if self.batch_size != self.num_envs else None
+        if ids is None:
+            self._score += reward
+        else:
+            self._score[ids] += reward
+        next_observation = observation
+        if np.count_nonzero(done):
+            rows = done.nonzero()[0]
+            ended = rows if ids is None else np.asarray(ids)[rows]
             self.recent_scores.extend(self._score[ended].tolist())
             self._score[ended] = 0.0
+            final = obs.copy()
+            final[rows] = info["final_obs"][rows]  # only done rows of final_obs are valid
+            next_observation = torch.from_numpy(final)
         if self._clip:
-            reward = np.clip(reward, -1.0, 1.0)
-        if done.any():
-            idx = torch.from_numpy(np.flatnonzero(done))
-            final = torch.from_numpy(info["final_obs"]).index_select(0, idx)  # only done rows are valid
-            next_observation = observation.clone()
-            next_observation.index_copy_(0, idx, final)
+            reward = np.minimum(np.maximum(reward, -1.0), 1.0)  # = np.clip, without its Python overhead
         return Step(
             next_observation,
             torch.from_numpy(reward),

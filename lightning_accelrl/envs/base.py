@@ -12,6 +12,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import NamedTuple
 
+import numpy as np
 import torch
 
 
@@ -76,6 +77,19 @@ class BatchedEnv(ABC):
     def step(self, actions: torch.Tensor) -> Step:
         """Step every env with ``actions`` [B, ...] (any device)."""
 
+    def step_async(self, actions: torch.Tensor) -> None:
+        """Begin a step; back-ends with worker threads or processes step while the caller works.
+
+        The default defers the whole step to :meth:`step_wait`. The observations of the previous step stay
+        valid until ``step_wait`` returns (samplers copy them meanwhile).
+        """
+        self._pending_actions = actions
+
+    def step_wait(self) -> Step:
+        """Finish the step begun by :meth:`step_async`."""
+        actions, self._pending_actions = self._pending_actions, None
+        return self.step(actions)
+
     def close(self) -> None:  # noqa: B027 - optional for back-ends without resources
         """Release processes or threads held by the back-end."""
 
@@ -88,6 +102,13 @@ class BatchedEnv(ABC):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def as_numpy(x: torch.Tensor) -> np.ndarray:
+    """A CPU tensor's numpy view (no copy); other tensors are copied to the CPU first (never numpy on CUDA)."""
+    if x.is_cpu and not x.requires_grad:
+        return x.numpy()
+    return x.detach().cpu().numpy()
 
 
 def env_seeds(seed: int, rank: int, num_envs: int) -> list[int]:

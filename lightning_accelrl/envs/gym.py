@@ -8,13 +8,14 @@ that cross episode boundaries). User-built vector envs in next-step mode are ref
 from __future__ import annotations
 
 import difflib
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import gymnasium as gym
 import numpy as np
 import torch
 
-from lightning_accelrl.envs.base import BatchedEnv, EnvSpec, Step, env_seeds
+from lightning_accelrl.envs.base import BatchedEnv, EnvSpec, Step, as_numpy, env_seeds
 from lightning_accelrl.errors import ConfigError
 
 Vectorization = Literal["auto", "sync", "async"]
@@ -90,7 +91,10 @@ def choose_vectorization(env_id: str, num_envs: int, mode: Vectorization) -> Lit
 
 
 class GymVectorEnv(BatchedEnv):
-    """A Gymnasium vector env (built from an id, or given) in same-step autoreset mode."""
+    """A Gymnasium vector env (built from an id, or given) in same-step autoreset mode.
+
+    ``seeds`` (explicit per-env seeds) overrides ``seed``/``rank``; the alternating sampler uses it for its halves.
+    """
 
     def __init__(
         self,
@@ -100,6 +104,7 @@ class GymVectorEnv(BatchedEnv):
         rank: int = 0,
         vectorization: Vectorization = "auto",
         env_kwargs: dict[str, Any] | None = None,
+        seeds: Sequence[int] | None = None,
     ) -> None:
         if isinstance(env, str):
             check_env_id(env)
@@ -129,44 +134,64 @@ class GymVectorEnv(BatchedEnv):
                 )
         self.num_envs = self.env.num_envs
         self.spec = spec_from_spaces(self.env.single_observation_space, self.env.single_action_space)
-        self._seeds = env_seeds(seed, rank, self.num_envs)
+        self._seeds = list(seeds) if seeds is not None else env_seeds(seed, rank, self.num_envs)
+        if len(self._seeds) != self.num_envs:
+            raise ConfigError(f"got {len(self._seeds)} seeds for {self.num_envs} envs")
         self.env.action_space.seed(self._seeds[0])
         space = self.env.single_action_space
         self._action_offset = int(space.start) if isinstance(space, gym.spaces.Discrete) else 0
         if not self.spec.discrete:
             self._low = np.asarray(self.spec.action_low, dtype=np.float32)
             self._high = np.asarray(self.spec.action_high, dtype=np.float32)
+        # subprocesses step while the sampler works, unless they write the observations we still read
+        venv = self.env
+        self._can_async = isinstance(venv, gym.vector.AsyncVectorEnv) and (
+            venv.copy or not venv.shared_memory
+        )
 
     def reset(self) -> torch.Tensor:
         obs, _ = self.env.reset(seed=self._seeds)
         return self._obs(obs)
 
-    def _obs(self, obs: np.ndarray) -> torch.Tensor:
+    @staticmethod
+    def _obs(obs: np.ndarray) -> torch.Tensor:
         t = torch.from_numpy(obs)
         return t.float() if t.dtype == torch.float64 else t
 
-    def step(self, actions: torch.Tensor) -> Step:
-        a = actions.detach().cpu().numpy()
-        if self.spec.discrete:
-            a = a + self._action_offset if self._action_offset else a
-        else:
-            a = np.clip(a, self._low, self._high)
-        obs, reward, terminated, truncated, info = self.env.step(a)
+    def _actions(self, actions: torch.Tensor) -> np.ndarray:
+        a = as_numpy(actions)
+        if not self.spec.discrete:
+            return np.clip(a, self._low, self._high)
+        return a + self._action_offset if self._action_offset else a
+
+    def _step_result(self, obs: np.ndarray, reward: Any, terminated: Any, truncated: Any, info: dict) -> Step:
+        """Same-step autoreset results as a :class:`Step`: final observations swapped in where episodes ended."""
+        next_obs = obs
+        final_mask = info.get("_final_obs")  # present only on steps where some env finished
+        if final_mask is not None:
+            idx = final_mask.nonzero()[0]
+            next_obs = obs.copy()
+            next_obs[idx] = np.stack(info["final_obs"][idx])
         observation = self._obs(obs)
-        done = np.logical_or(terminated, truncated)
-        next_observation = observation
-        if done.any():
-            next_observation = observation.clone()
-            idx = np.flatnonzero(info["_final_obs"])
-            final = np.stack([info["final_obs"][i] for i in idx])
-            next_observation[torch.from_numpy(idx)] = self._obs(final).to(next_observation.dtype)
         return Step(
-            next_observation,
+            self._obs(next_obs) if final_mask is not None else observation,
             torch.from_numpy(np.asarray(reward, dtype=np.float32)),
-            torch.from_numpy(terminated),
-            torch.from_numpy(truncated),
+            torch.from_numpy(np.asarray(terminated)),
+            torch.from_numpy(np.asarray(truncated)),
             observation,
         )
+
+    def step(self, actions: torch.Tensor) -> Step:
+        return self._step_result(*self.env.step(self._actions(actions)))
+
+    def step_async(self, actions: torch.Tensor) -> None:
+        if self._can_async:
+            self.env.step_async(self._actions(actions))
+        else:
+            super().step_async(actions)
+
+    def step_wait(self) -> Step:
+        return self._step_result(*self.env.step_wait()) if self._can_async else super().step_wait()
 
     def render(self) -> list:
         return list(self.env.render())

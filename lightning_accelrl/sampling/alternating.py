@@ -19,100 +19,21 @@ the :class:`~lightning_accelrl.sampling.sync.SyncSampler` layout: ``[T, B]`` wit
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 import torch
 from tensordict import TensorDict
 
-from lightning_accelrl.envs.base import BatchedEnv, Step
+from lightning_accelrl.envs.base import BatchedEnv, Step, as_numpy
 from lightning_accelrl.errors import ConfigError
 from lightning_accelrl.sampling.episodes import EpisodeTracker
 from lightning_accelrl.sampling.sync import Agent, SyncSampler
 
 
-class _BlockingGroup:
-    """``step_async``/``step_wait`` for a back-end that can only step synchronously (correct, no overlap)."""
-
-    def __init__(self, env: BatchedEnv) -> None:
-        self.env = env
-        self.num_envs = env.num_envs
-        self.spec = env.spec
-        self._actions: torch.Tensor | None = None
-
-    def reset(self) -> torch.Tensor:
-        return self.env.reset()
-
-    def step_async(self, actions: torch.Tensor) -> None:
-        self._actions = actions
-
-    def step_wait(self) -> Step:
-        return self.env.step(self._actions)
-
-    def close(self) -> None:
-        self.env.close()
-
-
-class _GymGroup:
-    """Half of a Gymnasium vector env (same-step autoreset) with a non-blocking step where it has one."""
-
-    def __init__(self, venv: Any, seeds: list[int], like: BatchedEnv) -> None:
-        self.venv = venv
-        self.num_envs = venv.num_envs
-        self.spec = like.spec
-        self.seeds = seeds
-        self._offset = int(getattr(like, "_action_offset", 0))
-        self._can_async = hasattr(venv, "step_async")
-        self._pending: np.ndarray | None = None
-
-    def reset(self) -> torch.Tensor:
-        obs, _ = self.venv.reset(seed=self.seeds)
-        return self._obs(obs)
-
-    @staticmethod
-    def _obs(obs: np.ndarray) -> torch.Tensor:
-        t = torch.from_numpy(obs)
-        return t.float() if t.dtype == torch.float64 else t
-
-    def step_async(self, actions: torch.Tensor) -> None:
-        a = actions.detach().cpu().numpy()
-        if self.spec.discrete:
-            a = a + self._offset if self._offset else a
-        else:
-            a = np.clip(a, np.asarray(self.spec.action_low), np.asarray(self.spec.action_high))
-        if self._can_async:
-            self.venv.step_async(a)
-        else:
-            self._pending = a
-
-    def step_wait(self) -> Step:
-        if self._can_async:
-            obs, reward, terminated, truncated, info = self.venv.step_wait()
-        else:
-            obs, reward, terminated, truncated, info = self.venv.step(self._pending)
-        observation = self._obs(obs)
-        next_observation = observation
-        done = np.logical_or(terminated, truncated)
-        if done.any():
-            next_observation = observation.clone()
-            idx = np.flatnonzero(info["_final_obs"])
-            final = np.stack([info["final_obs"][i] for i in idx])
-            next_observation[torch.from_numpy(idx)] = self._obs(final).to(next_observation.dtype)
-        return Step(
-            next_observation,
-            torch.from_numpy(np.asarray(reward, dtype=np.float32)),
-            torch.from_numpy(np.asarray(terminated)),
-            torch.from_numpy(np.asarray(truncated)),
-            observation,
-        )
-
-    def close(self) -> None:
-        self.venv.close()
-
-
-def _split_gym(env: BatchedEnv, num_groups: int) -> list[Any] | None:
+def _split_gym(env: BatchedEnv, num_groups: int) -> list[BatchedEnv] | None:
     """Rebuild a GymVectorEnv's vector env (Sync or Async, from its env functions) as ``num_groups`` halves."""
     import gymnasium as gym
+
+    from lightning_accelrl.envs.gym import GymVectorEnv
 
     venv = getattr(env, "env", None)
     fns = getattr(venv, "env_fns", None)
@@ -131,12 +52,12 @@ def _split_gym(env: BatchedEnv, num_groups: int) -> list[Any] | None:
             half = gym.vector.AsyncVectorEnv(part, autoreset_mode=mode, context="forkserver")
         else:
             half = gym.vector.SyncVectorEnv(part, autoreset_mode=mode)
-        groups.append(_GymGroup(half, seeds[g * size : (g + 1) * size], env))
+        groups.append(GymVectorEnv(half, seeds=seeds[g * size : (g + 1) * size]))
     return groups
 
 
-def split_env(env: BatchedEnv, num_groups: int = 2) -> list[Any]:
-    """``num_groups`` equal groups of ``env``'s envs, each with ``reset``/``step_async``/``step_wait``/``close``.
+def split_env(env: BatchedEnv, num_groups: int = 2) -> list[BatchedEnv]:
+    """``num_groups`` equal groups of ``env``'s envs (batched envs: ``step_async`` lets a group step meanwhile).
 
     ``env`` is consumed (closed or rebuilt); group g holds envs ``g * B/num_groups ...`` with their seeds.
     """
@@ -145,8 +66,7 @@ def split_env(env: BatchedEnv, num_groups: int = 2) -> list[Any]:
             f"the alternating sampler needs num_envs divisible by {num_groups} (and >= it), got {env.num_envs}"
         )
     if hasattr(env, "split"):
-        groups = env.split(num_groups)
-        return [g if hasattr(g, "step_async") else _BlockingGroup(g) for g in groups]
+        return env.split(num_groups)
     groups = _split_gym(env, num_groups)
     if groups is not None:
         return groups
@@ -159,7 +79,7 @@ def split_env(env: BatchedEnv, num_groups: int = 2) -> list[Any]:
 class GroupedEnv(BatchedEnv):
     """The groups seen as one batched env (spec, ``num_envs``, synchronous ``reset``/``step``, ``close``)."""
 
-    def __init__(self, groups: list[Any]) -> None:
+    def __init__(self, groups: list[BatchedEnv]) -> None:
         self.groups = groups
         self.spec = groups[0].spec
         self.sizes = [g.num_envs for g in groups]
@@ -207,71 +127,57 @@ class AlternatingSampler(SyncSampler):
     def collect(self, agent: Agent) -> TensorDict:
         """Step every env ``rollout_steps`` times with ``agent``; return the rollout (valid until the next call)."""
         device = torch.device(agent.device)
+        on_cpu = device.type == "cpu"
         groups = self.env.groups
-        slices, start = [], 0
-        for size in self.env.sizes:
-            slices.append(slice(start, start + size))
-            start += size
+        starts = np.cumsum([0, *self.env.sizes]).tolist()
+        cols = [slice(starts[g], starts[g + 1]) for g in range(len(groups))]
         if self._group_obs is None:
             self._group_obs = [g.reset() for g in groups]
         T = self.rollout_steps
-        nxt = ("next", "reward"), ("next", "terminated"), ("next", "truncated"), ("next", "done")
         truncated_values: list[tuple[int, torch.Tensor, torch.Tensor]] = []
-        pending: list[dict[str, torch.Tensor] | None] = [None] * len(groups)
+        pending: list[dict[str, torch.Tensor]] = [{}] * len(groups)
 
         def launch(g: int, t: int) -> None:
-            obs = self._group_obs[g].to(device, non_blocking=True)
+            obs = self._group_obs[g] if on_cpu else self._group_obs[g].to(device, non_blocking=True)
             out = agent.act(obs)
             if self.buffer is None:
-                full = {k: v.new_empty((self.env.num_envs, *v.shape[1:])) for k, v in out.items()}
-                self.buffer = self._allocate(full, device)
-                self._views = {
-                    k: self.buffer.get(k) for k in self.buffer.keys(include_nested=True, leaves_only=True)
-                }
-            bufs, sl = self._views, slices[g]
-            bufs["observation"][t, sl].copy_(obs)
-            for key, value in out.items():
-                bufs[key][t, sl].copy_(value)
+                self._prepare(
+                    {k: v.new_empty((self.env.num_envs, *v.shape[1:])) for k, v in out.items()}, device
+                )
             groups[g].step_async(out["action"])  # the group steps while we act for the other one
+            rows, sl = self._rows, cols[g]
+            rows["observation"].write(t, obs, sl)
+            for key, value in out.items():
+                rows[key].write(t, value, sl)
             pending[g] = out
 
-        def finish(g: int, t: int, rewards: list, dones: list) -> None:
-            out, sl = pending[g], slices[g]
+        def finish(g: int, t: int) -> None:
+            sl = cols[g]
             step = groups[g].step_wait()
-            done = step.terminated | step.truncated
-            bufs = self._views
-            for key, value in zip(nxt, (step.reward, step.terminated, step.truncated, done), strict=True):
-                bufs[key][t, sl].copy_(value.unsqueeze(-1))
+            reward, terminated, truncated, _ = self._flags
+            reward[t, sl] = as_numpy(step.reward)
+            terminated[t, sl] = as_numpy(step.terminated)
+            truncated[t, sl] = as_numpy(step.truncated)
             if self.store_next_observation:
-                bufs["next", "observation"][t, sl].copy_(step.next_observation)
-            if "state_value" in out and bool(step.truncated.any()):
-                idx = step.truncated.nonzero().squeeze(-1)
+                self._rows["next", "observation"].write(t, step.next_observation, sl)
+            if "state_value" in pending[g] and np.count_nonzero(truncated[t, sl]):
+                idx = torch.from_numpy(truncated[t, sl].nonzero()[0])
                 final = step.next_observation.index_select(0, idx).to(device)
                 truncated_values.append((t, (idx + sl.start).to(device), agent.value(final)))
-            rewards.append(step.reward)
-            dones.append(done)
             self._group_obs[g] = step.observation
 
         launch(0, 0)
         for t in range(T):
-            rewards: list[torch.Tensor] = []
-            dones: list[torch.Tensor] = []
             launch(1, t)  # overlaps with group 0's step
-            finish(0, t, rewards, dones)
+            finish(0, t)
             if t + 1 < T:
                 launch(0, t + 1)  # overlaps with group 1's step
-            finish(1, t, rewards, dones)
-            self.tracker.update(torch.cat(rewards), torch.cat(dones))
+            finish(1, t)
 
-        bufs = self._views
-        if "state_value" in bufs:
-            values, next_values = bufs["state_value"], bufs["next", "state_value"]
-            next_values[:-1].copy_(values[1:])
-            last = torch.cat(self._group_obs).to(device)
-            next_values[-1].copy_(agent.value(last))
-            for t, idx, v in truncated_values:
-                next_values[t].index_copy_(0, idx, v)
-        bufs["policy_version"].fill_(int(getattr(agent, "policy_version", 0)))
+        self._finish_flags()
+        if "state_value" in self._views:
+            self._bootstrap(agent, torch.cat(self._group_obs).to(device), truncated_values)
+        self._views["policy_version"].fill_(int(getattr(agent, "policy_version", 0)))
         self.env_steps += T * self.env.num_envs
         self.observation = None  # the groups hold the current observations
         return self.buffer

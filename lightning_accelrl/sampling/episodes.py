@@ -19,16 +19,31 @@ class EpisodeTracker:
         self.episodes = 0
 
     def update(self, reward: torch.Tensor, done: torch.Tensor) -> None:
-        self.returns += reward.numpy()
-        self.lengths += 1
-        d = done.numpy()
-        if d.any():
-            idx = np.flatnonzero(d)
+        """One step of all envs: ``reward`` float [B], ``done`` bool [B] (CPU tensors)."""
+        self.update_rollout(reward.numpy()[None], done.numpy()[None])
+
+    def update_rollout(self, rewards: np.ndarray, dones: np.ndarray) -> None:
+        """``T`` steps at once (``[T, B]`` arrays): the same sums, in the same order, as ``T`` calls of :meth:`update`.
+
+        The samplers call this once per rollout: numpy only, and per-step work only on rows where an episode ended.
+        """
+        steps = len(rewards)
+        # rows where some episode ended (a single row without the slower axis reduction: DQN collects one step)
+        ended_rows = np.flatnonzero(dones.any(axis=1)) if steps > 1 else range(int(dones.any()))
+        start = 0
+        for t in ended_rows:
+            for r in rewards[start : t + 1]:  # one add per step, in order: bit-identical float sums
+                self.returns += r
+            idx = dones[t].nonzero()[0]
             self.recent_returns.extend(self.returns[idx].tolist())
-            self.recent_lengths.extend(self.lengths[idx].tolist())
+            self.recent_lengths.extend((self.lengths[idx] + (t + 1)).tolist())
             self.episodes += len(idx)
             self.returns[idx] = 0.0
-            self.lengths[idx] = 0
+            self.lengths[idx] = -(t + 1)  # + steps below: the steps after the reset
+            start = t + 1
+        for r in rewards[start:]:
+            self.returns += r
+        self.lengths += steps
 
     def return_sum_count(self) -> tuple[float, int]:
         """(sum, count) of the window's returns: the pair to all-reduce for a cross-rank mean."""
