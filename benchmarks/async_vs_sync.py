@@ -4,8 +4,12 @@ reaches 475, medians over seeds, and the policy-lag distribution of the async ru
 Each (config, seed) runs in its own process, one at a time; a run stops as soon as the threshold is reached (or at
 its env-step budget). Configs (same algorithm and hyperparameters in a pair, only the sampler differs):
 
-- ``appo-sync`` / ``appo-async``: APPO (V-trace), 16 envs (async: 2 sampler processes x 8 envs), T = 16.
-- ``dqn-sync`` / ``dqn-async``: DQN, 8 envs (async: 2 x 4), batch 64, replay ratio 32 (SB3/rl-zoo-like settings).
+- ``appo-sync`` / ``appo-async``: APPO (V-trace), ppo-cartpole's hyperparameters, 256 transitions per update:
+  sync 16 envs x T = 16; async 2 sampler processes x 16 envs, T = 16, one [16, 16] segment per update.
+- ``dqn-sync`` / ``dqn-async``: the ``dqn-async-cartpole`` recipe (double-Q, 3-step, batch 256, replay ratio 32,
+  Polyak 0.02, lr 2e-3 annealed, eps 1 -> 0.01 over 15%, budget 100k): async 2 sampler processes x 8 envs, sync
+  the same 16 envs in the Trainer process. DQN's policy lag is the staleness of the acting weights (learner
+  version minus the oldest version a sampler acts with) when a batch is sampled.
 
     .venv/bin/python benchmarks/async_vs_sync.py                       # all four configs, seeds 0 1 2
     .venv/bin/python benchmarks/async_vs_sync.py --configs appo-async --seeds 0
@@ -52,30 +56,18 @@ def appo(sampler: str) -> tuple[dict, dict]:
 
 
 def dqn(sampler: str) -> tuple[dict, dict]:
-    model = dict(
-        lr=1e-3,
-        gamma=0.99,
-        target_update_period=250,
-        exploration_initial=1.0,
-        exploration_final=0.0,
-        exploration_fraction=0.1,
-        hidden=(256, 256),
-        max_grad_norm=10.0,
-        double_q=True,
+    """The ``dqn-async-cartpole`` recipe (the sync ``dqn-cartpole`` settings); sync runs its 16 envs in-process."""
+    import yaml
+
+    recipe = yaml.safe_load(
+        (HERE.parent / "lightning_accelrl" / "recipes" / "dqn-async-cartpole.yaml").read_text()
     )
-    data = dict(
-        env="CartPole-v1",
-        total_env_steps=100_000,
-        batch_size=128,
-        replay_ratio=16.0,
-        learning_starts=1000,
-        replay_capacity=50_000,
-        updates_per_epoch=500,
-    )
-    if sampler == "async":
-        data.update(num_envs=4, sampler="async", num_sampler_procs=2, weight_sync_every=4)
-    else:
-        data.update(num_envs=8)
+    model, data = dict(recipe["model"]["init_args"]), dict(recipe["data"])
+    if sampler == "sync":
+        envs = data.pop("num_envs") * data.pop("num_sampler_procs")
+        for key in ("sampler", "weight_sync_every", "async_queue_size"):
+            data.pop(key, None)
+        data["num_envs"] = envs
     return model, data
 
 
@@ -189,10 +181,12 @@ def main() -> None:
                 continue
             r = json.loads(line[0][7:])
             r["process_wall_s"] = time.perf_counter() - t0
+            r["load_1min"] = os.getloadavg()[0]
             results.append(r)
             print(
                 f"{name:11s} seed {seed}: reached={r['reached']} t={r['wall_time_to_target_s']} "
-                f"steps={r['env_steps_to_target']} final={r['final_return_mean']:.1f} updates={r['updates']}",
+                f"steps={r['env_steps_to_target']} final={r['final_return_mean']:.1f} updates={r['updates']} "
+                f"load={r['load_1min']:.1f}",
                 flush=True,
             )
     out_dir = HERE / "out"
@@ -206,19 +200,18 @@ def main() -> None:
 
 
 def render(results: list[dict]) -> str:
-    try:
-        load = " / ".join(f"{x:.1f}" for x in os.getloadavg())
-    except OSError:
-        load = "n/a"
+    loads = [r["load_1min"] for r in results if "load_1min" in r]
+    load = f"{min(loads):.1f}–{max(loads):.1f}" if loads else "n/a"
     lines = [
         "## Sync vs async sampling (CartPole-v1, time to a mean return of 475)",
         "",
-        f"`python benchmarks/async_vs_sync.py` on {platform.machine()}, {os.cpu_count()} CPU cores shared with other "
-        f"jobs (load average at the end {load}); **no GPU was available in this task**, so there are no GPU figures.",
+        f"{time.strftime('%Y-%m-%d')}, `python benchmarks/async_vs_sync.py` on {platform.machine()}, {os.cpu_count()} CPU cores shared with other "
+        f"jobs (1-minute load average after each run {load}); **no GPU was available in this task**, so there are no GPU figures.",
         "A run stops when the mean of the last 100 training episodes reaches 475; wall time from the start of "
         "learning (sampler start-up included for async). Sync and async of a pair share algorithm and hyperparameters.",
         "",
-        "| config | seeds reached | median wall s to 475 | median env steps to 475 | updates (median) | policy lag p50 / p90 / max |",
+        "| config | seeds reached | median wall s to 475 (per seed) | median env steps to 475 (per seed) | updates (median) "
+        "| policy lag p50 / p90 / max |",
         "|---|---|---|---|---|---|",
     ]
     for name in CONFIGS:
@@ -235,8 +228,9 @@ def render(results: list[dict]) -> str:
         else:
             lag = "0 (sync)"
         per_seed = ", ".join(f"{r['wall_time_to_target_s']:.1f}" if r["reached"] else "–" for r in rs)
+        per_steps = ", ".join(f"{r['env_steps_to_target'] / 1000:.0f}k" if r["reached"] else "–" for r in rs)
         lines.append(
-            f"| {name} | {len(ok)}/{len(rs)} | {t:.1f} ({per_seed}) | {s:,.0f} | {u:.0f} | {lag} |"
+            f"| {name} | {len(ok)}/{len(rs)} | {t:.1f} ({per_seed}) | {s:,.0f} ({per_steps}) | {u:.0f} | {lag} |"
             if t is not None
             else f"| {name} | 0/{len(rs)} | – | – | {u:.0f} | {lag} |"
         )
