@@ -336,3 +336,29 @@ def test_tracker_rollout_update_equals_step_updates() -> None:
     assert list(one.recent_returns) == list(many.recent_returns)
     assert list(one.recent_lengths) == list(many.recent_lengths)
     assert one.returns.tolist() == many.returns.tolist() and one.lengths.tolist() == many.lengths.tolist()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_rollouts_with_agent_on_cuda_equal_cpu() -> None:
+    """Buffer on the GPU (flags staged on the host, rows copied on the device): the same rollout as on the CPU."""
+
+    class CudaAgent(FakeAgent):
+        device = torch.device("cuda")
+
+        def act(self, observation: torch.Tensor) -> dict[str, torch.Tensor]:
+            assert observation.is_cuda
+            return {k: v.to(observation.device) for k, v in super().act(observation.cpu()).items()}
+
+        def value(self, observation: torch.Tensor) -> torch.Tensor:
+            return super().value(observation.cpu()).to(observation.device)
+
+    cpu = sampler(COUNTING_TL_ID, num_envs=4, steps=9, store_next_observation=True)
+    gpu = sampler(COUNTING_TL_ID, num_envs=4, steps=9, store_next_observation=True)
+    for _ in range(3):
+        a, b = cpu.collect(FakeAgent()), gpu.collect(CudaAgent())
+        assert b.device.type == "cuda"
+        for key in a.keys(include_nested=True, leaves_only=True):
+            assert torch.equal(a[key], b[key].cpu()), key
+    assert list(cpu.tracker.recent_returns) == list(gpu.tracker.recent_returns)
+    cpu.close()
+    gpu.close()

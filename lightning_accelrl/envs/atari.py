@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from lightning_accelrl.envs.base import BatchedEnv, EnvSpec, Step, as_numpy, env_seeds
+from lightning_accelrl.envs.base import BatchedEnv, EnvSpec, Step, StepArrays, as_numpy, env_seeds
 from lightning_accelrl.errors import ConfigError
 
 #: The protocol knobs (``ExperienceDataModule(env_kwargs=...)``) and their defaults.
@@ -231,7 +231,7 @@ class AtariEnv(BatchedEnv):
             a = a.astype(np.int64)
         return a.reshape(-1)
 
-    def _make_step(self, obs, reward, terminated, truncated, info) -> Step:  # noqa: ANN001 - numpy arrays
+    def _make_step(self, obs, reward, terminated, truncated, info) -> StepArrays:  # noqa: ANN001 - numpy arrays
         observation = self._obs(obs)
         done = terminated | truncated
         reward = reward.astype(np.float32, copy=False)
@@ -251,13 +251,7 @@ class AtariEnv(BatchedEnv):
             next_observation = torch.from_numpy(final)
         if self._clip:
             reward = np.minimum(np.maximum(reward, -1.0), 1.0)  # = np.clip, without its Python overhead
-        return Step(
-            next_observation,
-            torch.from_numpy(reward),
-            torch.from_numpy(terminated),
-            torch.from_numpy(truncated),
-            observation,
-        )
+        return StepArrays(next_observation, reward, terminated, truncated, observation)
 
     def _check_sync(self, what: str) -> None:
         if self.batch_size != self.num_envs:
@@ -276,7 +270,7 @@ class AtariEnv(BatchedEnv):
     def step(self, actions: torch.Tensor) -> Step:
         self._check_sync("step")
         self.env.send(self._actions(actions))
-        return self._make_step(*self.env.recv())
+        return self._make_step(*self.env.recv()).to_step()
 
     # non-blocking halves of step(): the C++ threads step while the caller computes (alternating sampler)
     def step_async(self, actions: torch.Tensor) -> None:
@@ -284,6 +278,9 @@ class AtariEnv(BatchedEnv):
         self.env.send(self._actions(actions))
 
     def step_wait(self) -> Step:
+        return self._make_step(*self.env.recv()).to_step()
+
+    def step_wait_arrays(self) -> StepArrays:
         return self._make_step(*self.env.recv())
 
     # ----- envpool-style async batches (batch_size < num_envs) -----------------------------------------
@@ -312,7 +309,7 @@ class AtariEnv(BatchedEnv):
         """The next ``batch_size`` envs to finish: ``(Step [b], env_ids [b])`` (same-step autoreset rows)."""
         obs, reward, terminated, truncated, info = self.env.recv()
         self._last_ids = np.asarray(info["env_id"])
-        step = self._make_step(obs, reward, terminated, truncated, info)
+        step = self._make_step(obs, reward, terminated, truncated, info).to_step()
         return step, torch.from_numpy(self._last_ids.astype(np.int64))
 
     # ----- groups for the alternating sampler --------------------------------------------------------------

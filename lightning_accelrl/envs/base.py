@@ -63,6 +63,29 @@ class Step(NamedTuple):
     observation: torch.Tensor  # what to act on next: the reset observation where done
 
 
+class StepArrays(NamedTuple):
+    """A :class:`Step` with reward and flags as numpy arrays, as back-ends produce them and samplers stage them.
+
+    Observations stay tensors (the policy's input, possibly in pinned memory); the flags skip a tensor round trip
+    (~1.5 us per conversion and way, ~10 us per step in all: 2% of a 64-env CartPole step).
+    """
+
+    next_observation: torch.Tensor
+    reward: np.ndarray  # float32 [B]
+    terminated: np.ndarray  # bool [B]
+    truncated: np.ndarray  # bool [B]
+    observation: torch.Tensor
+
+    def to_step(self) -> Step:
+        return Step(
+            self.next_observation,
+            torch.from_numpy(self.reward),
+            torch.from_numpy(self.terminated),
+            torch.from_numpy(self.truncated),
+            self.observation,
+        )
+
+
 class BatchedEnv(ABC):
     """``num_envs`` environments stepped together with one batched action."""
 
@@ -89,6 +112,17 @@ class BatchedEnv(ABC):
         """Finish the step begun by :meth:`step_async`."""
         actions, self._pending_actions = self._pending_actions, None
         return self.step(actions)
+
+    def step_wait_arrays(self) -> StepArrays:
+        """:meth:`step_wait` with numpy reward and flags (back-ends that have them as numpy skip the tensors)."""
+        s = self.step_wait()
+        return StepArrays(
+            s.next_observation,
+            as_numpy(s.reward),
+            as_numpy(s.terminated),
+            as_numpy(s.truncated),
+            s.observation,
+        )
 
     def close(self) -> None:  # noqa: B027 - optional for back-ends without resources
         """Release processes or threads held by the back-end."""

@@ -15,7 +15,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from lightning_accelrl.envs.base import BatchedEnv, EnvSpec, Step, as_numpy, env_seeds
+from lightning_accelrl.envs.base import BatchedEnv, EnvSpec, Step, StepArrays, as_numpy, env_seeds
 from lightning_accelrl.errors import ConfigError
 
 Vectorization = Literal["auto", "sync", "async"]
@@ -164,25 +164,28 @@ class GymVectorEnv(BatchedEnv):
             return np.clip(a, self._low, self._high)
         return a + self._action_offset if self._action_offset else a
 
-    def _step_result(self, obs: np.ndarray, reward: Any, terminated: Any, truncated: Any, info: dict) -> Step:
-        """Same-step autoreset results as a :class:`Step`: final observations swapped in where episodes ended."""
-        next_obs = obs
+    def _step_arrays(
+        self, obs: np.ndarray, reward: Any, terminated: Any, truncated: Any, info: dict
+    ) -> StepArrays:
+        """Same-step autoreset results: final observations swapped in where episodes ended."""
+        observation = self._obs(obs)
+        next_observation = observation
         final_mask = info.get("_final_obs")  # present only on steps where some env finished
         if final_mask is not None:
             idx = final_mask.nonzero()[0]
-            next_obs = obs.copy()
-            next_obs[idx] = np.stack(info["final_obs"][idx])
-        observation = self._obs(obs)
-        return Step(
-            self._obs(next_obs) if final_mask is not None else observation,
-            torch.from_numpy(np.asarray(reward, dtype=np.float32)),
-            torch.from_numpy(np.asarray(terminated)),
-            torch.from_numpy(np.asarray(truncated)),
+            final = obs.copy()
+            final[idx] = np.stack(info["final_obs"][idx])
+            next_observation = self._obs(final)
+        return StepArrays(
+            next_observation,
+            np.asarray(reward, dtype=np.float32),
+            np.asarray(terminated),
+            np.asarray(truncated),
             observation,
         )
 
     def step(self, actions: torch.Tensor) -> Step:
-        return self._step_result(*self.env.step(self._actions(actions)))
+        return self._step_arrays(*self.env.step(self._actions(actions))).to_step()
 
     def step_async(self, actions: torch.Tensor) -> None:
         if self._can_async:
@@ -191,7 +194,13 @@ class GymVectorEnv(BatchedEnv):
             super().step_async(actions)
 
     def step_wait(self) -> Step:
-        return self._step_result(*self.env.step_wait()) if self._can_async else super().step_wait()
+        return self.step_wait_arrays().to_step()
+
+    def step_wait_arrays(self) -> StepArrays:
+        if self._can_async:
+            return self._step_arrays(*self.env.step_wait())
+        actions, self._pending_actions = self._pending_actions, None
+        return self._step_arrays(*self.env.step(self._actions(actions)))
 
     def render(self) -> list:
         return list(self.env.render())

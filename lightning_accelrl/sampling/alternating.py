@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from tensordict import TensorDict
 
-from lightning_accelrl.envs.base import BatchedEnv, Step, as_numpy
+from lightning_accelrl.envs.base import BatchedEnv, Step
 from lightning_accelrl.errors import ConfigError
 from lightning_accelrl.sampling.episodes import EpisodeTracker
 from lightning_accelrl.sampling.sync import Agent, SyncSampler
@@ -153,11 +153,11 @@ class AlternatingSampler(SyncSampler):
 
         def finish(g: int, t: int) -> None:
             sl = cols[g]
-            step = groups[g].step_wait()
+            step = groups[g].step_wait_arrays()
             reward, terminated, truncated, _ = self._flags
-            reward[t, sl] = as_numpy(step.reward)
-            terminated[t, sl] = as_numpy(step.terminated)
-            truncated[t, sl] = as_numpy(step.truncated)
+            reward[t, sl] = step.reward
+            terminated[t, sl] = step.terminated
+            truncated[t, sl] = step.truncated
             if self.store_next_observation:
                 self._rows["next", "observation"].write(t, step.next_observation, sl)
             if "state_value" in pending[g] and np.count_nonzero(truncated[t, sl]):

@@ -79,6 +79,7 @@ class SyncSampler:
         self._views: dict = {}  # leaf key -> tensor of the buffer
         self._rows: dict = {}  # leaf key -> Rows, for the keys written step by step
         self._flags: tuple[np.ndarray, ...] = ()  # [T, B] reward, terminated, truncated, done
+        self._staged = False  # flags staged on the host (buffer on an accelerator), copied once per rollout
         self.env_steps = 0  # steps of this sampler (all its envs), not global
 
     @property
@@ -123,7 +124,8 @@ class SyncSampler:
         if self.store_next_observation:
             per_step.append(("next", "observation"))
         self._rows = {k: Rows(self._views[k]) for k in per_step}
-        if device.type == "cpu":  # the flags are written in place, through views of the buffer
+        self._staged = device.type != "cpu"
+        if not self._staged:  # the flags are written in place, through views of the buffer
             self._flags = tuple(self._views[k].squeeze(-1).numpy() for k in FLAG_KEYS)
         else:  # staged on the host, copied once per rollout
             T, B = self.rollout_steps, self.env.num_envs
@@ -134,7 +136,7 @@ class SyncSampler:
         """``done`` from the staged flags, the flags into the buffer (if staged), episode statistics."""
         reward, terminated, truncated, done = self._flags
         np.logical_or(terminated, truncated, out=done)
-        if not self._views["observation"].is_cpu:
+        if self._staged:
             for key, staged in zip(FLAG_KEYS, self._flags, strict=True):
                 self._views[key].copy_(torch.from_numpy(staged).unsqueeze(-1))
         self.tracker.update_rollout(reward, done)
@@ -168,11 +170,11 @@ class SyncSampler:
             rows["observation"].write(t, obs)
             for key, value in out.items():
                 rows[key].write(t, value)
-            step = env.step_wait()
+            step = env.step_wait_arrays()
             reward, terminated, truncated, _ = self._flags
-            reward[t] = as_numpy(step.reward)
-            terminated[t] = as_numpy(step.terminated)
-            truncated[t] = as_numpy(step.truncated)
+            reward[t] = step.reward
+            terminated[t] = step.terminated
+            truncated[t] = step.truncated
             if self.store_next_observation:
                 rows["next", "observation"].write(t, step.next_observation)
             if has_value and np.count_nonzero(truncated[t]):
