@@ -7,6 +7,7 @@ before and after.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -281,7 +282,11 @@ def test_async_run_finishes_its_budget_cleanly(tmp_path: Path) -> None:
     # the limiter holds the ratio: (inserted - learning_starts) * ratio / batch updates, up to the error band
     expected = (3000 - 200) * 4.0 / 32
     assert abs(result["updates"] - expected) <= 32 / 4 + 2, result["updates"]
-    assert max(result["lags"]) <= 2 + 2
+    # the samplers act with fresh weights: weight_sync_every + one in flight, typically. A sampler the OS does
+    # not run for a while (load average ~10 on 2 cores measured a max of 7) falls further behind meanwhile, so
+    # the max only shows that weights keep arriving (never fetching would reach ~350, the number of updates).
+    lags = sorted(result["lags"])
+    assert lags[len(lags) // 2] <= 2 + 2 and lags[-1] <= 40, lags[-20:]
 
 
 def test_killed_sampler_fails_the_run_fast_with_a_clear_message(tmp_path: Path) -> None:
@@ -301,14 +306,25 @@ def test_killed_sampler_fails_the_run_fast_with_a_clear_message(tmp_path: Path) 
             os.kill(pid, 0)
 
 
-@pytest.mark.xfail(
-    strict=False,
-    raises=subprocess.TimeoutExpired,
-    reason="known intermittent bug (issue 6): inside the full suite on a loaded 2-core machine the Ctrl-C'd async "
-    "run sometimes does not exit within 60 s (passes alone and in its file); the process-group kill below still "
-    "cleans up",
+# Started like a command typed in a terminal: SIGINT at its default action. A background job of a
+# non-interactive shell (`pytest ... &` in a script, as full-suite runs often are) starts with SIGINT *ignored*,
+# children inherit that, and Python then installs no KeyboardInterrupt handler: Ctrl-C could not stop the run at
+# all. That, not the load, was the intermittent "does not exit" of this test inside the full suite (issue 6).
+_AS_FROM_A_TERMINAL = (
+    "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+    "os.execv(sys.executable, [sys.executable] + sys.argv[1:])"
 )
+
+
+def _ignores_sigint(pid: int) -> bool:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("SigIgn:"):
+            return bool(int(line.split()[1], 16) & (1 << (signal.SIGINT - 1)))
+    return False
+
+
 def test_interrupt_leaves_no_process_or_shared_memory(tmp_path: Path) -> None:
+    """Ctrl-C (SIGINT to the whole foreground group) stops the run within a bound, and nothing is left."""
     cfg = json.loads(json.dumps(APPO_CFG))
     cfg["data"]["total_env_steps"] = 10_000_000
     cfg.pop("target")
@@ -316,13 +332,14 @@ def test_interrupt_leaves_no_process_or_shared_memory(tmp_path: Path) -> None:
     script.write_text(SCRIPT)
     shm_before = _shm()
     proc = subprocess.Popen(
-        [sys.executable, str(script), json.dumps(cfg), str(tmp_path / "r.json")],
+        [sys.executable, "-c", _AS_FROM_A_TERMINAL, str(script), json.dumps(cfg), str(tmp_path / "r.json")],
         cwd=tmp_path,
         env=dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore"),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
+    took = None
     try:
         children: list[int] = []
         deadline = time.monotonic() + 60
@@ -331,17 +348,24 @@ def test_interrupt_leaves_no_process_or_shared_memory(tmp_path: Path) -> None:
             out = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout
             children = [int(x) for x in out.split()]
         assert len(children) >= 3, children
+        assert not _ignores_sigint(proc.pid)  # the learner can be interrupted at all
         time.sleep(1.0)
+        t0 = time.monotonic()
         os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C reaches the whole foreground group
-        output, _ = proc.communicate(timeout=60)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=30)  # measured ~2 s (stop flag, server stop, joins), also under load
+        took = time.monotonic() - t0
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
-            proc.communicate()
+        output = proc.communicate()[0].decode(errors="replace")
+    assert took is not None and took < 30, f"no exit {took:.0f} s after Ctrl-C:\n{output[-3000:]}"
+    assert proc.returncode != 0 and "Detected KeyboardInterrupt" in output, output[-3000:]
+    assert "Traceback" not in output, output[-3000:]  # no child died of the KeyboardInterrupt
     deadline = time.monotonic() + 5
     while _group_alive(proc.pid) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert not _group_alive(proc.pid), output.decode(errors="replace")[-3000:]
+    assert not _group_alive(proc.pid), output[-3000:]
     assert _shm() - shm_before == set()
 
 

@@ -34,7 +34,6 @@ import functools
 import math
 import multiprocessing as mp
 import os
-import signal
 import sys
 import time
 import traceback
@@ -45,6 +44,7 @@ import torch
 from tensordict import TensorDict
 
 from lightning_accelrl.errors import ConfigError
+from lightning_accelrl.replay.server import child_signals, sigint_blocked
 
 __all__ = ["AsyncRunner", "SamplerProcessError", "SharedWeights", "parameters_of"]
 
@@ -215,18 +215,24 @@ class AsyncRunner:
         )
         self.client = self.server.client()
         self.publish(self._module, force=True)
-        agent = _cpu_copy(self._module)
-        ctx = mp.get_context("fork")  # explicit: `import torchrl` switches the global default to spawn
+        # restarted samplers fork from this copy too (each fetches the current weights before its first step)
+        self._agent = _cpu_copy(self._module)
         for i in range(self.num_procs):
-            p = ctx.Process(
-                target=_sampler_main,
-                args=(i, self, agent, self.client),
-                name=f"accelrl-sampler-{self.rank}-{i}",
-                daemon=True,
-            )
-            p.start()
-            self.procs.append(p)
+            self.procs.append(self._spawn(i))
         return self
+
+    def _spawn(self, idx: int) -> Any:
+        """Fork sampler ``idx`` (SIGINT blocked across the fork: see :func:`sigint_blocked`)."""
+        ctx = mp.get_context("fork")  # explicit: `import torchrl` switches the global default to spawn
+        p = ctx.Process(
+            target=_sampler_main,
+            args=(idx, self, self._agent, self.client),
+            name=f"accelrl-sampler-{self.rank}-{idx}",
+            daemon=True,
+        )
+        with sigint_blocked():
+            p.start()
+        return p
 
     def close(self) -> None:
         """Stop samplers and the table server (idempotent; also run at exit and on garbage collection)."""
@@ -349,8 +355,8 @@ def _cpu_copy(module: Any) -> Any:
 
 # ----- the sampler process ----------------------------------------------------------------------------------------
 def _sampler_main(idx: int, runner: AsyncRunner, agent: Any, client: Any) -> None:
-    torch.set_num_threads(1)  # first: a forked child hangs on its first parallel op otherwise (NOTES.md)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C goes to the learner, which stops us in order
+    child_signals()  # Ctrl-C goes to the learner, which stops us in order; SIGTERM kills us
+    torch.set_num_threads(1)  # before any torch op: a forked child hangs on its first parallel op otherwise
     stop, counters = runner.stop_flag, runner.counters
     code = 0
     try:

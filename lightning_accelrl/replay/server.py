@@ -193,6 +193,38 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
+# -- signals of child processes -------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def sigint_blocked() -> Any:
+    """Block SIGINT in this thread while starting a child that will ignore it.
+
+    A Ctrl-C that arrives between ``fork`` and the child's ``signal(SIGINT, SIG_IGN)`` would otherwise raise
+    ``KeyboardInterrupt`` in the half-started child (it inherits the parent's Python handler). Blocked, it stays
+    pending in the child, and :func:`child_signals` discards it; the parent's own copy is delivered on exit
+    from this block (or to another thread of the parent at once).
+    """
+    blockable = hasattr(signal, "pthread_sigmask") and threading.current_thread() is threading.main_thread()
+    if not blockable:
+        yield
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+def child_signals() -> None:
+    """First call in a child started under :func:`sigint_blocked`: ignore SIGINT (the owner stops us in order),
+    take SIGTERM's default action (a forked child inherits the owner's Python SIGTERM handler, e.g. Lightning's,
+    which would turn ``terminate()`` into a log line), then unblock SIGINT (a pending one is discarded)."""
+    with contextlib.suppress(ValueError):  # not the main thread (never, in practice)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
 # -- the server process ---------------------------------------------------------------------------------------------
 class _Request:
     __slots__ = ("conn", "op", "n", "priority", "deadline", "start", "done", "keys", "timeout")
@@ -562,11 +594,8 @@ def _counts(table: Table) -> str:
 
 def _serve_main(source: Any, address: Any, token: bytes, control: Any) -> None:
     """Entry point of the server process."""
+    child_signals()  # Ctrl-C hits the whole group: let the owner stop us in order
     torch.set_num_threads(1)
-    with contextlib.suppress(ValueError):  # not the main thread (never, in practice)
-        signal.signal(
-            signal.SIGINT, signal.SIG_IGN
-        )  # Ctrl-C hits the whole group: let the owner stop us in order
     try:
         if isinstance(source, Table):
             table = source
@@ -662,7 +691,8 @@ class TableServer:
             daemon=True,
         )
         try:
-            process.start()
+            with sigint_blocked():
+                process.start()
         finally:
             theirs.close()
         self._process = process
