@@ -1,22 +1,26 @@
 """Sync vs async sampling on Atari Pong, CPU: training throughput (env steps/s, updates/s) and policy lag.
 
-Full training (sampling + learning), not raw simulation: APPO with ppo-pong's hyperparameters (CleanRL's
-ppo_atari: Nature CNN, 4 epochs of 256-transition minibatches, lr 2.5e-4, clip 0.1, entropy 0.01, gamma 0.99,
-GAE/V-trace lambda 0.95, grad norm 0.5) and the recipe's ALE v5 protocol (sticky actions 0.25, frame skip 4, 84x84
-gray x4 frame stack, ale_py's C++ vector env). Both configs train on 1,024 transitions per update with 8 envs:
+Full training (sampling + learning), not raw simulation, with the recipes' ALE v5 protocol (sticky actions 0.25,
+frame skip 4, 84x84 gray x4 frame stack, ale_py's C++ vector env) and 8 envs in every config:
 
-- ``appo-sync``: the envs step in the Trainer process, one batched forward per step: 8 envs x T = 128.
-- ``appo-async``: 2 sampler processes x 4 envs x T = 256 feed a Queue table (1 segment); the learner trains on
-  one segment while the samplers collect the next ones with the previous weights (weights published every update).
+- ``dqn-sync`` / ``dqn-async`` (the default pair): dqn-pong's settings (Nature CNN, batch 32, replay ratio 8,
+  i.e. one update per 4 transitions, Adam lr 1e-4, hard target every 1,000 updates, eps 1 -> 0.01) except
+  ``learning_starts`` 2,000 (dqn-pong: 80,000) and a 50,000-transition table, so that a short run is in the learning
+  phase. Sync: 8 envs stepped in the Trainer process as the limiter asks; async: 2 sampler processes x 4 envs
+  insert into the served table (frame-deduplicated storage) while the learner samples it, weights every update.
+- ``appo-sync`` / ``appo-async``: APPO with ppo-pong's hyperparameters (4 epochs of 256-transition minibatches
+  on 1,024 transitions per update); sync 8 envs x T 128, async 2 processes x 4 envs x T 256. On 2 busy CPU cores
+  one such update took ~30 s, so a 25-s window holds 0-1 updates: use ``--seconds 120`` or more for these.
 
 Each run is its own process, configs interleaved (sync, async, sync, async, ...). The clock starts at the end of the
-first update (env, network and process start-up excluded) and runs ``--seconds``; env steps/s counts the steps the
-samplers collected in that window (frames/s = 4 x env steps/s), updates/s the learner's updates.
+first update (env, network and process start-up, and the replay warm-up, excluded) and runs ``--seconds``; env
+steps/s counts the steps collected in that window (frames/s = 4 x env steps/s), updates/s the learner's updates.
 
-    .venv/bin/python benchmarks/async_atari.py                          # 3 repeats x 25 s per config
+    .venv/bin/python benchmarks/async_atari.py                          # dqn pair, 3 repeats x 25 s
+    .venv/bin/python benchmarks/async_atari.py --configs appo-sync appo-async --seconds 120
     .venv/bin/python benchmarks/async_atari.py --repeats 5 --seconds 30 --write
 
-One run: ``python benchmarks/async_atari.py --one appo-async`` prints one JSON line.
+One run: ``python benchmarks/async_atari.py --one dqn-async`` prints one JSON line.
 """
 
 from __future__ import annotations
@@ -46,7 +50,19 @@ ENV_KWARGS = dict(  # the ppo-pong recipe's protocol
     use_fire_reset=True,
     max_num_frames_per_episode=108_000,
 )
-MODEL = dict(  # ppo-pong's hyperparameters, on APPO (V-trace + PPO's clipped surrogate)
+DQN_MODEL = dict(  # dqn-pong's hyperparameters
+    lr=1e-4,
+    gamma=0.99,
+    n_step=1,
+    target_update_period=1000,
+    exploration_initial=1.0,
+    exploration_final=0.01,
+    exploration_fraction=0.1,
+    max_grad_norm=10.0,
+    adam_eps=1e-4,
+    network="nature_cnn",
+)
+APPO_MODEL = dict(  # ppo-pong's hyperparameters, on APPO (V-trace + PPO's clipped surrogate)
     lr=2.5e-4,
     gamma=0.99,
     gae_lambda=0.95,
@@ -64,6 +80,13 @@ MODEL = dict(  # ppo-pong's hyperparameters, on APPO (V-trace + PPO's clipped su
 
 def data_kwargs(name: str) -> dict:
     data = dict(env="ALE/Pong-v5", env_kwargs=ENV_KWARGS, total_env_steps=10_000_000, updates_per_epoch=100)
+    if name.startswith("dqn"):
+        data.update(batch_size=32, replay_ratio=8.0, learning_starts=2000, replay_capacity=50_000)
+        if name == "dqn-sync":
+            data.update(num_envs=8)
+        else:
+            data.update(num_envs=4, sampler="async", num_sampler_procs=2, weight_sync_every=1)
+        return data
     if name == "appo-sync":
         data.update(num_envs=8, rollout_steps=128)
     else:
@@ -78,7 +101,7 @@ def data_kwargs(name: str) -> dict:
     return data
 
 
-CONFIGS = ("appo-sync", "appo-async")
+CONFIGS = ("dqn-sync", "dqn-async", "appo-sync", "appo-async")
 
 
 def run_one(name: str, seconds: float, seed: int = 0) -> dict:
@@ -88,7 +111,7 @@ def run_one(name: str, seconds: float, seed: int = 0) -> dict:
     torch.set_num_threads(1)
     import lightning as L
 
-    from lightning_accelrl import APPO, ExperienceDataModule
+    from lightning_accelrl import APPO, DQN, ExperienceDataModule
 
     class Window(L.Callback):
         def __init__(self) -> None:
@@ -106,7 +129,7 @@ def run_one(name: str, seconds: float, seed: int = 0) -> dict:
                 trainer.should_stop = True
 
     L.seed_everything(seed, verbose=False)
-    model = APPO(**MODEL)
+    model = DQN(**DQN_MODEL) if name.startswith("dqn") else APPO(**APPO_MODEL)
     dm = ExperienceDataModule(seed=seed, **data_kwargs(name))
     window = Window()
     trainer = L.Trainer(
@@ -139,7 +162,7 @@ def run_one(name: str, seconds: float, seed: int = 0) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=CONFIGS)
+    ap.add_argument("--configs", nargs="+", default=["dqn-sync", "dqn-async"], choices=CONFIGS)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--seconds", type=float, default=25.0, help="measured window per run")
     ap.add_argument("--one", choices=CONFIGS, help="run one config in this process, print JSON")
@@ -194,56 +217,53 @@ def render(results: list[dict], args: argparse.Namespace) -> str:
     lines = [
         "## Sync vs async sampling on Atari Pong (CPU): training throughput and policy lag",
         "",
-        f"{time.strftime('%Y-%m-%d')}, `python benchmarks/async_atari.py --repeats {args.repeats} --seconds "
-        f"{args.seconds:g} --write` on {platform.machine()}, {os.cpu_count()} CPU cores shared with other jobs "
-        f"(1-minute load average during the runs {load}), {versions}, one torch thread per process. "
-        "**No GPU was available in this task**: learner and samplers all run on the CPU.",
-        "Full training (sampling + APPO updates with ppo-pong's hyperparameters, Nature CNN, 1,024 transitions "
-        "per update, 8 envs in both configs); sync: 8 envs x T 128 in the Trainer process; async: 2 sampler "
-        "processes x 4 envs x T 256, queue of 1 segment, weights every update. Window: "
-        f"{args.seconds:g} s after the first update; configs interleaved; frames/s = 4 x env steps/s.",
+        f"{time.strftime('%Y-%m-%d')}, `python benchmarks/async_atari.py --configs {' '.join(args.configs)} "
+        f"--repeats {args.repeats} --seconds {args.seconds:g} --write` on {platform.machine()}, {os.cpu_count()} CPU "
+        f"cores shared with other jobs (1-minute load average after each run {load}), {versions}, one torch thread "
+        "per process. **No GPU was available in this task**: learner and samplers all run on the CPU.",
+        "Full training (sampling + learning), 8 envs in every config, ALE v5 protocol of the Pong recipes. "
+        "DQN: dqn-pong's settings (Nature CNN, batch 32, replay ratio 8 = one update per 4 transitions, lr 1e-4) "
+        "except learning_starts 2,000 and a 50k table; sync steps its 8 envs as the limiter asks, async has 2 "
+        "sampler processes x 4 envs, weights every update. APPO: ppo-pong's settings, 1,024 transitions per update "
+        "(sync 8 x T 128, async 2 x 4 x T 256, queue of 1). "
+        f"Window: {args.seconds:g} s after the first update; configs interleaved; frames/s = 4 x env steps/s.",
         "",
         "| config | env steps/s, median (runs) | frames/s | updates/s, median (runs) | policy lag p50 / p90 / max |",
         "|---|---|---|---|---|",
     ]
-    med: dict[str, dict[str, float]] = {}
     for name in CONFIGS:
         rs = [r for r in results if r["config"] == name]
         if not rs:
             continue
         sps = statistics.median(r["env_steps_per_s"] for r in rs)
         ups = statistics.median(r["updates_per_s"] for r in rs)
-        med[name] = {"sps": sps, "ups": ups}
         runs_s = ", ".join(f"{r['env_steps_per_s']:.0f}" for r in rs)
-        runs_u = ", ".join(f"{r['updates_per_s']:.3f}" for r in rs)
+        runs_u = ", ".join(f"{r['updates_per_s']:.2f}" for r in rs)
         lags = [x for r in rs for x in r["policy_lags"]]
         lines.append(
-            f"| {name} | {sps:.0f} ({runs_s}) | {FRAME_SKIP * sps:.0f} | {ups:.3f} ({runs_u}) | {_lags(lags)} |"
+            f"| {name} | {sps:.0f} ({runs_s}) | {FRAME_SKIP * sps:.0f} | {ups:.2f} ({runs_u}) | "
+            f"{_lags(lags) if name.endswith('async') else '0 (sync)'} |"
         )
-    pairs = [
-        (a["env_steps_per_s"] / b["env_steps_per_s"])
-        for a, b in zip(
-            [r for r in results if r["config"] == "appo-async"],
-            [r for r in results if r["config"] == "appo-sync"],
-            strict=False,
-        )
-    ]
     lines.append("")
-    if pairs:
-        lines.append(
-            f"- async / sync env steps/s, per interleaved pair: median {statistics.median(pairs):.2f} "
-            f"(min {min(pairs):.2f}, max {max(pairs):.2f})."
-        )
-    lags = [x for r in results if r["config"] == "appo-async" for x in r["policy_lags"]]
-    if lags:
-        counts: dict[int, int] = {}
-        for x in lags:
-            counts[x] = counts.get(x, 0) + 1
-        dist = ", ".join(f"{k}: {counts[k] / len(lags):.0%}" for k in sorted(counts))
-        lines.append(
-            f"- appo-async policy-lag distribution (updates between the acting weights and the learner; fraction "
-            f"of {len(lags)} batches): {dist}"
-        )
+    for algo in ("dqn", "appo"):
+        sync = [r for r in results if r["config"] == f"{algo}-sync"]
+        asyn = [r for r in results if r["config"] == f"{algo}-async"]
+        pairs = [a["env_steps_per_s"] / b["env_steps_per_s"] for a, b in zip(asyn, sync, strict=False)]
+        if pairs:
+            lines.append(
+                f"- {algo}: async / sync env steps/s per interleaved pair: median {statistics.median(pairs):.2f} "
+                f"(min {min(pairs):.2f}, max {max(pairs):.2f})."
+            )
+        lags = [x for r in asyn for x in r["policy_lags"]]
+        if lags:
+            counts: dict[int, int] = {}
+            for x in lags:
+                counts[x] = counts.get(x, 0) + 1
+            dist = ", ".join(f"{k}: {counts[k] / len(lags):.0%}" for k in sorted(counts)[:12])
+            lines.append(
+                f"- {algo}-async policy-lag distribution (learner version minus the acting weights' version, per "
+                f"batch; fraction of {len(lags)} batches): {dist}"
+            )
     return "\n".join(lines) + "\n"
 
 
