@@ -96,16 +96,21 @@ SCRIPT = textwrap.dedent(
 
     class Report(L.Callback):
         def __init__(self, out, target, kill_after):
+            # kill_after: policy versions at which sampler process 0 gets `kill -9` (an int: once)
+            kill_after = [] if kill_after is None else kill_after if isinstance(kill_after, list) else [kill_after]
             self.out, self.target, self.kill_after, self.reached, self.killed = out, target, kill_after, None, False
+            self.pids = set()
 
         def on_train_batch_end(self, trainer, pl_module, *args):
             dm = trainer.datamodule
             dm._drain_episodes()
             tr = dm.tracker
-            if self.kill_after is not None and not self.killed and pl_module.policy_version >= self.kill_after:
+            if self.kill_after and pl_module.policy_version >= self.kill_after[0]:
+                self.kill_after.pop(0)
                 pid = dm.runner.procs[0].pid
+                self.pids |= {p.pid for p in dm.runner.procs} | {dm.runner.server.pid}
                 with open(self.out + ".pids", "w") as f:
-                    json.dump([p.pid for p in dm.runner.procs] + [dm.runner.server.pid], f)
+                    json.dump(sorted(self.pids), f)
                 os.kill(pid, 9)
                 self.killed = time.time()
                 with open(self.out + ".killed", "w") as f:
@@ -129,11 +134,13 @@ SCRIPT = textwrap.dedent(
         )
         trainer.fit(model, datamodule=dm)
         tr = dm.tracker
+        metric = trainer.callback_metrics.get("async/sampler_restarts")
         with open(out, "w") as f:
             json.dump({
                 "reached": rep.reached, "env_steps": dm.env_steps, "updates": model.policy_version,
                 "final_mean": sum(tr.recent_returns) / max(1, len(tr.recent_returns)),
-                "lags": model.policy_lags,
+                "lags": model.policy_lags, "restarts": dm.sampler_restart_count,
+                "restarts_metric": None if metric is None else float(metric),
             }, f)
 
     if __name__ == "__main__":

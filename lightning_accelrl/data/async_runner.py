@@ -16,7 +16,8 @@
 - **Statistics** (env steps, finished episodes, acting versions) go through small shared tensors, one row per
   sampler, each written by its sampler only.
 - **Faults**: the learner checks its samplers every ``_CHECK_S`` and while waiting for data; a sampler that exited
-  without finishing raises :class:`SamplerProcessError` (one line) within about a second. Children ignore SIGINT
+  without finishing is restarted (a fresh fork with the current weights and envs on new seeds and stream ids) while
+  ``max_restarts`` allows, and then raises :class:`SamplerProcessError` (one line) within about a second. Children ignore SIGINT
   (the learner stops them in order), and exit when the learner process dies (the table server does; their next
   call fails). ``close()`` stops the samplers and the server; nothing stays in ``/dev/shm`` (torch's
   file-descriptor sharing unlinks names at once).
@@ -31,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import functools
+import logging
 import math
 import multiprocessing as mp
 import os
@@ -46,7 +48,9 @@ from tensordict import TensorDict
 from lightning_accelrl.errors import ConfigError
 from lightning_accelrl.replay.server import child_signals, sigint_blocked
 
-__all__ = ["AsyncRunner", "SamplerProcessError", "SharedWeights", "parameters_of"]
+__all__ = ["AsyncRunner", "SamplerProcessError", "SharedWeights", "parameters_of", "sampler_stream"]
+
+log = logging.getLogger(__name__)
 
 _CHECK_S = 0.5  # how often the learner checks that its samplers are alive (also its sample timeout)
 _INSERT_TIMEOUT_S = 1.0  # a blocked insert wakes this often to see whether it should stop
@@ -58,6 +62,13 @@ _RUNNING, _FINISHED = 0, 1
 
 class SamplerProcessError(RuntimeError):
     """A sampler process (or the table server) died: the run cannot go on with the data it promised."""
+
+
+def sampler_stream(rank: int, num_procs: int, idx: int, restarts: int = 0, world_size: int = 1) -> int:
+    """The env stream (seed block and frame-stack stream ids) of sampler ``idx`` of ``rank`` after ``restarts``
+    restarts of that sampler: a restarted sampler gets a block no sampler of any rank used before, so it neither
+    replays the episodes of the process it replaces nor reuses its frame-stack keys in the table."""
+    return (restarts * world_size + rank) * num_procs + idx
 
 
 def parameters_of(module: torch.nn.Module) -> list[torch.Tensor]:
@@ -138,7 +149,8 @@ class AsyncRunner:
 
     Args:
         module: the algorithm (its ``act``/``value`` run in the samplers on a CPU deep copy).
-        env_factory: ``env_factory(stream_rank)`` builds one sampler's batched env (called in the child).
+        env_factory: ``env_factory(stream)`` builds one sampler's batched env (called in the child; the stream is
+            :func:`sampler_stream`: it selects the env seeds).
         kind: ``"rollout"`` or ``"replay"`` (the module's ``experience_spec()["kind"]``).
         spec: the module's experience spec (n-step, gamma, prioritized... for replay).
         num_procs: sampler processes of this rank; ``rank``: the global rank (streams and seeds are distinct).
@@ -148,6 +160,9 @@ class AsyncRunner:
         queue_size: rollout mode: segments the queue holds (bounds the policy lag).
         replay: replay mode: dict with capacity, batch_size, limiter (a rate limiter), frames (bool).
         episode_window: finished episodes kept per sampler between two reads by the learner.
+        max_restarts: sampler processes that die are restarted, up to this many times in all (over this rank's
+            samplers); the next death raises :class:`SamplerProcessError`. 0: fail at the first death.
+        world_size: ranks of the run (restarted samplers take env streams beyond every rank's).
     """
 
     def __init__(
@@ -165,6 +180,8 @@ class AsyncRunner:
         queue_size: int | None = None,
         replay: dict[str, Any] | None = None,
         episode_window: int = 1024,
+        max_restarts: int = 0,
+        world_size: int = 1,
     ) -> None:
         if kind not in ("rollout", "replay"):
             raise ConfigError(f"the async sampler streams rollouts or replay samples, not {kind!r}")
@@ -177,6 +194,11 @@ class AsyncRunner:
         self.replay = replay or {}
         self.env_factory = env_factory
         self.window = episode_window
+        self.max_restarts = max(0, int(max_restarts))
+        self.world_size = max(1, int(world_size))
+        self.restarts = 0  # sampler restarts so far (all samplers of this rank)
+        self._attempts = [0] * num_procs  # restarts per sampler slot (selects its env stream)
+        self._agent: Any = None
         self._params = parameters_of(module)
         self.weights = SharedWeights(self._params)
         self.counters = torch.zeros(num_procs, 4, dtype=torch.int64).share_memory_()
@@ -224,9 +246,10 @@ class AsyncRunner:
     def _spawn(self, idx: int) -> Any:
         """Fork sampler ``idx`` (SIGINT blocked across the fork: see :func:`sigint_blocked`)."""
         ctx = mp.get_context("fork")  # explicit: `import torchrl` switches the global default to spawn
+        stream = sampler_stream(self.rank, self.num_procs, idx, self._attempts[idx], self.world_size)
         p = ctx.Process(
             target=_sampler_main,
-            args=(idx, self, self._agent, self.client),
+            args=(idx, stream, self, self._agent, self.client),
             name=f"accelrl-sampler-{self.rank}-{idx}",
             daemon=True,
         )
@@ -272,16 +295,25 @@ class AsyncRunner:
             self._pushed_version = version
 
     def check(self) -> None:
-        """Raise :class:`SamplerProcessError` if a sampler or the server died."""
-        for i, p in enumerate(self.procs):
-            code = p.exitcode
-            if code is not None and not (code == 0 and int(self.counters[i, _STATE]) == _FINISHED):
-                how = f"was killed by signal {-code}" if code < 0 else f"exited with code {code}"
-                raise SamplerProcessError(
-                    f"async sampler process {i} of rank {self.rank} (pid {p.pid}) {how}; stopping the run"
-                )
+        """Restart samplers that died while ``max_restarts`` allows; raise :class:`SamplerProcessError` when one
+        died beyond that, or when the server died (it holds the table: not restartable)."""
         if self.server is not None and not self.server.is_alive():
             raise SamplerProcessError(f"the replay table server of rank {self.rank} died; stopping the run")
+        for i, p in enumerate(self.procs):
+            code = p.exitcode
+            if code is None or (code == 0 and int(self.counters[i, _STATE]) == _FINISHED):
+                continue
+            how = f"was killed by signal {-code}" if code < 0 else f"exited with code {code}"
+            what = f"async sampler process {i} of rank {self.rank} (pid {p.pid}) {how}"
+            if self.restarts >= self.max_restarts or int(self.stop_flag[0]):
+                after = f" after {self.restarts} restart(s) (sampler_restarts={self.max_restarts})"
+                raise SamplerProcessError(f"{what}{after if self.max_restarts else ''}; stopping the run")
+            self.restarts += 1
+            self._attempts[i] += 1
+            log.warning("%s; restarting it (restart %d of %d)", what, self.restarts, self.max_restarts)
+            with contextlib.suppress(ValueError):
+                p.close()  # reaped already (exitcode is set): release its resources
+            self.procs[i] = self._spawn(i)  # in place: the exit finalizer holds this list
 
     @property
     def all_finished(self) -> bool:
@@ -354,13 +386,13 @@ def _cpu_copy(module: Any) -> Any:
 
 
 # ----- the sampler process ----------------------------------------------------------------------------------------
-def _sampler_main(idx: int, runner: AsyncRunner, agent: Any, client: Any) -> None:
+def _sampler_main(idx: int, stream: int, runner: AsyncRunner, agent: Any, client: Any) -> None:
     child_signals()  # Ctrl-C goes to the learner, which stops us in order; SIGTERM kills us
     torch.set_num_threads(1)  # before any torch op: a forked child hangs on its first parallel op otherwise
     stop, counters = runner.stop_flag, runner.counters
     code = 0
     try:
-        _sample_loop(idx, runner, agent, client)
+        _sample_loop(idx, stream, runner, agent, client)
         counters[idx, _STATE] = _FINISHED
     except ConnectionError:
         if not int(stop[0]):  # the server went away without being asked to: the learner is gone
@@ -373,13 +405,12 @@ def _sampler_main(idx: int, runner: AsyncRunner, agent: Any, client: Any) -> Non
     os._exit(code)  # no inherited atexit handlers or finalizers (they belong to the learner)
 
 
-def _sample_loop(idx: int, runner: AsyncRunner, agent: Any, client: Any) -> None:
+def _sample_loop(idx: int, stream: int, runner: AsyncRunner, agent: Any, client: Any) -> None:
     from lightning_accelrl.replay import NStepWriter, StreamIndexer
     from lightning_accelrl.sampling import SyncSampler
 
     stop, counters, ring, window = runner.stop_flag, runner.counters, runner.episodes, runner.window
-    stream_rank = runner.rank * runner.num_procs + idx
-    env = runner.env_factory(stream_rank)
+    env = runner.env_factory(stream)
     agent._trainer = _ProgressView(counters, runner.budget)  # ε schedules etc. follow the global env steps
     params = parameters_of(agent)
     replay = runner.kind == "replay"
@@ -391,7 +422,9 @@ def _sample_loop(idx: int, runner: AsyncRunner, agent: Any, client: Any) -> None
         writer = NStepWriter(runner.spec["n_step"], runner.spec["gamma"], env.num_envs)
         shape, dtype = env.spec.observation_shape, env.spec.observation_dtype
         if len(shape) == 3 and dtype == torch.uint8:
-            indexer = StreamIndexer(env.num_envs, shape[0], stream_rank * env.num_envs)
+            indexer = StreamIndexer(env.num_envs, shape[0], stream * env.num_envs)
+    # a restarted sampler continues its slot's counts (env steps, episodes) where the dead process left them
+    base_steps, published = int(counters[idx, _ENV_STEPS]), int(counters[idx, _EPISODES])
     seq, episodes_seen = -1, 0
     try:
         while not int(stop[0]) and int(counters[:, _ENV_STEPS].sum()) < runner.budget:
@@ -400,16 +433,16 @@ def _sample_loop(idx: int, runner: AsyncRunner, agent: Any, client: Any) -> None
                 seq, agent.policy_version = got
                 counters[idx, _VERSION] = agent.policy_version
             data = sampler.collect(agent)
-            counters[idx, _ENV_STEPS] = sampler.env_steps
+            counters[idx, _ENV_STEPS] = base_steps + sampler.env_steps
             tracker = sampler.tracker
             if tracker.episodes > episodes_seen:  # publish finished episodes: entries first, then the count
                 new = tracker.episodes - episodes_seen
                 rets, lens = list(tracker.recent_returns)[-new:], list(tracker.recent_lengths)[-new:]
                 for k, (r, n) in enumerate(zip(rets, lens)):
-                    ring[idx, (episodes_seen + k) % window, 0] = r
-                    ring[idx, (episodes_seen + k) % window, 1] = n
-                episodes_seen = tracker.episodes
-                counters[idx, _EPISODES] = episodes_seen
+                    ring[idx, (published + k) % window, 0] = r
+                    ring[idx, (published + k) % window, 1] = n
+                episodes_seen, published = tracker.episodes, published + new
+                counters[idx, _EPISODES] = published
             if replay:
                 step = data[0]
                 if indexer is not None:

@@ -56,6 +56,11 @@ class ExperienceDataModule(LightningDataModule):
         weight_sync_every: async: the samplers get new weights every this many updates.
         async_queue_size: async rollout mode: rollout segments the queue holds (default ``max(2, procs)``);
             with the processes' own segment in progress it bounds the policy lag.
+        sampler_restarts: async: how many times in all (per rank) a sampler process that dies (crash,
+            ``kill -9``, out of memory) is replaced by a fresh one, which takes the current weights and new env
+            seeds (it does not replay the dead one's episodes) and continues its env-step count. 0 (default):
+            the first death stops the run with ``SamplerProcessError``; so does the death after the last restart.
+            The count is logged as ``async/sampler_restarts``.
     """
 
     def __init__(
@@ -78,6 +83,7 @@ class ExperienceDataModule(LightningDataModule):
         num_sampler_procs: int = 2,
         weight_sync_every: int = 1,
         async_queue_size: int | None = None,
+        sampler_restarts: int = 0,
     ) -> None:
         super().__init__()
         check(num_envs >= 1, f"num_envs must be >= 1, got {num_envs}")
@@ -94,6 +100,7 @@ class ExperienceDataModule(LightningDataModule):
             async_queue_size is None or async_queue_size >= 1,
             f"async_queue_size must be >= 1, got {async_queue_size}",
         )
+        check(sampler_restarts >= 0, f"sampler_restarts must be >= 0, got {sampler_restarts}")
         check(
             sampler != "async" or isinstance(env, str),
             "sampler='async' needs an env id (each sampler process builds its own envs)",
@@ -131,6 +138,8 @@ class ExperienceDataModule(LightningDataModule):
         self.num_sampler_procs = num_sampler_procs
         self.weight_sync_every = weight_sync_every
         self.async_queue_size = async_queue_size
+        self.sampler_restarts = sampler_restarts
+        self._restarts_before = 0  # sampler restarts of runners already closed
         self.runner: AsyncRunner | None = None
         self._spec_kind = "rollout"
         self._lag_mark = 0
@@ -308,6 +317,8 @@ class ExperienceDataModule(LightningDataModule):
             weight_sync_every=self.weight_sync_every,
             queue_size=self.async_queue_size,
             replay=replay,
+            max_restarts=self.sampler_restarts,
+            world_size=self._world_size,
         ).start()
 
     def close_async(self) -> None:
@@ -315,7 +326,13 @@ class ExperienceDataModule(LightningDataModule):
             self._drain_episodes()
             self.runner.close()
             self._async_final_env_steps = self.runner.env_steps
+            self._restarts_before += self.runner.restarts
             self.runner = None
+
+    @property
+    def sampler_restart_count(self) -> int:
+        """Async: sampler processes of this rank restarted so far (see ``sampler_restarts``)."""
+        return self._restarts_before + (self.runner.restarts if self.runner is not None else 0)
 
     def on_exception(self, exception: BaseException) -> None:
         """Stop the sampler processes and the table server when fit fails or is interrupted."""
@@ -412,16 +429,19 @@ class ExperienceDataModule(LightningDataModule):
             self.env_steps / self._world_size
         )  # this rank's (exact in replay mode, where ranks may differ)
         local = [ret_sum, float(count), float(sum(tracker.recent_lengths)), float(tracker.episodes), steps]
+        local.append(float(self.sampler_restart_count))
         if strategy is not None and self._world_size > 1:
             t = torch.tensor(local, dtype=torch.float64, device=strategy.root_device)
             local = strategy.reduce(t, reduce_op="sum").tolist()
-        ret_sum, count, len_sum, episodes, env_steps = local
+        ret_sum, count, len_sum, episodes, env_steps, restarts = local
         elapsed = max(self.wall_time, 1e-9)
         stats = {"env_steps": env_steps, "episodes": episodes, "env_steps_per_s": env_steps / elapsed}
         if self.feeder is not None:
             stats.update(self.feeder.stats())
         module = self.trainer.lightning_module if self.trainer is not None else None
         lags = getattr(module, "policy_lags", None)
+        if self.sampler_kind == "async":
+            stats["async/sampler_restarts"] = restarts  # over all ranks
         if self.sampler_kind == "async" and lags:  # mean lag of the batches since the last log
             recent = lags[self._lag_mark :] or lags[-1:]
             stats["train/policy_lag"] = sum(recent) / len(recent)
