@@ -1,18 +1,24 @@
-"""Async sampling faults: a sampler process killed with ``kill -9`` is restarted (``sampler_restarts``) or fails the
+"""Async sampling faults and checkpoints: a sampler process killed with ``kill -9`` is restarted (``sampler_restarts``) or fails the
 run with one clear line; either way no process and no ``/dev/shm`` entry is left (``run_script`` checks both).
 
-The fail-fast case without restarts is ``test_async.py::test_killed_sampler_fails_the_run_fast_with_a_clear_message``.
+A checkpoint taken mid-run holds the served table (items, priorities, limiter counters) and the env-step count; the
+resumed run goes on from there. The fail-fast case without restarts is ``test_async.py::test_killed_sampler_fails_the_run_fast_with_a_clear_message``.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import signal
+import subprocess
+import sys
+import textwrap
 import time
 from pathlib import Path
 
 import pytest
-from test_async import APPO_CFG, run_script
+import torch
+from test_async import APPO_CFG, _group_alive, _shm, run_script
 
 from lightning_accelrl.data.async_runner import sampler_stream
 
@@ -105,3 +111,109 @@ def test_a_death_beyond_sampler_restarts_fails_fast_with_a_clear_message(tmp_pat
     assert "SamplerProcessError: async sampler process 0 of rank 0" in line
     assert "was killed by signal 9 after 1 restart(s) (sampler_restarts=1); stopping the run" in line
     _all_gone(tmp_path)
+
+
+# ----- async table in checkpoints ------------------------------------------------------------------------------------
+RESUME_SCRIPT = textwrap.dedent(
+    """
+    import json, os, sys
+    import torch
+    torch.set_num_threads(1)
+    import lightning as L
+    from lightning_accelrl import DQN, ExperienceDataModule
+    from lightning_accelrl.data import async_runner
+
+    seen = {}
+    spawn = async_runner.AsyncRunner._spawn
+
+    def spawn_and_record(self, idx):  # the server's table as the run starts: before any sampler exists
+        if not seen:
+            seen["info"] = self.client.info()
+            seen["state"] = self.client.state_dict()
+            seen["env_steps"] = self.env_steps
+        return spawn(self, idx)
+
+    async_runner.AsyncRunner._spawn = spawn_and_record
+
+    class SaveMidRun(L.Callback):
+        def __init__(self, path, at):
+            self.path, self.at = path, at
+
+        def on_train_batch_end(self, trainer, pl_module, *args):
+            if self.at is not None and pl_module.policy_version == self.at:
+                trainer.save_checkpoint(self.path)  # the samplers go on meanwhile
+                trainer.should_stop = True
+
+    def main():
+        tmp, phase = sys.argv[1], sys.argv[2]
+        ckpt = os.path.join(tmp, "mid.ckpt")
+        L.seed_everything(0, verbose=False)
+        model = DQN(hidden=(16,), prioritized=True, n_step=2, target_update_period=50)
+        dm = ExperienceDataModule(
+            "CartPole-v1", num_envs=2, total_env_steps=2000, batch_size=32, replay_ratio=4.0, learning_starts=200,
+            replay_capacity=600, sampler="async", num_sampler_procs=2, weight_sync_every=2, seed=0,
+            updates_per_epoch=1000,
+        )
+        trainer = L.Trainer(
+            accelerator="cpu", max_epochs=-1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+            enable_model_summary=False, callbacks=[SaveMidRun(ckpt, 100 if phase == "first" else None)],
+        )
+        trainer.fit(model, datamodule=dm, ckpt_path=None if phase == "first" else ckpt)
+        torch.save({**seen, "env_steps_end": dm.env_steps, "updates_done": dm.updates_done,
+                    "policy_version": model.policy_version}, os.path.join(tmp, phase + ".pt"))
+
+    if __name__ == "__main__":
+        main()
+    """
+)
+
+
+def _run_phase(tmp_path: Path, phase: str) -> torch.Tensor:
+    script = tmp_path / "resume_async.py"
+    script.write_text(RESUME_SCRIPT)
+    shm_before = _shm()
+    proc = subprocess.Popen(
+        [sys.executable, str(script), str(tmp_path), phase],
+        cwd=tmp_path,
+        env=dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        output = proc.communicate(timeout=120)[0].decode(errors="replace")
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        pytest.fail("async resume run timed out:\n" + proc.communicate()[0].decode(errors="replace")[-4000:])
+    deadline = time.monotonic() + 5
+    while _group_alive(proc.pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _group_alive(proc.pid), output[-3000:]
+    assert _shm() - shm_before == set()
+    assert proc.returncode == 0, output[-3000:]
+    return torch.load(tmp_path / f"{phase}.pt", weights_only=False)
+
+
+def test_async_dqn_resumes_with_its_table_priorities_and_limiter_counters(tmp_path: Path) -> None:
+    first = _run_phase(tmp_path, "first")
+    assert first["policy_version"] == 100
+    ckpt = torch.load(tmp_path / "mid.ckpt", weights_only=False)
+    saved = ckpt["ExperienceDataModule"]["async"]
+    table = saved["table"]
+    lim = table["rate_limiter"]
+    assert len(table["keys"]) == 600 and lim["deletes"] > 0 and lim["samples"] > 0  # full, evicting, sampled
+    assert len(set(table["priorities"].tolist())) > 1  # TD-error priorities were written back
+    saved_steps = int(saved["env_steps"].sum())
+    assert saved_steps >= lim["inserts"]  # n-step transitions lag the env steps a little
+
+    resumed = _run_phase(tmp_path, "resumed")
+    info, state = resumed["info"], resumed["state"]
+    assert info["size"] == len(table["keys"])
+    assert state["rate_limiter"] == lim  # inserts, samples, deletes
+    for key in ("keys", "priorities", "times_sampled", "recency"):
+        assert torch.equal(state[key], table[key]), key
+    assert state["next_key"] == table["next_key"]
+    assert resumed["env_steps"] == saved_steps  # the budget goes on from the checkpoint
+    # and the resumed run finishes its budget (one in-flight vector step per sampler process may still land)
+    assert 2000 <= resumed["env_steps_end"] < 2000 + 2 * 2
+    assert resumed["updates_done"] > 100 and resumed["policy_version"] == resumed["updates_done"]

@@ -123,18 +123,26 @@ class _ProgressView:
         return min(1.0, float(self._counters[:, _ENV_STEPS].sum()) / self._budget)
 
 
-def _queue_table(max_size: int) -> Any:
+def _queue_table(max_size: int, state: dict[str, Any] | None = None) -> Any:
     from lightning_accelrl.replay import Table
 
-    return Table.queue("rollouts", max_size)
+    table = Table.queue("rollouts", max_size)
+    if state is not None:  # resume (in the server process, before it serves anybody)
+        table.load_state_dict(state)
+    return table
 
 
 def _replay_table(
-    capacity: int, prioritized: bool, priority_exponent: float, limiter: Any, frames: bool
+    capacity: int,
+    prioritized: bool,
+    priority_exponent: float,
+    limiter: Any,
+    frames: bool,
+    state: dict[str, Any] | None = None,
 ) -> Any:
     from lightning_accelrl.replay import FrameStackStorage, Table, selectors
 
-    return Table(
+    table = Table(
         "replay",
         sampler=selectors.Prioritized(priority_exponent) if prioritized else selectors.Uniform(),
         remover=selectors.Fifo(),
@@ -142,6 +150,9 @@ def _replay_table(
         rate_limiter=limiter,
         storage=FrameStackStorage(capacity) if frames else None,
     )
+    if state is not None:
+        table.load_state_dict(state)
+    return table
 
 
 class AsyncRunner:
@@ -163,6 +174,9 @@ class AsyncRunner:
         max_restarts: sampler processes that die are restarted, up to this many times in all (over this rank's
             samplers); the next death raises :class:`SamplerProcessError`. 0: fail at the first death.
         world_size: ranks of the run (restarted samplers take env streams beyond every rank's).
+        resume: a :meth:`state_dict` of an earlier run: the table (items, priorities, limiter counters) and the
+            env-step count go on from there; the samplers take env streams above the saved run's (new seeds, and
+            frame-stack stream ids that cannot collide with the restored frames).
     """
 
     def __init__(
@@ -182,6 +196,7 @@ class AsyncRunner:
         episode_window: int = 1024,
         max_restarts: int = 0,
         world_size: int = 1,
+        resume: dict[str, Any] | None = None,
     ) -> None:
         if kind not in ("rollout", "replay"):
             raise ConfigError(f"the async sampler streams rollouts or replay samples, not {kind!r}")
@@ -204,6 +219,20 @@ class AsyncRunner:
         self.counters = torch.zeros(num_procs, 4, dtype=torch.int64).share_memory_()
         self.episodes = torch.zeros(num_procs, episode_window, 2, dtype=torch.float64).share_memory_()
         self.stop_flag = torch.zeros(1, dtype=torch.int64).share_memory_()
+        self._stream_offset = 0  # resume: streams of the saved run stay below this
+        self._resume_table: dict[str, Any] | None = None
+        if resume is not None:
+            if resume.get("kind") != kind:
+                raise ConfigError(
+                    f"the checkpoint holds an async {resume.get('kind')} table; this run needs a {kind} table"
+                )
+            self._resume_table = resume["table"]
+            self._stream_offset = int(resume["stream_end"])
+            steps = torch.as_tensor(resume["env_steps"], dtype=torch.int64).reshape(-1)
+            if len(steps) == num_procs:
+                self.counters[:, _ENV_STEPS] = steps
+            else:  # another number of sampler processes: the count goes on in slot 0
+                self.counters[0, _ENV_STEPS] = int(steps.sum())
         self.server: Any = None
         self.client: Any = None
         self.procs: list[Any] = []
@@ -219,7 +248,7 @@ class AsyncRunner:
         from lightning_accelrl.replay import TableServer
 
         if self.kind == "rollout":
-            factory = functools.partial(_queue_table, self.queue_size)
+            factory = functools.partial(_queue_table, self.queue_size, self._resume_table)
         else:
             r = self.replay
             factory = functools.partial(
@@ -229,14 +258,17 @@ class AsyncRunner:
                 float(self.spec.get("priority_exponent", 0.6)),
                 r["limiter"],
                 bool(r.get("frames", False)),
+                self._resume_table,
             )
-        self.server = TableServer(factory, start_method="fork").start()
+        self.server = TableServer(factory, start_method="fork").start()  # fork: the state is not pickled
+        self._resume_table = None
         self._finalizer.detach()
         self._finalizer = weakref.finalize(
             self, AsyncRunner._cleanup, self.stop_flag, self.procs, [self.server]
         )
         self.client = self.server.client()
         self.publish(self._module, force=True)
+        self.counters[:, _VERSION] = self._pushed_version  # what the samplers will act with first
         # restarted samplers fork from this copy too (each fetches the current weights before its first step)
         self._agent = _cpu_copy(self._module)
         for i in range(self.num_procs):
@@ -246,7 +278,9 @@ class AsyncRunner:
     def _spawn(self, idx: int) -> Any:
         """Fork sampler ``idx`` (SIGINT blocked across the fork: see :func:`sigint_blocked`)."""
         ctx = mp.get_context("fork")  # explicit: `import torchrl` switches the global default to spawn
-        stream = sampler_stream(self.rank, self.num_procs, idx, self._attempts[idx], self.world_size)
+        stream = self._stream_offset + sampler_stream(
+            self.rank, self.num_procs, idx, self._attempts[idx], self.world_size
+        )
         p = ctx.Process(
             target=_sampler_main,
             args=(idx, stream, self, self._agent, self.client),
@@ -285,6 +319,23 @@ class AsyncRunner:
             if p.is_alive():
                 p.kill()
                 p.join(1.0)
+
+    def state_dict(self) -> dict[str, Any]:
+        """What a checkpoint needs to resume: the table (a consistent snapshot from the server, taken while the
+        samplers go on), the env steps per sampler slot, and the end of the env streams used so far."""
+        return {
+            "kind": self.kind,
+            "table": self.client.state_dict(),
+            "env_steps": self.counters[:, _ENV_STEPS].clone(),
+            "stream_end": self.stream_end,
+        }
+
+    @property
+    def stream_end(self) -> int:
+        """Above every env stream this rank's samplers used, and every stream rank 0's used when all ranks
+        restarted as often (a checkpoint holds rank 0's table, as in sync replay mode)."""
+        generations = max(self._attempts) + 1
+        return self._stream_offset + sampler_stream(0, self.num_procs, 0, generations, self.world_size)
 
     # ----- the learner's side ---------------------------------------------------------------------------------
     def publish(self, module: Any, force: bool = False) -> None:

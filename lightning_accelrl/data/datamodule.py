@@ -147,6 +147,7 @@ class ExperienceDataModule(LightningDataModule):
         self.feeder: ReplayFeeder | None = None
         self._exhausted = False
         self._pending_replay_state: dict | None = None
+        self._pending_async_state: dict | None = None
         self.sampler: SyncSampler | None = None
         self.tracker: EpisodeTracker | None = None  # outlives the sampler, for summaries after fit
         self._spec: EnvSpec | None = None
@@ -319,7 +320,9 @@ class ExperienceDataModule(LightningDataModule):
             replay=replay,
             max_restarts=self.sampler_restarts,
             world_size=self._world_size,
+            resume=self._pending_async_state,
         ).start()
+        self._pending_async_state = None
 
     def close_async(self) -> None:
         if self.runner is not None:
@@ -458,6 +461,10 @@ class ExperienceDataModule(LightningDataModule):
         state = {"updates_done": self.updates_done, "wall_time": self.wall_time, "tracker": tracker}
         if self.feeder is not None:
             state["replay"] = self.feeder.state_dict()
+        if (
+            self.runner is not None
+        ):  # async: the served table, env steps and streams (see AsyncRunner.state_dict)
+            state["async"] = self.runner.state_dict()
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -469,6 +476,8 @@ class ExperienceDataModule(LightningDataModule):
                 self.feeder.load_state_dict(state["replay"])
             else:
                 self._pending_replay_state = state["replay"]
+        if state.get("async") is not None:
+            self._pending_async_state = state["async"]  # the runner starts in train_dataloader, after this
         if state.get("tracker") is not None:
             if self.tracker is None:
                 self.tracker = EpisodeTracker(self.num_envs, self.episode_window)

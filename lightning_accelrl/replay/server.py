@@ -45,6 +45,7 @@ import numpy as np
 import torch
 from tensordict import TensorDict, TensorDictBase
 
+from lightning_accelrl.replay.checkpoint import read_checkpoint
 from lightning_accelrl.replay.storage import TensorStorage, field_leaves
 from lightning_accelrl.replay.table import Table
 
@@ -996,6 +997,12 @@ class TableClient:
     def checkpoint(self, path: str | os.PathLike) -> str:
         """Write the server's table to ``path`` (on this machine) atomically; returns the path."""
         return self._call(self._channel(), ("checkpoint", os.fspath(path)))[1]
+
+    def state_dict(self) -> dict[str, Any]:
+        """The server's ``Table.state_dict()``: items, priorities, limiter counters... A consistent snapshot (the
+        server handles one request at a time), passed through a checksummed temporary file that is then removed."""
+        with tempfile.TemporaryDirectory(prefix="accelrl-table-") as tmp:
+            return read_checkpoint(self.checkpoint(os.path.join(tmp, "table.ckpt")))
 
 
 def _joined(parts: list[np.ndarray]) -> np.ndarray:
