@@ -311,14 +311,16 @@ class AsyncRunner:
                 server[0].stop(timeout=2.0)
         deadline = time.monotonic() + 3.0
         for p in procs:
-            p.join(max(0.0, deadline - time.monotonic()))
+            with contextlib.suppress(ValueError):  # a closed process object (replaced by a restart)
+                p.join(max(0.0, deadline - time.monotonic()))
         for p in procs:
-            if p.is_alive():
-                p.terminate()
-                p.join(1.0)
-            if p.is_alive():
-                p.kill()
-                p.join(1.0)
+            with contextlib.suppress(ValueError):
+                if p.is_alive():
+                    p.terminate()
+                    p.join(1.0)
+                if p.is_alive():
+                    p.kill()
+                    p.join(1.0)
 
     def state_dict(self) -> dict[str, Any]:
         """What a checkpoint needs to resume: the table (a consistent snapshot from the server, taken while the
@@ -362,9 +364,9 @@ class AsyncRunner:
             self.restarts += 1
             self._attempts[i] += 1
             log.warning("%s; restarting it (restart %d of %d)", what, self.restarts, self.max_restarts)
+            self.procs[i] = self._spawn(i)  # in place: the exit finalizer holds this list
             with contextlib.suppress(ValueError):
                 p.close()  # reaped already (exitcode is set): release its resources
-            self.procs[i] = self._spawn(i)  # in place: the exit finalizer holds this list
 
     @property
     def all_finished(self) -> bool:
