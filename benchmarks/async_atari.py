@@ -238,10 +238,10 @@ def render(results: list[dict], args: argparse.Namespace) -> str:
         sps = statistics.median(r["env_steps_per_s"] for r in rs)
         ups = statistics.median(r["updates_per_s"] for r in rs)
         runs_s = ", ".join(f"{r['env_steps_per_s']:.0f}" for r in rs)
-        runs_u = ", ".join(f"{r['updates_per_s']:.2f}" for r in rs)
+        runs_u = ", ".join(f"{r['updates_per_s']:.3g}" for r in rs)
         lags = [x for r in rs for x in r["policy_lags"]]
         lines.append(
-            f"| {name} | {sps:.0f} ({runs_s}) | {FRAME_SKIP * sps:.0f} | {ups:.2f} ({runs_u}) | "
+            f"| {name} | {sps:.0f} ({runs_s}) | {FRAME_SKIP * sps:.0f} | {ups:.3g} ({runs_u}) | "
             f"{_lags(lags) if name.endswith('async') else '0 (sync)'} |"
         )
     lines.append("")

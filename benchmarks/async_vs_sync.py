@@ -157,6 +157,11 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--write", action="store_true", help="write the summary into benchmarks/RESULTS.md")
     ap.add_argument("--timeout", type=float, default=600)
+    ap.add_argument(
+        "--merge",
+        type=Path,
+        help="a JSON file from an earlier run (benchmarks/out/): its results for configs not run now are reported too",
+    )
     args = ap.parse_args()
     if args.one:
         result = run_one(args.one, args.seed)
@@ -193,7 +198,14 @@ def main() -> None:
     out_dir.mkdir(exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     (out_dir / f"async_vs_sync-{stamp}.json").write_text(json.dumps(results, indent=1))
+    merged: list[str] = []
+    if args.merge is not None:
+        earlier = [r for r in json.loads(args.merge.read_text()) if r["config"] not in args.configs]
+        merged = sorted({r["config"] for r in earlier})
+        results = earlier + results
     text = render(results)
+    if merged:
+        text += f"- Rows {', '.join(merged)}: from an earlier run of this script ({args.merge.name}), not rerun now.\n"
     print(text)
     if args.write:
         write_results(text)
@@ -239,8 +251,14 @@ def render(results: list[dict]) -> str:
         lags = [x for r in results if r["config"] == name for x in r["policy_lags"]]
         if lags and name.endswith("async"):
             dist = lag_distribution(lags)
-            body = ", ".join(f"{k}: {v:.0%}" for k, v in list(dist.items())[:12])
-            lines.append(f"- {name} policy-lag distribution (updates; fraction of batches): {body}")
+            shown = {k: v for k, v in dist.items() if v >= 0.005}
+            body = ", ".join(f"{k}: {v:.0%}" for k, v in shown.items())
+            rest = [k for k in dist if k not in shown]
+            if rest:
+                body += f"; lags {min(rest)}-{max(rest)}: {sum(dist[k] for k in rest):.1%} together"
+            lines.append(
+                f"- {name} policy-lag distribution (updates; fraction of {len(lags)} batches, all seeds): {body}"
+            )
     return "\n".join(lines) + "\n"
 
 
