@@ -255,7 +255,10 @@ def render(results: list[dict]) -> str:
             body = ", ".join(f"{k}: {v:.0%}" for k, v in shown.items())
             rest = [k for k in dist if k not in shown]
             if rest:
-                body += f"; lags {min(rest)}-{max(rest)}: {sum(dist[k] for k in rest):.1%} together"
+                names = (
+                    ", ".join(map(str, rest)) if len(rest) <= 6 else f"{rest[0]}, {rest[1]}, ..., {rest[-1]}"
+                )
+                body += f"; lags {names} ({len(rest)} values): {sum(dist[k] for k in rest):.1%} together"
             lines.append(
                 f"- {name} policy-lag distribution (updates; fraction of {len(lags)} batches, all seeds): {body}"
             )
