@@ -139,6 +139,7 @@ def _replay_table(
     limiter: Any,
     frames: bool,
     state: dict[str, Any] | None = None,
+    seed: int | None = None,
 ) -> Any:
     from lightning_accelrl.replay import FrameStackStorage, Table, selectors
 
@@ -149,10 +150,18 @@ def _replay_table(
         max_size=capacity,
         rate_limiter=limiter,
         storage=FrameStackStorage(capacity) if frames else None,
+        seed=seed,
     )
     if state is not None:
         table.load_state_dict(state)
     return table
+
+
+def stream_seed(base_seed: int, stream: int) -> int:
+    """Seed of the torch generator in the sampler process of env stream ``stream``: forked children inherit the
+    learner's generator state, so without their own seed every sampler would draw the same ε-greedy and
+    action-sampling noise."""
+    return (base_seed + 7919 * (stream + 1)) % 2**63
 
 
 class AsyncRunner:
@@ -177,6 +186,8 @@ class AsyncRunner:
         resume: a :meth:`state_dict` of an earlier run: the table (items, priorities, limiter counters) and the
             env-step count go on from there; the samplers take env streams above the saved run's (new seeds, and
             frame-stack stream ids that cannot collide with the restored frames).
+        seed: base of the samplers' torch seeds (:func:`stream_seed`) and of the replay table's sampling seed;
+            default ``torch.initial_seed()`` (the run's seed after ``seed_everything``).
     """
 
     def __init__(
@@ -197,6 +208,7 @@ class AsyncRunner:
         max_restarts: int = 0,
         world_size: int = 1,
         resume: dict[str, Any] | None = None,
+        seed: int | None = None,
     ) -> None:
         if kind not in ("rollout", "replay"):
             raise ConfigError(f"the async sampler streams rollouts or replay samples, not {kind!r}")
@@ -211,6 +223,7 @@ class AsyncRunner:
         self.window = episode_window
         self.max_restarts = max(0, int(max_restarts))
         self.world_size = max(1, int(world_size))
+        self.seed = int(torch.initial_seed() if seed is None else seed)
         self.restarts = 0  # sampler restarts so far (all samplers of this rank)
         self._attempts = [0] * num_procs  # restarts per sampler slot (selects its env stream)
         self._agent: Any = None
@@ -259,6 +272,7 @@ class AsyncRunner:
                 r["limiter"],
                 bool(r.get("frames", False)),
                 self._resume_table,
+                stream_seed(self.seed, -1 - self.rank),  # one replay-sampling stream per rank's table
             )
         self.server = TableServer(factory, start_method="fork").start()  # fork: the state is not pickled
         self._resume_table = None
@@ -463,6 +477,7 @@ def _sample_loop(idx: int, stream: int, runner: AsyncRunner, agent: Any, client:
     from lightning_accelrl.sampling import SyncSampler
 
     stop, counters, ring, window = runner.stop_flag, runner.counters, runner.episodes, runner.window
+    torch.manual_seed(stream_seed(runner.seed, stream))
     env = runner.env_factory(stream)
     agent._trainer = _ProgressView(counters, runner.budget)  # ε schedules etc. follow the global env steps
     params = parameters_of(agent)
