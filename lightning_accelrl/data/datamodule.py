@@ -24,7 +24,7 @@ from tensordict import TensorDict
 from lightning_accelrl.data.async_runner import AsyncRunner
 from lightning_accelrl.data.replay import ReplayFeeder, replay_limiter
 from lightning_accelrl.envs import BatchedEnv, EnvSpec, make_env
-from lightning_accelrl.errors import check
+from lightning_accelrl.errors import ConfigError, check
 from lightning_accelrl.sampling import EpisodeTracker, SyncSampler
 
 
@@ -456,9 +456,14 @@ class ExperienceDataModule(LightningDataModule):
         return stats
 
     # ----- checkpoints --------------------------------------------------------------------------------------
-    def state_dict(self) -> dict[str, Any]:
-        tracker = self.tracker.state_dict() if self.tracker is not None else None
-        state = {"updates_done": self.updates_done, "wall_time": self.wall_time, "tracker": tracker}
+    # Per-rank state: each rank has its own replay table (sync: ReplayFeeder; async: the served table) and its own
+    # episode window. Lightning calls ``state_dict`` on every rank but writes rank 0's result only, so with
+    # several ranks every rank's part is gathered into it as ``ranks`` (a list indexed by global rank) and each
+    # rank restores its own entry. World size 1 keeps the flat format (``replay``/``async``/``tracker``).
+    _RANK_KEYS = ("tracker", "replay", "async")
+
+    def _rank_state(self) -> dict[str, Any]:
+        state: dict[str, Any] = {"tracker": self.tracker.state_dict() if self.tracker is not None else None}
         if self.feeder is not None:
             state["replay"] = self.feeder.state_dict()
         if (
@@ -467,21 +472,96 @@ class ExperienceDataModule(LightningDataModule):
             state["async"] = self.runner.state_dict()
         return state
 
+    def state_dict(self) -> dict[str, Any]:
+        state: dict[str, Any] = {"updates_done": self.updates_done, "wall_time": self.wall_time}
+        local = self._rank_state()
+        if self._world_size > 1 and _distributed():
+            state["world_size"] = self._world_size
+            state["ranks"] = gather_rank_states(local, self._world_size)
+        else:
+            state.update(local)
+        return state
+
+    def _own_rank_state(self, state: dict[str, Any]) -> dict[str, Any]:
+        """This rank's part of a checkpoint written by ``state_dict`` (see the comment above it)."""
+        rank = self.trainer.global_rank if self.trainer is not None else 0
+        world = self._world_size
+        ranks = state.get("ranks")
+        # flat: written by one process (or by rank 0 alone, by versions that did not save tables per rank)
+        if ranks is None:
+            local = {key: state.get(key) for key in self._RANK_KEYS}
+            if world > 1 and (local["replay"] is not None or local["async"] is not None):
+                raise ConfigError(
+                    "this checkpoint holds one replay table (of a single-process run, or rank 0's of an older DDP "
+                    f"run), but this run has {world} ranks: resume it with 1 process, or start a new run from its "
+                    "weights (see docs/scaling.md)"
+                )
+            if rank > 0:  # the episode window belongs to rank 0's envs: the other ranks start a fresh one
+                local["tracker"] = None
+            return local
+        saved = len(ranks)
+        if saved != world:
+            if any(
+                r is not None and (r.get("replay") is not None or r.get("async") is not None) for r in ranks
+            ):
+                raise ConfigError(
+                    f"this checkpoint holds the replay tables of {saved} ranks, but this run has {world}: resume "
+                    f"it with {saved} processes (devices x nodes), or start a new run from its weights "
+                    "(see docs/scaling.md)"
+                )
+            # rollout mode: only episode windows; ranks beyond the saved ones start fresh windows
+            return ranks[rank] if rank < saved and ranks[rank] is not None else {}
+        if ranks[rank] is None:
+            raise ConfigError(f"this checkpoint has no state for rank {rank} (it was not written by rank 0)")
+        return ranks[rank]
+
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        local = self._own_rank_state(state)  # first: a mismatch fails before anything is restored
         self.updates_done = int(state["updates_done"])
         self._elapsed_before = float(state.get("wall_time", 0.0))
         self._start = None
-        if state.get("replay") is not None:
+        if local.get("replay") is not None:
             if self.feeder is not None:
-                self.feeder.load_state_dict(state["replay"])
+                self.feeder.load_state_dict(local["replay"])
             else:
-                self._pending_replay_state = state["replay"]
-        if state.get("async") is not None:
-            self._pending_async_state = state["async"]  # the runner starts in train_dataloader, after this
-        if state.get("tracker") is not None:
+                self._pending_replay_state = local["replay"]
+        if local.get("async") is not None:
+            self._pending_async_state = local["async"]  # the runner starts in train_dataloader, after this
+        if local.get("tracker") is not None:
             if self.tracker is None:
                 self.tracker = EpisodeTracker(self.num_envs, self.episode_window)
-            self.tracker.load_state_dict(state["tracker"])
+            self.tracker.load_state_dict(local["tracker"])
+
+
+def _distributed() -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
+_CPU_GROUP: list[Any] = [None, None]  # [default process group it was made for, the gloo group]
+
+
+def _cpu_group() -> Any:
+    """A gloo group over all ranks (made once per default process group; every rank must call this): object
+    collectives over NCCL would stage every rank's pickled table in GPU memory."""
+    world = torch.distributed.group.WORLD
+    if _CPU_GROUP[0] is not world:
+        _CPU_GROUP[:] = [world, torch.distributed.new_group(backend="gloo")]
+    return _CPU_GROUP[1]
+
+
+def gather_rank_states(local: Any, world_size: int) -> list[Any]:
+    """Every rank's ``local`` on rank 0 (a list indexed by global rank), over CPU; collective: call on all ranks.
+
+    Other ranks get a list with only their own entry (what a strategy that writes one file per rank would need).
+    """
+    dist = torch.distributed
+    rank = dist.get_rank()
+    out: list[Any] | None = [None] * world_size if rank == 0 else None
+    dist.gather_object(local, out, dst=0, group=_cpu_group())
+    if out is None:
+        out = [None] * world_size
+        out[rank] = local
+    return out
 
 
 class _RolloutStream:

@@ -137,6 +137,7 @@ class ReplayFeeder:
         }
 
     def state_dict(self) -> dict[str, Any]:
+        """This rank's replay state (under DDP the data module gathers every rank's into the checkpoint)."""
         return {
             "table": self.table.state_dict(),
             "indexer": None if self.indexer is None else self.indexer.state_dict(),
@@ -152,9 +153,18 @@ class ReplayFeeder:
         The envs restart with fresh episodes after a resume, so the n-step writer starts empty (its partial
         transitions belong to episodes that no longer run) and every stream begins a new episode.
         """
+        saved = state.get("indexer")
+        if self.indexer is not None and saved is not None:  # checked first: nothing is restored on a mismatch
+            own = self.indexer.state_dict()
+            for key in ("num_envs", "stack", "first_stream"):
+                if saved[key] != own[key]:
+                    raise ConfigError(
+                        f"the checkpoint's replay table was filled with frame-stack {key}={saved[key]!r}, this "
+                        f"rank's envs have {own[key]!r} (a checkpoint of another num_envs, or of another rank)"
+                    )
         self.table.load_state_dict(state["table"])
-        if self.indexer is not None and state.get("indexer") is not None:
-            self.indexer.load_state_dict(state["indexer"])
+        if self.indexer is not None and saved is not None:
+            self.indexer.load_state_dict(saved)
             self.indexer.new_episode(torch.arange(self.sampler.num_envs))
         self.writer.reset()
         self.pending = state["pending"]
