@@ -348,8 +348,8 @@ class AsyncRunner:
 
     @property
     def stream_end(self) -> int:
-        """Above every env stream this rank's samplers used, and every stream rank 0's used when all ranks
-        restarted as often (a checkpoint holds rank 0's table, as in sync replay mode)."""
+        """Above every env stream this rank's samplers used (and every other rank's, had it restarted as often):
+        resumed samplers take streams from here, so their frame-stack ids cannot collide with restored frames."""
         generations = max(self._attempts) + 1
         return self._stream_offset + sampler_stream(0, self.num_procs, 0, generations, self.world_size)
 
