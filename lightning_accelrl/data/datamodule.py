@@ -51,7 +51,9 @@ class ExperienceDataModule(LightningDataModule):
         sampler: ``sync`` (all envs step, then one batched forward), ``alternating`` (two env groups: one
             steps while the policy runs for the other, the paper's overlap; rollout mode) or ``async``
             (``num_sampler_procs`` sampler processes, each with ``num_envs`` envs and a CPU policy copy, feed a
-            served table; the learner samples from it: see ``lightning_accelrl.data.async_runner``).
+            served table; the learner samples from it: see ``lightning_accelrl.data.async_runner``) or ``ray``
+            (replay algorithms: ``num_sampler_procs`` Ray actors, on any node of the Ray cluster, feed a RayTable;
+            Ray is started locally unless ``ray.init(address=...)`` ran before: see ``data.ray_runner``).
         num_sampler_procs: async: sampler processes per rank.
         weight_sync_every: async: the samplers get new weights every this many updates.
         async_queue_size: async rollout mode: rollout segments the queue holds (default ``max(2, procs)``);
@@ -79,7 +81,7 @@ class ExperienceDataModule(LightningDataModule):
         replay_ratio: float = 8.0,
         learning_starts: int = 1_000,
         replay_error_buffer: float | None = None,
-        sampler: Literal["sync", "alternating", "async"] = "sync",
+        sampler: Literal["sync", "alternating", "async", "ray"] = "sync",
         num_sampler_procs: int = 2,
         weight_sync_every: int = 1,
         async_queue_size: int | None = None,
@@ -91,9 +93,16 @@ class ExperienceDataModule(LightningDataModule):
         check(total_env_steps >= 1, f"total_env_steps must be >= 1, got {total_env_steps}")
         check(updates_per_epoch >= 1, f"updates_per_epoch must be >= 1, got {updates_per_epoch}")
         check(
-            sampler in ("sync", "alternating", "async"),
-            f"sampler must be sync, alternating or async, got {sampler!r}",
+            sampler in ("sync", "alternating", "async", "ray"),
+            f"sampler must be sync, alternating, async or ray, got {sampler!r}",
         )
+        if sampler == "ray":
+            import importlib.util
+
+            check(
+                importlib.util.find_spec("ray") is not None,
+                "sampler='ray' needs Ray: pip install 'lightning-accelrl[ray]'",
+            )
         check(num_sampler_procs >= 1, f"num_sampler_procs must be >= 1, got {num_sampler_procs}")
         check(weight_sync_every >= 1, f"weight_sync_every must be >= 1, got {weight_sync_every}")
         check(
@@ -102,8 +111,8 @@ class ExperienceDataModule(LightningDataModule):
         )
         check(sampler_restarts >= 0, f"sampler_restarts must be >= 0, got {sampler_restarts}")
         check(
-            sampler != "async" or isinstance(env, str),
-            "sampler='async' needs an env id (each sampler process builds its own envs)",
+            sampler not in ("async", "ray") or isinstance(env, str),
+            f"sampler={sampler!r} needs an env id (each sampler process builds its own envs)",
         )
         check(batch_size >= 1, f"batch_size must be >= 1, got {batch_size}")
         check(replay_capacity >= 1, f"replay_capacity must be >= 1, got {replay_capacity}")
@@ -140,7 +149,7 @@ class ExperienceDataModule(LightningDataModule):
         self.async_queue_size = async_queue_size
         self.sampler_restarts = sampler_restarts
         self._restarts_before = 0  # sampler restarts of runners already closed
-        self.runner: AsyncRunner | None = None
+        self.runner: Any = None  # AsyncRunner, or RayRunner (same learner-side interface)
         self._spec_kind = "rollout"
         self._lag_mark = 0
         self._async_final_env_steps: int | None = None
@@ -188,7 +197,11 @@ class ExperienceDataModule(LightningDataModule):
         spec = module.experience_spec() if hasattr(module, "experience_spec") else {"kind": "rollout"}
         self._spec_kind = spec["kind"]
         # async: the sampler processes start in train_dataloader, once the model is built
-        if self.sampler_kind == "async":
+        if self.sampler_kind == "ray" and spec["kind"] != "replay":
+            raise ConfigError(
+                f"sampler='ray' supports replay (DQN-family) algorithms only; this module needs {spec['kind']}"
+            )
+        if self.sampler_kind in ("async", "ray"):
             self._experience_spec = spec
             self._envs_per_rank = self.num_envs
             if self.tracker is None:
@@ -275,13 +288,14 @@ class ExperienceDataModule(LightningDataModule):
 
     # ----- streaming --------------------------------------------------------------------------------------
     def train_dataloader(self) -> _RolloutStream:
-        if self.sampler_kind == "async" and self.runner is None and self.trainer is not None:
+        if self.sampler_kind in ("async", "ray") and self.runner is None and self.trainer is not None:
             self.start_async(self.trainer.lightning_module)
         return _RolloutStream(self)
 
     # ----- asynchronous sampling ----------------------------------------------------------------------------
     def start_async(self, module: Any) -> None:
-        """Start this rank's table server and sampler processes (``sampler="async"``)."""
+        """Start this rank's table server and sampler processes (``sampler="async"``), or its table actor and
+        sampler actors (``sampler="ray"``)."""
         rank = self.trainer.global_rank if self.trainer is not None else 0
         spec = getattr(self, "_experience_spec", None) or module.experience_spec()
         replay = None
@@ -298,16 +312,33 @@ class ExperienceDataModule(LightningDataModule):
                 ),
                 "frames": len(shape) == 3 and dtype == torch.uint8,
             }
+        env_factory = functools.partial(
+            make_env,
+            self.env,
+            self.num_envs,
+            self._base_seed(),
+            vectorization=self.vectorization,
+            env_kwargs=self.env_kwargs,
+        )
+        if self.sampler_kind == "ray":
+            from lightning_accelrl.data.ray_runner import RayRunner
+
+            self.runner = RayRunner(
+                module,
+                env_factory=env_factory,
+                spec=spec,
+                num_procs=self.num_sampler_procs,
+                rank=rank,
+                budget=math.ceil(self.total_env_steps / self._world_size),
+                replay=replay,
+                weight_sync_every=self.weight_sync_every,
+                world_size=self._world_size,
+            ).start()
+            self._pending_async_state = None  # the ray table is not checkpointed (see data.ray_runner)
+            return
         self.runner = AsyncRunner(
             module,
-            env_factory=functools.partial(
-                make_env,
-                self.env,
-                self.num_envs,
-                self._base_seed(),
-                vectorization=self.vectorization,
-                env_kwargs=self.env_kwargs,
-            ),
+            env_factory=env_factory,
             kind=spec["kind"],
             spec=spec,
             num_procs=self.num_sampler_procs,
@@ -443,9 +474,9 @@ class ExperienceDataModule(LightningDataModule):
             stats.update(self.feeder.stats())
         module = self.trainer.lightning_module if self.trainer is not None else None
         lags = getattr(module, "policy_lags", None)
-        if self.sampler_kind == "async":
+        if self.sampler_kind in ("async", "ray"):
             stats["async/sampler_restarts"] = restarts  # over all ranks
-        if self.sampler_kind == "async" and lags:  # mean lag of the batches since the last log
+        if self.sampler_kind in ("async", "ray") and lags:  # mean lag of the batches since the last log
             recent = lags[self._lag_mark :] or lags[-1:]
             stats["train/policy_lag"] = sum(recent) / len(recent)
             self._lag_mark = len(lags)

@@ -1,0 +1,415 @@
+"""``sampler: ray``: sampler actors anywhere in a Ray cluster feed a replay table served by a Ray actor.
+
+```
+ sampler actor 0 ─┐  (envs + CPU policy copy, n-step writer)        ┌─ learner (Trainer process)
+ sampler actor 1 ─┼─► RayTableClient.insert ─► table actor (limiter) ◄─ RayTableClient.sample
+      ...         ┘         ▲ report steps/episodes, fetch weights    └─ coordinator.set_weights every k updates
+                            └───────────── coordinator actor ◄────────┘
+```
+
+The same design as :mod:`lightning_accelrl.data.async_runner`, with Ray in place of fork and shared memory, so
+that samplers can run on other machines (``TableServer`` is one machine only: Unix sockets, shared memory):
+
+- **Data**: a :class:`~lightning_accelrl.replay.ray_table.RayTable` actor owns the replay table and its
+  SampleToInsertRatio limiter (the async replay table: same selector, remover, capacity and limiter).
+- **Weights and counts**: one small coordinator actor holds the latest published weights (a flat float32 array)
+  with their policy version, every sampler's env steps and acting version, the finished episodes not yet read by
+  the learner, and the stop flag. Samplers report after every vector step (one round trip: the global env-step
+  count stops them at the budget, as the shared counters do in the async runner) and fetch weights only when the
+  version they are told about is newer than theirs.
+- **Faults**: each sampler runs one long ``run()`` call; the learner watches those calls (``ray.wait`` with no
+  timeout) every ``_CHECK_S`` and while waiting for data. An actor that died or raised fails the run with
+  :class:`~lightning_accelrl.data.async_runner.SamplerProcessError` (one line). No restarts.
+- **Shutdown**: ``close()`` sets the stop flag, gives the samplers a moment to return, then kills every actor
+  (samplers, table, coordinator) and, if this runner started Ray itself, shuts Ray down.
+
+Resume from a checkpoint is not supported: the table lives in an actor and is not saved (``state_dict`` is None).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import functools
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+from tensordict import TensorDict
+
+from lightning_accelrl.data.async_runner import (
+    SamplerProcessError,
+    _cpu_copy,
+    _replay_table,
+    parameters_of,
+    sampler_stream,
+    stream_seed,
+)
+from lightning_accelrl.errors import ConfigError
+
+try:
+    import ray
+except ImportError as err:  # pragma: no cover - exercised only without the extra
+    raise ConfigError("sampler='ray' needs Ray: pip install 'lightning-accelrl[ray]'") from err
+
+__all__ = ["RayRunner"]
+
+log = logging.getLogger(__name__)
+
+_CHECK_S = 0.5  # how often the learner checks its sampler actors (also its sample timeout)
+_INSERT_TIMEOUT_S = 1.0  # a blocked insert wakes this often to ask the coordinator whether to stop
+_STOP_GRACE_S = 3.0  # close(): how long samplers get to return by themselves before they are killed
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return f"{type(err).__name__}: {text.splitlines()[0] if text else ''}"
+
+
+class _Coordinator:
+    """Actor body: the published weights, per-sampler counters, pending episodes and the stop flag.
+
+    A plain (synchronous) actor: Ray runs its calls one at a time, so no locking is needed.
+    """
+
+    def __init__(self, num_procs: int, budget: int) -> None:
+        self.budget = budget
+        self.env_steps = [0] * num_procs
+        self.versions = [-1] * num_procs
+        self.finished = [False] * num_procs
+        self.episodes: list[tuple[float, float]] = []
+        self.stop = False
+        self.version, self.weights = -1, np.zeros(0, np.float32)
+
+    def set_weights(self, version: int, flat: np.ndarray) -> None:
+        self.version, self.weights = int(version), flat
+
+    def get_weights(self) -> tuple[int, np.ndarray]:
+        return self.version, self.weights
+
+    def report(
+        self, idx: int, env_steps: int, episodes: list[tuple[float, float]], version: int, finished: bool
+    ) -> tuple[bool, int, int]:
+        """A sampler's counts; returns (go on?, total env steps, latest weight version)."""
+        self.env_steps[idx], self.versions[idx] = env_steps, version
+        self.episodes.extend(episodes)
+        self.finished[idx] = self.finished[idx] or finished
+        total = sum(self.env_steps)
+        return (not self.stop and total < self.budget), total, self.version
+
+    def status(self) -> dict[str, Any]:
+        """The learner's view; hands over (and forgets) the episodes finished since the last call."""
+        episodes, self.episodes = self.episodes, []
+        return {
+            "env_steps": sum(self.env_steps),
+            "acting_version": min(self.versions),
+            "all_finished": all(self.finished),
+            "episodes": episodes,
+        }
+
+    def request_stop(self) -> None:
+        self.stop = True
+
+    def stopped(self) -> bool:
+        return self.stop
+
+
+class _Progress:
+    """Stands in for the Trainer inside a sampler actor: ``module.progress`` (ε schedules) follows the global
+    env-step count the coordinator reports."""
+
+    def __init__(self, budget: int) -> None:
+        self.datamodule = self
+        self.budget, self.progress = budget, 0.0
+
+    def update(self, total_env_steps: int) -> None:
+        self.progress = min(1.0, total_env_steps / self.budget)
+
+
+class _SamplerActor:
+    """Actor body: builds its envs (seeds from its env stream), acts with a CPU policy copy, inserts n-step
+    transitions into the table and reports to the coordinator after every vector step."""
+
+    def __init__(
+        self,
+        idx: int,
+        stream: int,
+        agent: Any,
+        env_factory: Callable[[int], Any],
+        spec: dict[str, Any],
+        table: Any,
+        coordinator: Any,
+        budget: int,
+        seed: int,
+    ) -> None:
+        torch.set_num_threads(1)  # one core per sampler actor (what it asks Ray for)
+        self.idx, self.stream, self.agent, self.env_factory = idx, stream, agent, env_factory
+        self.spec, self.table, self.coord, self.budget, self.seed = spec, table, coordinator, budget, seed
+
+    def run(self) -> int:
+        """Sample until the global budget is spent or the learner asks to stop; returns this actor's env steps."""
+        from lightning_accelrl.replay import NStepWriter, StreamIndexer
+        from lightning_accelrl.sampling import SyncSampler
+
+        torch.manual_seed(stream_seed(self.seed, self.stream))
+        env = self.env_factory(self.stream)
+        progress = _Progress(self.budget)
+        self.agent._trainer = progress
+        params = parameters_of(self.agent)
+        sampler = SyncSampler(env, 1, store_next_observation=True)
+        writer = NStepWriter(self.spec["n_step"], self.spec["gamma"], env.num_envs)
+        shape, dtype = env.spec.observation_shape, env.spec.observation_dtype
+        indexer = None
+        if len(shape) == 3 and dtype == torch.uint8:
+            indexer = StreamIndexer(env.num_envs, shape[0], self.stream * env.num_envs)
+        version, seen = -1, 0
+        try:
+            go, total, latest = ray.get(self.coord.report.remote(self.idx, 0, [], version, False))
+            while go:
+                if latest > version:  # fetch before stepping: act with the newest published weights
+                    version, flat = ray.get(self.coord.get_weights.remote())
+                    with torch.no_grad():
+                        torch.nn.utils.vector_to_parameters(torch.from_numpy(flat.copy()), params)
+                    self.agent.policy_version = version
+                progress.update(total)
+                step = sampler.collect(self.agent)[0]
+                tracker = sampler.tracker
+                new = tracker.episodes - seen
+                episodes = []
+                if new:
+                    rets, lens = list(tracker.recent_returns)[-new:], list(tracker.recent_lengths)[-new:]
+                    episodes, seen = [(float(r), float(n)) for r, n in zip(rets, lens)], tracker.episodes
+                items = writer.add(indexer(step) if indexer is not None else step)
+                if items is not None and items.batch_size[0] > 0:
+                    self._insert(items)
+                go, total, latest = ray.get(
+                    self.coord.report.remote(self.idx, sampler.env_steps, episodes, version, False)
+                )
+            ray.get(self.coord.report.remote(self.idx, sampler.env_steps, [], version, True))
+            return sampler.env_steps
+        finally:
+            with contextlib.suppress(Exception):
+                env.close()
+
+    def _insert(self, items: TensorDict) -> None:
+        """Insert all of ``items``, blocking while the limiter refuses, asking whether to stop between waits."""
+        while True:
+            try:
+                self.table.insert(items, timeout=_INSERT_TIMEOUT_S)
+                return
+            except TimeoutError as err:
+                done = int(getattr(err, "num_inserted", 0))
+                if done:
+                    items = items[done:]
+                if ray.get(self.coord.stopped.remote()):
+                    return
+
+
+class RayRunner:
+    """Starts and watches the table actor, the coordinator and the sampler actors of one rank (replay mode).
+
+    The learner's side has the interface the data module uses with :class:`AsyncRunner` (``publish``,
+    ``sample``, ``env_steps``, ``all_finished``, ``acting_version``, ``drain_episodes``, ``close``...).
+
+    Args:
+        module: the algorithm (a DQN-family module; its CPU deep copy is shipped to every sampler actor).
+        env_factory: ``env_factory(stream)`` builds one sampler's batched env (called in the actor).
+        spec: the module's experience spec (``kind`` must be ``"replay"``; n-step, gamma, prioritized...).
+        num_procs: sampler actors of this rank; ``rank``/``world_size``: distinct env streams per rank.
+        budget: env steps this rank's samplers collect in all.
+        weight_sync_every: publish weights every this many policy versions (updates).
+        replay: dict with capacity, limiter (a rate limiter), frames (bool): the async replay table settings.
+        seed: base of the samplers' torch seeds and of the table's sampling seed.
+        actor_options: ``ray.remote(...).options`` for the sampler actors (default ``{"num_cpus": 1}``: Ray
+            spreads them over the cluster's CPUs, other nodes included).
+    """
+
+    def __init__(
+        self,
+        module: Any,
+        env_factory: Callable[[int], Any],
+        spec: dict[str, Any],
+        num_procs: int,
+        rank: int,
+        budget: int,
+        replay: dict[str, Any],
+        weight_sync_every: int = 1,
+        world_size: int = 1,
+        seed: int | None = None,
+        actor_options: dict[str, Any] | None = None,
+    ) -> None:
+        if spec.get("kind") != "replay":
+            raise ConfigError(
+                f"sampler='ray' supports replay (DQN-family) algorithms only, not {spec.get('kind')!r} experience"
+            )
+        self.module, self.env_factory, self.spec = module, env_factory, spec
+        self.num_procs, self.rank, self.world_size = num_procs, rank, max(1, int(world_size))
+        self.budget, self.replay = budget, replay
+        self.weight_sync_every = max(1, int(weight_sync_every))
+        self.seed = int(torch.initial_seed() if seed is None else seed)
+        self.actor_options = dict(actor_options or {"num_cpus": 1})
+        self.restarts = 0  # the data module reports it; Ray samplers are not restarted
+        self.table: Any = None
+        self.coord: Any = None
+        self.actors: list[Any] = []
+        self._runs: list[Any] = []
+        self._done: set[int] = set()
+        self._params = parameters_of(module)
+        self._pushed_version = -1
+        self._status: dict[str, Any] = {
+            "env_steps": 0,
+            "acting_version": 0,
+            "all_finished": False,
+            "episodes": [],
+        }
+        self._next_check = 0.0
+        self._started_ray = False
+        self._closed = False
+
+    # ----- lifecycle --------------------------------------------------------------------------------------
+    def start(self) -> RayRunner:
+        from lightning_accelrl.replay.ray_table import RayTable
+
+        # local Ray, unless the user's ray.init(address="auto") ran before: then the actors may land on any node
+        if not ray.is_initialized():
+            ray.init(include_dashboard=False, log_to_driver=False)
+            self._started_ray = True
+        try:
+            r = self.replay
+            factory = functools.partial(
+                _replay_table,
+                r["capacity"],
+                bool(self.spec.get("prioritized", False)),
+                float(self.spec.get("priority_exponent", 0.6)),
+                r["limiter"],
+                bool(r.get("frames", False)),
+                None,
+                stream_seed(self.seed, -1 - self.rank),
+            )
+            # the table and coordinator take no CPU slot: they must never keep samplers from being scheduled
+            self.table = RayTable.create("replay", factory=factory, actor_options={"num_cpus": 0})
+            self.coord = ray.remote(_Coordinator).options(num_cpus=0).remote(self.num_procs, self.budget)
+            self.publish(self.module, force=True)
+            agent = _cpu_copy(self.module)
+            actor_cls = ray.remote(_SamplerActor).options(max_restarts=0, **self.actor_options)
+            for i in range(self.num_procs):
+                stream = sampler_stream(self.rank, self.num_procs, i, 0, self.world_size)
+                actor = actor_cls.remote(
+                    i, stream, copy.deepcopy(agent), self.env_factory, self.spec, self.table, self.coord,
+                    self.budget, self.seed,
+                )  # fmt: skip
+                self.actors.append(actor)
+                self._runs.append(actor.run.remote())
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def close(self) -> None:
+        """Stop the samplers (stop flag, then kill), the table and the coordinator; idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        if self.coord is not None:
+            with contextlib.suppress(Exception):
+                ray.get(self.coord.request_stop.remote(), timeout=2.0)
+        if self._runs:
+            with contextlib.suppress(Exception):
+                ray.wait(self._runs, num_returns=len(self._runs), timeout=_STOP_GRACE_S)
+        for actor in [*self.actors, self.coord]:
+            if actor is not None:
+                with contextlib.suppress(Exception):
+                    ray.kill(actor)
+        if self.table is not None:
+            with contextlib.suppress(Exception):
+                self.table.kill()
+        if self._started_ray:
+            with contextlib.suppress(Exception):
+                ray.shutdown()
+
+    def state_dict(self) -> None:
+        """Nothing to resume from: the table lives in an actor and is not checkpointed."""
+        return None
+
+    # ----- the learner's side ---------------------------------------------------------------------------------
+    def publish(self, module: Any, force: bool = False) -> None:
+        """New weights for the samplers when ``weight_sync_every`` updates passed since the last publication."""
+        version = int(getattr(module, "policy_version", 0))
+        if force or version - self._pushed_version >= self.weight_sync_every:
+            with torch.no_grad():
+                flat = torch.cat([p.detach().reshape(-1).to("cpu", torch.float32) for p in self._params])
+            self.coord.set_weights.remote(version, flat.numpy())  # ordered with later calls of this driver
+            self._pushed_version = version
+
+    def check(self) -> None:
+        """Raise :class:`SamplerProcessError` (one line) when a sampler actor died or raised."""
+        pending = [ref for i, ref in enumerate(self._runs) if i not in self._done]
+        if not pending:
+            return
+        ready, _ = ray.wait(pending, num_returns=len(pending), timeout=0)
+        for ref in ready:
+            i = self._runs.index(ref)
+            try:
+                ray.get(ref)
+            except Exception as err:
+                raise SamplerProcessError(
+                    f"ray sampler actor {i} of rank {self.rank} failed ({_first_line(err)}); stopping the run"
+                ) from None
+            self._done.add(i)
+
+    def _refresh(self) -> None:
+        status = ray.get(self.coord.status.remote())
+        status["episodes"] = self._status["episodes"] + status["episodes"]
+        self._status = status
+
+    @property
+    def all_finished(self) -> bool:
+        return bool(self._status["all_finished"])
+
+    @property
+    def env_steps(self) -> int:
+        return int(self._status["env_steps"])
+
+    @property
+    def acting_version(self) -> int:
+        """The oldest policy version any sampler acts with now."""
+        return int(self._status["acting_version"])
+
+    def drain_episodes(self) -> list[tuple[float, float]]:
+        """Episodes finished since the last call (return, length); also refreshes the counts."""
+        if self._closed:
+            return []
+        try:
+            self._refresh()
+        except Exception as err:
+            raise SamplerProcessError(f"lost the ray sampler coordinator ({_first_line(err)})") from None
+        episodes, self._status["episodes"] = self._status["episodes"], []
+        return episodes
+
+    def sample(self, n: int) -> TensorDict | None:
+        """``n`` items from the table, waiting while the limiter refuses; None when the samplers finished and the
+        table cannot supply more."""
+        while True:
+            now = time.monotonic()
+            if now >= self._next_check:
+                self.check()
+                self._next_check = now + _CHECK_S
+            try:
+                return self.table.sample(n, timeout=_CHECK_S)
+            except TimeoutError:
+                self.check()
+                self._refresh()
+                if self.all_finished:
+                    return None
+            except ConnectionError as err:
+                self.check()
+                raise SamplerProcessError(f"lost the ray replay table ({_first_line(err)})") from None
+
+    def update_priorities(self, keys: torch.Tensor, priorities: torch.Tensor) -> None:
+        self.table.update_priorities(keys.detach().cpu(), priorities.detach().float().cpu())
+
+    def table_info(self) -> dict[str, Any]:
+        return self.table.info()

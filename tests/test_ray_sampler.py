@@ -1,0 +1,136 @@
+"""``sampler: ray``: a DQN fit whose samplers are Ray actors feeding a RayTable.
+
+Skipped without Ray. One ``ray.init`` for the module, bound to loopback, with a small object store and a short temp
+folder (NOTES.md); the data module then uses that connection (as it would a cluster's). Never ``ray stop``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+
+import pytest
+
+ray = pytest.importorskip("ray")
+
+import lightning as L  # noqa: E402
+
+from lightning_accelrl import DQN, ExperienceDataModule  # noqa: E402
+from lightning_accelrl.errors import ConfigError  # noqa: E402
+
+
+@pytest.fixture(scope="module", autouse=True)
+def ray_session():
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # bind 127.0.0.1 only
+    os.environ["RAY_AUTH_MODE"] = "disabled"
+    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
+    started = not ray.is_initialized()
+    if started:
+        temp_dir = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # Unix socket paths must stay short
+        ray.init(
+            num_cpus=2,
+            include_dashboard=False,
+            object_store_memory=100 * 2**20,
+            _temp_dir=temp_dir,
+            log_to_driver=False,
+        )
+    yield
+    if started:
+        ray.shutdown()
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+class _KeepHandles(L.Callback):
+    """Remembers the runner's actors (the data module drops the runner at the end of fit)."""
+
+    def __init__(self) -> None:
+        self.actors: list = []
+
+    def on_train_batch_end(self, trainer, pl_module, *args) -> None:
+        runner = trainer.datamodule.runner
+        if not self.actors and runner is not None:
+            self.actors = [*runner.actors, runner.coord, runner.table.actor]
+
+
+def _dead(actor) -> bool:
+    try:
+        ray.get(actor.__ray_ready__.remote(), timeout=10)
+    except ray.exceptions.RayActorError:
+        return True
+    return False
+
+
+def test_ray_dqn_fit_finishes_its_budget_and_leaves_no_actor() -> None:
+    L.seed_everything(0, verbose=False)
+    model = DQN(hidden=[16])
+    dm = ExperienceDataModule(
+        env="CartPole-v1",
+        num_envs=2,
+        total_env_steps=3000,
+        batch_size=32,
+        replay_ratio=4.0,
+        learning_starts=200,
+        sampler="ray",
+        num_sampler_procs=2,
+        weight_sync_every=2,
+    )
+    keep = _KeepHandles()
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_epochs=-1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[keep],
+    )
+    trainer.fit(model, datamodule=dm)
+    # the budget stops the samplers; one in-flight vector step per sampler actor may still land
+    assert 3000 <= dm.env_steps < 3000 + 2 * 2
+    # the limiter holds the ratio: (inserted - learning_starts) * ratio / batch updates, up to the error band
+    expected = (3000 - 200) * 4.0 / 32
+    assert abs(model.policy_version - expected) <= 32 / 4 + 2, model.policy_version
+    assert dm.tracker.episodes > 0 and model.policy_lags  # episodes came back; lags were recorded
+    assert dm.runner is None and len(keep.actors) == 2 + 2
+    assert all(_dead(a) for a in keep.actors)
+
+
+def test_ray_sampler_needs_a_replay_algorithm() -> None:
+    from lightning_accelrl import PPO
+
+    dm = ExperienceDataModule(env="CartPole-v1", total_env_steps=1000, sampler="ray")
+    trainer = L.Trainer(accelerator="cpu", max_epochs=1, logger=False, enable_checkpointing=False)
+    with pytest.raises(ConfigError, match="replay"):
+        trainer.fit(PPO(), datamodule=dm)
+
+
+class _KillSampler(_KeepHandles):
+    def on_train_batch_end(self, trainer, pl_module, *args) -> None:
+        super().on_train_batch_end(trainer, pl_module, *args)
+        if pl_module.policy_version == 20:
+            ray.kill(trainer.datamodule.runner.actors[0])
+
+
+def test_killed_sampler_actor_fails_the_run_with_one_line() -> None:
+    from lightning_accelrl.data.async_runner import SamplerProcessError
+
+    L.seed_everything(0, verbose=False)
+    dm = ExperienceDataModule(
+        env="CartPole-v1",
+        num_envs=2,
+        total_env_steps=1_000_000,
+        batch_size=32,
+        learning_starts=100,
+        sampler="ray",
+        num_sampler_procs=2,
+    )
+    kill = _KillSampler()
+    trainer = L.Trainer(
+        accelerator="cpu", max_epochs=-1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        callbacks=[kill],
+    )  # fmt: skip
+    with pytest.raises(SamplerProcessError, match=r"^ray sampler actor 0 of rank 0 failed \(") as info:
+        trainer.fit(DQN(hidden=[16]), datamodule=dm)
+    assert "\n" not in str(info.value), str(info.value)
+    assert dm.runner is None and all(_dead(a) for a in kill.actors)
