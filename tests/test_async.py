@@ -105,7 +105,10 @@ SCRIPT = textwrap.dedent(
             dm = trainer.datamodule
             dm._drain_episodes()
             tr = dm.tracker
-            if self.kill_after and pl_module.policy_version >= self.kill_after[0]:
+            # kill only a live sampler: after a kill, the next one waits until the runner has replaced the
+            # process (it checks every 0.5 s; a quiet machine makes 40 updates faster than that)
+            alive = dm.runner is not None and dm.runner.procs[0].exitcode is None
+            if self.kill_after and pl_module.policy_version >= self.kill_after[0] and alive:
                 self.kill_after.pop(0)
                 pid = dm.runner.procs[0].pid
                 self.pids |= {p.pid for p in dm.runner.procs} | {dm.runner.server.pid}
