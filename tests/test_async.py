@@ -242,23 +242,26 @@ def test_sampler_processes_get_distinct_torch_seeds() -> None:
     assert not torch.equal(draws[0], draws[1])
 
 
+# a small async DQN run: 2 sampler processes x 2 envs, 3,000 env steps, ~350 updates (also tests/test_async_faults.py)
+SMALL_DQN_CFG = {
+    "algo": "DQN",
+    "model": {"hidden": [16]},
+    "data": {
+        "env": "CartPole-v1",
+        "num_envs": 2,
+        "total_env_steps": 3000,
+        "batch_size": 32,
+        "replay_ratio": 4.0,
+        "learning_starts": 200,
+        "sampler": "async",
+        "num_sampler_procs": 2,
+        "weight_sync_every": 2,
+    },
+}
+
+
 def test_async_run_finishes_its_budget_cleanly(tmp_path: Path) -> None:
-    cfg = {
-        "algo": "DQN",
-        "model": {"hidden": [16]},
-        "data": {
-            "env": "CartPole-v1",
-            "num_envs": 2,
-            "total_env_steps": 3000,
-            "batch_size": 32,
-            "replay_ratio": 4.0,
-            "learning_starts": 200,
-            "sampler": "async",
-            "num_sampler_procs": 2,
-            "weight_sync_every": 2,
-        },
-    }
-    code, text, result, _ = run_script(tmp_path, cfg, timeout=120)
+    code, text, result, _ = run_script(tmp_path, SMALL_DQN_CFG, timeout=120)
     assert code == 0, text[-3000:]
     # the budget stops the samplers; one in-flight vector step per sampler process may still land
     assert 3000 <= result["env_steps"] < 3000 + 2 * 2

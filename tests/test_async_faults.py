@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_async import APPO_CFG, _group_alive, _shm, run_script
+from test_async import APPO_CFG, SMALL_DQN_CFG, _group_alive, _shm, run_script
 
 from lightning_accelrl.data.async_runner import sampler_stream
 
@@ -39,23 +39,10 @@ def test_restarted_samplers_take_env_streams_no_sampler_used() -> None:
 
 
 def _dqn_cfg(restarts: int, kill_after: list[int]) -> dict:
-    return {
-        "algo": "DQN",
-        "model": {"hidden": [16]},
-        "data": {
-            "env": "CartPole-v1",
-            "num_envs": 2,
-            "total_env_steps": 3000,
-            "batch_size": 32,
-            "replay_ratio": 4.0,
-            "learning_starts": 200,
-            "sampler": "async",
-            "num_sampler_procs": 2,
-            "weight_sync_every": 2,
-            "sampler_restarts": restarts,
-        },
-        "kill_after": kill_after,
-    }
+    cfg = json.loads(json.dumps(SMALL_DQN_CFG))
+    cfg["data"]["sampler_restarts"] = restarts
+    cfg["kill_after"] = kill_after
+    return cfg
 
 
 def _all_gone(tmp_path: Path) -> None:

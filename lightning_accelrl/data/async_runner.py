@@ -157,6 +157,35 @@ def _replay_table(
     return table
 
 
+def watched_sample(runner: Any, sample: Any, n: int, table_name: str) -> TensorDict | None:
+    """``sample(n, timeout=...)`` from a served table while watching the samplers (the async and Ray runners).
+
+    Waits while the limiter refuses, calling ``runner.check()`` (raises when a sampler died) at least every
+    ``_CHECK_S``; returns None once ``runner.samplers_finished()`` and the table supplies no more; a lost table
+    becomes a one-line :class:`SamplerProcessError`.
+    """
+    while True:
+        now = time.monotonic()
+        if now >= runner._next_check:
+            runner.check()
+            runner._next_check = now + _CHECK_S
+        try:
+            return sample(n, timeout=_CHECK_S)
+        except TimeoutError:
+            runner.check()
+            if runner.samplers_finished():
+                return None
+        except ConnectionError as err:
+            runner.check()
+            raise SamplerProcessError(f"lost {table_name} ({first_line(err)})") from None
+
+
+def first_line(err: BaseException) -> str:
+    """``Type: first line of the message``: errors from other processes, kept to one line."""
+    text = str(err).strip()
+    return f"{type(err).__name__}: {text.splitlines()[0] if text else ''}"
+
+
 def stream_seed(base_seed: int, stream: int) -> int:
     """Seed of the torch generator in the sampler process of env stream ``stream``: forked children inherit the
     learner's generator state, so without their own seed every sampler would draw the same ε-greedy and
@@ -386,23 +415,14 @@ class AsyncRunner:
     def all_finished(self) -> bool:
         return bool((self.counters[:, _STATE] == _FINISHED).all())
 
+    def samplers_finished(self) -> bool:
+        """Whether every sampler finished (read when a sample timed out: see :func:`watched_sample`)."""
+        return self.all_finished
+
     def sample(self, n: int) -> TensorDict | None:
         """``n`` items from the table, waiting while the limiter refuses; None when the samplers finished and the
         table cannot supply more."""
-        while True:
-            now = time.monotonic()
-            if now >= self._next_check:
-                self.check()
-                self._next_check = now + _CHECK_S
-            try:
-                return self.client.sample(n, timeout=_CHECK_S)
-            except TimeoutError:
-                self.check()
-                if self.all_finished:
-                    return None
-            except ConnectionError as err:
-                self.check()
-                raise SamplerProcessError(f"lost the replay table server: {err}") from None
+        return watched_sample(self, self.client.sample, n, "the replay table server")
 
     def next_rollout(self) -> TensorDict | None:
         """One rollout segment ``[T, B]`` (oldest first)."""

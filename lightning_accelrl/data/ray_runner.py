@@ -18,8 +18,8 @@ that samplers can run on other machines (``TableServer`` is one machine only: Un
   count stops them at the budget, as the shared counters do in the async runner) and fetch weights only when the
   version they are told about is newer than theirs.
 - **Faults**: each sampler runs one long ``run()`` call; the learner watches those calls (``ray.wait`` with no
-  timeout) every ``_CHECK_S`` and while waiting for data. An actor that died or raised fails the run with
-  :class:`~lightning_accelrl.data.async_runner.SamplerProcessError` (one line). No restarts.
+  timeout) every 0.5 s and while waiting for data (``async_runner.watched_sample``). An actor that died or raised
+  fails the run with :class:`~lightning_accelrl.data.async_runner.SamplerProcessError` (one line). No restarts.
 - **Shutdown**: ``close()`` sets the stop flag, gives the samplers a moment to return, then kills every actor
   (samplers, table, coordinator) and, if this runner started Ray itself, shuts Ray down.
 
@@ -32,7 +32,6 @@ import contextlib
 import copy
 import functools
 import logging
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -44,9 +43,11 @@ from lightning_accelrl.data.async_runner import (
     SamplerProcessError,
     _cpu_copy,
     _replay_table,
+    first_line,
     parameters_of,
     sampler_stream,
     stream_seed,
+    watched_sample,
 )
 from lightning_accelrl.errors import ConfigError
 
@@ -59,14 +60,8 @@ __all__ = ["RayRunner"]
 
 log = logging.getLogger(__name__)
 
-_CHECK_S = 0.5  # how often the learner checks its sampler actors (also its sample timeout)
 _INSERT_TIMEOUT_S = 1.0  # a blocked insert wakes this often to ask the coordinator whether to stop
 _STOP_GRACE_S = 3.0  # close(): how long samplers get to return by themselves before they are killed
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return f"{type(err).__name__}: {text.splitlines()[0] if text else ''}"
 
 
 class _Coordinator:
@@ -356,7 +351,7 @@ class RayRunner:
                 ray.get(ref)
             except Exception as err:
                 raise SamplerProcessError(
-                    f"ray sampler actor {i} of rank {self.rank} failed ({_first_line(err)}); stopping the run"
+                    f"ray sampler actor {i} of rank {self.rank} failed ({first_line(err)}); stopping the run"
                 ) from None
             self._done.add(i)
 
@@ -385,28 +380,19 @@ class RayRunner:
         try:
             self._refresh()
         except Exception as err:
-            raise SamplerProcessError(f"lost the ray sampler coordinator ({_first_line(err)})") from None
+            raise SamplerProcessError(f"lost the ray sampler coordinator ({first_line(err)})") from None
         episodes, self._status["episodes"] = self._status["episodes"], []
         return episodes
+
+    def samplers_finished(self) -> bool:
+        """Whether every sampler actor finished, asked of the coordinator (read when a sample timed out)."""
+        self._refresh()
+        return self.all_finished
 
     def sample(self, n: int) -> TensorDict | None:
         """``n`` items from the table, waiting while the limiter refuses; None when the samplers finished and the
         table cannot supply more."""
-        while True:
-            now = time.monotonic()
-            if now >= self._next_check:
-                self.check()
-                self._next_check = now + _CHECK_S
-            try:
-                return self.table.sample(n, timeout=_CHECK_S)
-            except TimeoutError:
-                self.check()
-                self._refresh()
-                if self.all_finished:
-                    return None
-            except ConnectionError as err:
-                self.check()
-                raise SamplerProcessError(f"lost the ray replay table ({_first_line(err)})") from None
+        return watched_sample(self, self.table.sample, n, "the ray replay table")
 
     def update_priorities(self, keys: torch.Tensor, priorities: torch.Tensor) -> None:
         self.table.update_priorities(keys.detach().cpu(), priorities.detach().float().cpu())
