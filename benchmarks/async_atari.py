@@ -36,6 +36,8 @@ import time
 from importlib import metadata
 from pathlib import Path
 
+from results_md import replace_section  # noqa: E402  (benchmarks/ is sys.path[0] when run)
+
 HERE = Path(__file__).resolve().parent
 FRAME_SKIP = 4
 
@@ -268,15 +270,7 @@ def render(results: list[dict], args: argparse.Namespace) -> str:
 
 
 def write_results(text: str) -> None:
-    path = HERE / "RESULTS.md"
-    begin, end = "<!-- BEGIN async-atari -->", "<!-- END async-atari -->"
-    old = path.read_text() if path.exists() else ""
-    block = f"{begin}\n{text}{end}"
-    if begin in old and end in old:
-        new = old[: old.index(begin)] + block + old[old.index(end) + len(end) :]
-    else:
-        new = old.rstrip("\n") + "\n\n" + block + "\n"
-    path.write_text(new)
+    replace_section("async-atari", text)
 
 
 if __name__ == "__main__":

@@ -30,6 +30,8 @@ import sys
 import time
 from pathlib import Path
 
+from results_md import replace_section  # noqa: E402  (benchmarks/ is sys.path[0] when run)
+
 HERE = Path(__file__).resolve().parent
 TARGET = 475.0
 
@@ -266,15 +268,7 @@ def render(results: list[dict]) -> str:
 
 
 def write_results(text: str) -> None:
-    path = HERE / "RESULTS.md"
-    begin, end = "<!-- BEGIN async -->", "<!-- END async -->"
-    old = path.read_text() if path.exists() else ""
-    block = f"{begin}\n{text}{end}"
-    if begin in old and end in old:
-        new = old[: old.index(begin)] + block + old[old.index(end) + len(end) :]
-    else:
-        new = old.rstrip("\n") + "\n\n" + block + "\n"
-    path.write_text(new)
+    replace_section("async", text)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,6 @@ import argparse
 import datetime
 import os
 import platform
-import re
 import statistics
 import subprocess
 import sys
@@ -36,6 +35,9 @@ import torch
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE.parent / "RESULTS.md"
+sys.path.insert(0, str(HERE.parent))
+from results_md import replace_section  # noqa: E402
+
 GAME = "ALE/Pong-v5"
 FRAME_SKIP = 4
 PROTOCOL = {"repeat_action_probability": 0.25, "full_action_space": False, "noop_max": 30}
@@ -266,11 +268,7 @@ def machine() -> str:
 
 
 def write_section(text: str, name: str) -> None:
-    body = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
-    block = f"<!-- BEGIN {name} -->\n{text.rstrip()}\n<!-- END {name} -->\n"
-    pattern = re.compile(rf"<!-- BEGIN {name} -->.*?<!-- END {name} -->\n?", re.S)
-    body = pattern.sub(lambda _: block, body) if pattern.search(body) else body.rstrip() + "\n\n" + block
-    RESULTS.write_text(body)
+    replace_section(name, text, RESULTS)
 
 
 def main() -> None:

@@ -13,18 +13,16 @@ import datetime
 import json
 import os
 import platform
-import re
+import sys
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parents[1] / "RESULTS.md"
+sys.path.insert(0, str(RESULTS.parent))
+from results_md import replace_section  # noqa: E402
 
 
 def write_section(text: str, results: Path = RESULTS) -> None:
-    body = results.read_text() if results.exists() else "# Benchmark results\n"
-    block = f"<!-- BEGIN atari-learning -->\n{text.rstrip()}\n<!-- END atari-learning -->\n"
-    pattern = re.compile(r"<!-- BEGIN atari-learning -->.*?<!-- END atari-learning -->\n?", re.S)
-    body = pattern.sub(lambda _: block, body) if pattern.search(body) else body.rstrip() + "\n\n" + block
-    results.write_text(body)
+    replace_section("atari-learning", text, results)
 
 
 def section(run: Path, command: str, note: str, every: int) -> str:
