@@ -144,6 +144,7 @@ SCRIPT = textwrap.dedent(
                 "final_mean": sum(tr.recent_returns) / max(1, len(tr.recent_returns)),
                 "lags": model.policy_lags, "restarts": dm.sampler_restart_count,
                 "restarts_metric": None if metric is None else float(metric),
+                "returns": list(tr.recent_returns), "scores": list(tr.recent_scores),
             }, f)
 
     if __name__ == "__main__":
@@ -258,6 +259,30 @@ SMALL_DQN_CFG = {
         "weight_sync_every": 2,
     },
 }
+
+
+def test_async_atari_episodes_carry_their_game_scores(tmp_path: Path) -> None:
+    # sampler processes hand (return, length, score) to the learner: the unclipped Space Invaders score arrives
+    # with each clipped return (episodes cut at 400 frames = 100 agent steps, so several end in 1,200 env steps)
+    cfg = {
+        "algo": "APPO",
+        "model": {"update_epochs": 1, "minibatch_size": 64},
+        "data": {
+            "env": "ALE/SpaceInvaders-v5",
+            "env_kwargs": {"max_num_frames_per_episode": 400},
+            "num_envs": 2,
+            "rollout_steps": 16,
+            "total_env_steps": 1200,
+            "sampler": "async",
+            "num_sampler_procs": 2,
+            "seed": 0,
+        },
+    }
+    code, text, result, _ = run_script(tmp_path, cfg, timeout=200)
+    assert code == 0, text[-3000:]
+    returns, scores = result["returns"], result["scores"]
+    assert len(returns) >= 8 and len(scores) == len(returns)
+    assert all(r <= s for r, s in zip(returns, scores, strict=True)) and sum(scores) > sum(returns)
 
 
 def test_async_run_finishes_its_budget_cleanly(tmp_path: Path) -> None:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import collections
+import math
 
+import numpy as np
 import pytest
 import torch
 from foundation_helpers import COUNTING_ID, COUNTING_TL_ID, TIME_LIMIT, counting_length
@@ -201,6 +203,30 @@ def test_episode_window_bounds_the_mean() -> None:
     assert tr.return_sum_count() == (53.0, 3)
 
 
+def test_tracker_hands_episodes_on_with_scores() -> None:
+    """``last``/``add``: what sampler processes send the learner; a score travels only where there is one."""
+    src = EpisodeTracker(2, window=10)
+    src.update_rollout(np.array([[1.0, 2.0], [1.0, 2.0]]), np.array([[False, True], [True, False]]))
+    first = src.last(5)  # two episodes so far, without scores
+    assert [e[:2] for e in first] == [(2.0, 1.0), (2.0, 2.0)] and all(math.isnan(e[2]) for e in first)
+    src.update_rollout(
+        np.array([[1.0, 1.0]]), np.array([[True, True]]), scores=np.array([[4.0, 7.0]], dtype=np.float32)
+    )
+    assert src.last(2) == [(1.0, 1.0, 4.0), (3.0, 2.0, 7.0)]
+    dst = EpisodeTracker(1, window=10)
+    for episode in src.last(4):
+        dst.add(*episode)
+    assert list(dst.recent_returns) == [2.0, 2.0, 1.0, 3.0] and list(dst.recent_scores) == [4.0, 7.0]
+    assert dst.episodes == 4
+    again = EpisodeTracker(1, window=10)
+    again.load_state_dict(dst.state_dict())
+    assert list(again.recent_scores) == [4.0, 7.0]
+    old = dst.state_dict()
+    del old["recent_scores"]  # a checkpoint written before scores existed
+    again.load_state_dict(old)
+    assert list(again.recent_scores) == [] and list(again.recent_returns) == [2.0, 2.0, 1.0, 3.0]
+
+
 def test_tracker_state_dict_round_trip() -> None:
     tr = EpisodeTracker(2, window=10)
     tr.update(torch.tensor([1.0, 2.0]), torch.tensor([False, True]))
@@ -333,12 +359,23 @@ def test_tracker_rollout_update_equals_step_updates(exact: bool) -> None:
     if exact:
         rewards = (rewards * 8).round() / 8
     dones = torch.rand(70, 5, generator=rng) < 0.15
+    scores = rewards * 3 + 1  # a second reward stream (Atari's raw game reward), summed the same way
     one, many = EpisodeTracker(5, 1000), EpisodeTracker(5, 1000)
     for t in range(70):
-        one.update(rewards[t], dones[t])
+        one.update(rewards[t], dones[t], scores[t])
     for lo, hi in ((0, 20), (20, 21), (21, 70)):  # a one-step rollout in the middle
-        many.update_rollout(rewards[lo:hi].numpy(), dones[lo:hi].numpy())
-    assert one.episodes == many.episodes > 10
+        many.update_rollout(rewards[lo:hi].numpy(), dones[lo:hi].numpy(), scores[lo:hi].numpy())
+    assert one.episodes == many.episodes == len(many.recent_scores) > 10
+    # the score of each episode is its own sum of the score stream (checked against a direct per-env loop)
+    expected, running = [], [0.0] * 5
+    for t in range(70):
+        for b in range(5):
+            running[b] += float(scores[t, b])
+            if dones[t, b]:
+                expected.append(running[b])
+                running[b] = 0.0
+    assert list(many.recent_scores) == pytest.approx(expected, rel=1e-9, abs=1e-9)
+    assert list(many.recent_scores) == pytest.approx(list(one.recent_scores), rel=1e-12, abs=1e-12)
     assert list(one.recent_lengths) == list(many.recent_lengths)
     assert one.lengths.tolist() == many.lengths.tolist()
     if exact:

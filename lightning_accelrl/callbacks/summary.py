@@ -64,6 +64,8 @@ class RunSummary(Callback):
             "updates": int(getattr(pl_module, "policy_version", 0)),
             "policy_lag_max": max(getattr(pl_module, "policy_lags", []) or [0]),
         }
+        if "episode_score_mean" in stats:  # Atari: the unclipped game score next to the clipped return
+            summary["episode_score_mean"] = stats["episode_score_mean"]
         if self.target_return is not None:
             summary["target_return"] = self.target_return
             summary["env_steps_to_threshold"] = self.reached["env_steps"] if self.reached else None

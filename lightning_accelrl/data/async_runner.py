@@ -259,7 +259,8 @@ class AsyncRunner:
         self._params = parameters_of(module)
         self.weights = SharedWeights(self._params)
         self.counters = torch.zeros(num_procs, 4, dtype=torch.int64).share_memory_()
-        self.episodes = torch.zeros(num_procs, episode_window, 2, dtype=torch.float64).share_memory_()
+        # finished episodes per sampler: (return, length, score; NaN where the env reports no game score)
+        self.episodes = torch.zeros(num_procs, episode_window, 3, dtype=torch.float64).share_memory_()
         self.stop_flag = torch.zeros(1, dtype=torch.int64).share_memory_()
         self._stream_offset = 0  # resume: streams of the saved run stay below this
         self._resume_table: dict[str, Any] | None = None
@@ -445,15 +446,14 @@ class AsyncRunner:
         """The oldest policy version any sampler acts with now."""
         return int(self.counters[:, _VERSION].min())
 
-    def drain_episodes(self) -> list[tuple[float, float]]:
-        """Episodes finished since the last call (return, length), over all samplers."""
-        out: list[tuple[float, float]] = []
+    def drain_episodes(self) -> list[tuple[float, float, float]]:
+        """Episodes finished since the last call (return, length, score or NaN), over all samplers."""
+        out: list[tuple[float, float, float]] = []
         for i in range(self.num_procs):
             count = int(self.counters[i, _EPISODES])
             new = min(count - self._seen[i], self.window)
             for j in range(count - new, count):
-                ret, length = self.episodes[i, j % self.window].tolist()
-                out.append((ret, length))
+                out.append(tuple(self.episodes[i, j % self.window].tolist()))
             self._seen[i] = count
         return out
 
@@ -525,10 +525,8 @@ def _sample_loop(idx: int, stream: int, runner: AsyncRunner, agent: Any, client:
             tracker = sampler.tracker
             if tracker.episodes > episodes_seen:  # publish finished episodes: entries first, then the count
                 new = tracker.episodes - episodes_seen
-                rets, lens = list(tracker.recent_returns)[-new:], list(tracker.recent_lengths)[-new:]
-                for k, (r, n) in enumerate(zip(rets, lens)):
-                    ring[idx, (published + k) % window, 0] = r
-                    ring[idx, (published + k) % window, 1] = n
+                for k, episode in enumerate(tracker.last(new)):  # (return, length, score or NaN)
+                    ring[idx, (published + k) % window] = torch.tensor(episode, dtype=torch.float64)
                 episodes_seen, published = tracker.episodes, published + new
                 counters[idx, _EPISODES] = published
             if replay:

@@ -375,10 +375,8 @@ class ExperienceDataModule(LightningDataModule):
     def _drain_episodes(self) -> None:
         if self.runner is None or self.tracker is None:
             return
-        for ret, length in self.runner.drain_episodes():
-            self.tracker.recent_returns.append(ret)
-            self.tracker.recent_lengths.append(int(length))
-            self.tracker.episodes += 1
+        for episode in self.runner.drain_episodes():
+            self.tracker.add(*episode)
 
     def _next_async_batch(self) -> TensorDict:
         runner, module = self.runner, self.trainer.lightning_module
@@ -464,10 +462,11 @@ class ExperienceDataModule(LightningDataModule):
         )  # this rank's (exact in replay mode, where ranks may differ)
         local = [ret_sum, float(count), float(sum(tracker.recent_lengths)), float(tracker.episodes), steps]
         local.append(float(self.sampler_restart_count))
+        local += [float(sum(tracker.recent_scores)), float(len(tracker.recent_scores))]
         if strategy is not None and self._world_size > 1:
             t = torch.tensor(local, dtype=torch.float64, device=strategy.root_device)
             local = strategy.reduce(t, reduce_op="sum").tolist()
-        ret_sum, count, len_sum, episodes, env_steps, restarts = local
+        ret_sum, count, len_sum, episodes, env_steps, restarts, score_sum, score_count = local
         elapsed = max(self.wall_time, 1e-9)
         stats = {"env_steps": env_steps, "episodes": episodes, "env_steps_per_s": env_steps / elapsed}
         if self.feeder is not None:
@@ -484,6 +483,8 @@ class ExperienceDataModule(LightningDataModule):
             stats["episode_window_count"] = count
             stats["episode_return_mean"] = ret_sum / count
             stats["episode_length_mean"] = len_sum / count
+        if score_count > 0:  # the game's own score where rewards are clipped (Atari): what papers report
+            stats["episode_score_mean"] = score_sum / score_count
         return stats
 
     # ----- checkpoints --------------------------------------------------------------------------------------

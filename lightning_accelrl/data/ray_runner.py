@@ -75,7 +75,7 @@ class _Coordinator:
         self.env_steps = [0] * num_procs
         self.versions = [-1] * num_procs
         self.finished = [False] * num_procs
-        self.episodes: list[tuple[float, float]] = []
+        self.episodes: list[tuple[float, float, float]] = []
         self.stop = False
         self.version, self.weights = -1, np.zeros(0, np.float32)
 
@@ -86,7 +86,12 @@ class _Coordinator:
         return self.version, self.weights
 
     def report(
-        self, idx: int, env_steps: int, episodes: list[tuple[float, float]], version: int, finished: bool
+        self,
+        idx: int,
+        env_steps: int,
+        episodes: list[tuple[float, float, float]],
+        version: int,
+        finished: bool,
     ) -> tuple[bool, int, int]:
         """A sampler's counts; returns (go on?, total env steps, latest weight version)."""
         self.env_steps[idx], self.versions[idx] = env_steps, version
@@ -172,11 +177,7 @@ class _SamplerActor:
                 progress.update(total)
                 step = sampler.collect(self.agent)[0]
                 tracker = sampler.tracker
-                new = tracker.episodes - seen
-                episodes = []
-                if new:
-                    rets, lens = list(tracker.recent_returns)[-new:], list(tracker.recent_lengths)[-new:]
-                    episodes, seen = [(float(r), float(n)) for r, n in zip(rets, lens)], tracker.episodes
+                episodes, seen = tracker.last(tracker.episodes - seen), tracker.episodes
                 items = writer.add(indexer(step) if indexer is not None else step)
                 if items is not None and items.batch_size[0] > 0:
                     self._insert(items)
@@ -373,7 +374,7 @@ class RayRunner:
         """The oldest policy version any sampler acts with now."""
         return int(self._status["acting_version"])
 
-    def drain_episodes(self) -> list[tuple[float, float]]:
+    def drain_episodes(self) -> list[tuple[float, float, float]]:
         """Episodes finished since the last call (return, length); also refreshes the counts."""
         if self._closed:
             return []

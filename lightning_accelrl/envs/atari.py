@@ -249,9 +249,10 @@ class AtariEnv(BatchedEnv):
             final = obs.copy()
             final[rows] = info["final_obs"][rows]  # only done rows of final_obs are valid
             next_observation = torch.from_numpy(final)
+        score = reward
         if self._clip:
             reward = np.minimum(np.maximum(reward, -1.0), 1.0)  # = np.clip, without its Python overhead
-        return StepArrays(next_observation, reward, terminated, truncated, observation)
+        return StepArrays(next_observation, reward, terminated, truncated, observation, score)
 
     def _check_sync(self, what: str) -> None:
         if self.batch_size != self.num_envs:

@@ -75,6 +75,8 @@ class StepArrays(NamedTuple):
     terminated: np.ndarray  # bool [B]
     truncated: np.ndarray  # bool [B]
     observation: torch.Tensor
+    #: the game's own reward [B] where ``reward`` is transformed (Atari's clipping); summed into episode scores
+    score_reward: np.ndarray | None = None
 
     def to_step(self) -> Step:
         return Step(

@@ -158,6 +158,8 @@ class AlternatingSampler(SyncSampler):
             reward[t, sl] = step.reward
             terminated[t, sl] = step.terminated
             truncated[t, sl] = step.truncated
+            if step.score_reward is not None:
+                self._score_rows()[t, sl] = step.score_reward
             if self.store_next_observation:
                 self._rows["next", "observation"].write(t, step.next_observation, sl)
             if "state_value" in pending[g] and np.count_nonzero(truncated[t, sl]):

@@ -80,6 +80,7 @@ class SyncSampler:
         self._rows: dict = {}  # leaf key -> Rows, for the keys written step by step
         self._flags: tuple[np.ndarray, ...] = ()  # [T, B] reward, terminated, truncated, done
         self._staged = False  # flags staged on the host (buffer on an accelerator), copied once per rollout
+        self._scores: np.ndarray | None = None  # [T, B] game rewards, for envs that report them (Atari)
         self.env_steps = 0  # steps of this sampler (all its envs), not global
 
     @property
@@ -132,6 +133,12 @@ class SyncSampler:
             dtypes = (np.float32, np.bool_, np.bool_, np.bool_)
             self._flags = tuple(np.zeros((T, B), dtype) for dtype in dtypes)
 
+    def _score_rows(self) -> np.ndarray:
+        """The ``[T, B]`` game-reward rows (allocated when the env first reports game rewards)."""
+        if self._scores is None:
+            self._scores = np.zeros((self.rollout_steps, self.env.num_envs), np.float32)
+        return self._scores
+
     def _finish_flags(self) -> None:
         """``done`` from the staged flags, the flags into the buffer (if staged), episode statistics."""
         reward, terminated, truncated, done = self._flags
@@ -139,7 +146,7 @@ class SyncSampler:
         if self._staged:
             for key, staged in zip(FLAG_KEYS, self._flags, strict=True):
                 self._views[key].copy_(torch.from_numpy(staged).unsqueeze(-1))
-        self.tracker.update_rollout(reward, done)
+        self.tracker.update_rollout(reward, done, self._scores)
 
     def _bootstrap(self, agent: Agent, last_obs: torch.Tensor, truncated_values: list) -> None:
         """``("next", "state_value")``: the next step's value, the last observation's, final ones at truncation."""
@@ -175,6 +182,8 @@ class SyncSampler:
             reward[t] = step.reward
             terminated[t] = step.terminated
             truncated[t] = step.truncated
+            if step.score_reward is not None:
+                self._score_rows()[t] = step.score_reward
             if self.store_next_observation:
                 rows["next", "observation"].write(t, step.next_observation)
             if has_value and np.count_nonzero(truncated[t]):
