@@ -40,3 +40,18 @@ def test_recipe_smoke(recipe: str, tmp_path: Path) -> None:
     summary = json.loads((tmp_path / last.removeprefix("summary: ")).read_text())
     assert summary["env"].startswith("ALE/") and summary["env_steps"] >= 200
     assert summary["algorithm"] == algo.upper()
+
+
+def test_summary_reports_the_game_score_beside_the_clipped_return(tmp_path: Path) -> None:
+    # Space Invaders (aliens are worth 5-30 points) with episodes cut at 200 frames: 8 episodes in 400 env steps
+    cmd = [sys.executable, "-m", "lightning_accelrl.cli", "fit", "--recipe", "a2c-breakout"]
+    args = ["--data.env", "ALE/SpaceInvaders-v5", "--data.num_envs", "4", "--data.total_env_steps", "400"]
+    args += ["--data.env_kwargs", '{"max_num_frames_per_episode": 200}']
+    proc = subprocess.run([*cmd, *args, *QUIET], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    path = tmp_path / proc.stdout.strip().splitlines()[-1].removeprefix("summary: ")
+    summary = json.loads(path.read_text())
+    assert summary["episodes"] >= 8
+    assert summary["episode_score_mean"] > summary["episode_return_mean"] > 0
+    metrics = (path.parent / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert "episode_score_mean" in metrics  # logged, not only summarised
