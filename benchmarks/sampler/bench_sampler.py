@@ -234,6 +234,8 @@ def measure(configs: dict[str, tuple[str, Callable]], n: int, vsteps: dict[str, 
 
 
 def ratio(rates: dict, num: str, den: str) -> str:
+    if num not in rates or den not in rates:  # a config left out with --skip
+        return "n/a"
     rs = [a / b for a, b in zip(rates[num], rates[den], strict=True)]
     return f"{statistics.median(rs):.2f} ({min(rs):.2f}–{max(rs):.2f})"
 
