@@ -134,3 +134,58 @@ def test_killed_sampler_actor_fails_the_run_with_one_line() -> None:
         trainer.fit(DQN(hidden=[16]), datamodule=dm)
     assert "\n" not in str(info.value), str(info.value)
     assert dm.runner is None and all(_dead(a) for a in kill.actors)
+
+
+class _SaveAt(L.Callback):
+    """Saves a checkpoint at one policy version (the samplers go on meanwhile) and stops; records the served
+    table's limiter counters at the first batch of a resumed run."""
+
+    def __init__(self, path, at: int | None) -> None:
+        self.path, self.at, self.first_state = path, at, None
+
+    def on_train_batch_end(self, trainer, pl_module, *args) -> None:
+        runner = trainer.datamodule.runner
+        if self.first_state is None and runner is not None:
+            self.first_state = runner.table.state_dict()
+        if self.at is not None and pl_module.policy_version == self.at:
+            trainer.save_checkpoint(self.path)
+            trainer.should_stop = True
+
+
+def _ray_fit(ckpt, save_at: int | None) -> tuple[DQN, ExperienceDataModule, _SaveAt]:
+    L.seed_everything(0, verbose=False)
+    model = DQN(hidden=[16], prioritized=True, n_step=2)
+    dm = ExperienceDataModule(
+        env="CartPole-v1", num_envs=2, total_env_steps=3000, batch_size=32, replay_ratio=4.0, learning_starts=200,
+        replay_capacity=600, sampler="ray", num_sampler_procs=2, weight_sync_every=2, seed=0,
+    )  # fmt: skip
+    cb = _SaveAt(ckpt, save_at)
+    trainer = L.Trainer(
+        accelerator="cpu", max_epochs=-1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, callbacks=[cb],
+    )  # fmt: skip
+    trainer.fit(model, datamodule=dm, ckpt_path=None if save_at is not None else ckpt)
+    return model, dm, cb
+
+
+def test_ray_dqn_resumes_with_its_table_and_limiter_counters(tmp_path) -> None:
+    import torch
+
+    ckpt = tmp_path / "mid.ckpt"
+    _ray_fit(ckpt, save_at=150)
+    saved = torch.load(ckpt, weights_only=False)["ExperienceDataModule"]["async"]
+    table, lim = saved["table"], saved["table"]["rate_limiter"]
+    assert len(table["keys"]) == 600 and lim["deletes"] > 0 and lim["samples"] > 0  # full, evicting, sampled
+    assert len(set(table["priorities"].tolist())) > 1  # TD-error priorities came back from the learner
+    saved_steps = int(saved["env_steps"].sum())
+    assert saved_steps >= lim["inserts"] > 1000
+
+    model, dm, cb = _ray_fit(ckpt, save_at=None)
+    first = cb.first_state["rate_limiter"]  # the restored counters, plus what the samplers added since
+    assert first["inserts"] >= lim["inserts"] and first["samples"] >= lim["samples"]
+    assert cb.first_state["next_key"] >= table["next_key"]
+    # the budget goes on from the checkpoint, and the limiter held the ratio over both runs together: a reset
+    # limiter would have waited for 200 fresh inserts (25 updates fewer than this)
+    assert 3000 <= dm.env_steps < 3000 + 2 * 2
+    expected = (3000 - 200) * 4.0 / 32
+    assert abs(model.policy_version - expected) <= 32 / 4 + 2, model.policy_version

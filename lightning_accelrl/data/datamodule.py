@@ -333,8 +333,9 @@ class ExperienceDataModule(LightningDataModule):
                 replay=replay,
                 weight_sync_every=self.weight_sync_every,
                 world_size=self._world_size,
+                resume=self._pending_async_state,
             ).start()
-            self._pending_async_state = None  # the ray table is not checkpointed (see data.ray_runner)
+            self._pending_async_state = None
             return
         self.runner = AsyncRunner(
             module,

@@ -23,7 +23,9 @@ that samplers can run on other machines (``TableServer`` is one machine only: Un
 - **Shutdown**: ``close()`` sets the stop flag, gives the samplers a moment to return, then kills every actor
   (samplers, table, coordinator) and, if this runner started Ray itself, shuts Ray down.
 
-Resume from a checkpoint is not supported: the table lives in an actor and is not saved (``state_dict`` is None).
+- **Checkpoints**: ``state_dict()`` has the format of :meth:`AsyncRunner.state_dict` (the table's state copied
+  from its actor, env steps per sampler, the end of the env streams used), so a checkpoint resumes with the table,
+  the limiter's counters and the env-step count.
 """
 
 from __future__ import annotations
@@ -70,9 +72,10 @@ class _Coordinator:
     A plain (synchronous) actor: Ray runs its calls one at a time, so no locking is needed.
     """
 
-    def __init__(self, num_procs: int, budget: int) -> None:
+    def __init__(self, num_procs: int, budget: int, base_steps: list[int] | None = None) -> None:
         self.budget = budget
-        self.env_steps = [0] * num_procs
+        self.base = list(base_steps or [0] * num_procs)  # resume: each slot's env steps before this run
+        self.env_steps = list(self.base)
         self.versions = [-1] * num_procs
         self.finished = [False] * num_procs
         self.episodes: list[tuple[float, float, float]] = []
@@ -94,7 +97,7 @@ class _Coordinator:
         finished: bool,
     ) -> tuple[bool, int, int]:
         """A sampler's counts; returns (go on?, total env steps, latest weight version)."""
-        self.env_steps[idx], self.versions[idx] = env_steps, version
+        self.env_steps[idx], self.versions[idx] = self.base[idx] + env_steps, version
         self.episodes.extend(episodes)
         self.finished[idx] = self.finished[idx] or finished
         total = sum(self.env_steps)
@@ -105,6 +108,7 @@ class _Coordinator:
         episodes, self.episodes = self.episodes, []
         return {
             "env_steps": sum(self.env_steps),
+            "env_steps_each": list(self.env_steps),
             "acting_version": min(self.versions),
             "all_finished": all(self.finished),
             "episodes": episodes,
@@ -221,6 +225,9 @@ class RayRunner:
         seed: base of the samplers' torch seeds and of the table's sampling seed.
         actor_options: ``ray.remote(...).options`` for the sampler actors (default ``{"num_cpus": 1}``: Ray
             spreads them over the cluster's CPUs, other nodes included).
+        resume: a :meth:`state_dict` (or an ``AsyncRunner`` one) of an earlier run: the table (items, priorities,
+            limiter counters) and the env-step count go on from there; the samplers take env streams above the
+            saved run's (new seeds, and frame-stack stream ids that cannot collide with the restored frames).
     """
 
     def __init__(
@@ -236,6 +243,7 @@ class RayRunner:
         world_size: int = 1,
         seed: int | None = None,
         actor_options: dict[str, Any] | None = None,
+        resume: dict[str, Any] | None = None,
     ) -> None:
         if spec.get("kind") != "replay":
             raise ConfigError(
@@ -255,8 +263,23 @@ class RayRunner:
         self._done: set[int] = set()
         self._params = parameters_of(module)
         self._pushed_version = -1
+        self._resume_table: dict[str, Any] | None = None
+        self._stream_offset = 0  # resume: streams of the saved run stay below this
+        self._base_steps = [0] * num_procs
+        if resume is not None:
+            if resume.get("kind") != "replay":
+                raise ConfigError(
+                    f"the checkpoint holds an async {resume.get('kind')} table; sampler='ray' needs a replay table"
+                )
+            self._resume_table, self._stream_offset = resume["table"], int(resume["stream_end"])
+            steps = [int(x) for x in torch.as_tensor(resume["env_steps"]).reshape(-1).tolist()]
+            if len(steps) == num_procs:
+                self._base_steps = steps
+            else:  # another number of samplers: the count goes on in slot 0
+                self._base_steps[0] = sum(steps)
         self._status: dict[str, Any] = {
-            "env_steps": 0,
+            "env_steps": sum(self._base_steps),
+            "env_steps_each": list(self._base_steps),
             "acting_version": 0,
             "all_finished": False,
             "episodes": [],
@@ -282,17 +305,22 @@ class RayRunner:
                 float(self.spec.get("priority_exponent", 0.6)),
                 r["limiter"],
                 bool(r.get("frames", False)),
-                None,
+                self._resume_table,
                 stream_seed(self.seed, -1 - self.rank),
             )
             # the table and coordinator take no CPU slot: they must never keep samplers from being scheduled
             self.table = RayTable.create("replay", factory=factory, actor_options={"num_cpus": 0})
-            self.coord = ray.remote(_Coordinator).options(num_cpus=0).remote(self.num_procs, self.budget)
+            self._resume_table = None  # shipped to the table actor with its factory
+            self.coord = (
+                ray.remote(_Coordinator)
+                .options(num_cpus=0)
+                .remote(self.num_procs, self.budget, self._base_steps)
+            )
             self.publish(self.module, force=True)
             agent = _cpu_copy(self.module)
             actor_cls = ray.remote(_SamplerActor).options(max_restarts=0, **self.actor_options)
             for i in range(self.num_procs):
-                stream = sampler_stream(self.rank, self.num_procs, i, 0, self.world_size)
+                stream = self._stream_offset + sampler_stream(self.rank, self.num_procs, i, 0, self.world_size)
                 actor = actor_cls.remote(
                     i, stream, copy.deepcopy(agent), self.env_factory, self.spec, self.table, self.coord,
                     self.budget, self.seed,
@@ -326,9 +354,17 @@ class RayRunner:
             with contextlib.suppress(Exception):
                 ray.shutdown()
 
-    def state_dict(self) -> None:
-        """Nothing to resume from: the table lives in an actor and is not checkpointed."""
-        return None
+    def state_dict(self) -> dict[str, Any]:
+        """What a checkpoint needs to resume (``AsyncRunner.state_dict``'s format): the table's state from its
+        actor (a consistent snapshot taken while the samplers go on), env steps per sampler, the streams' end."""
+        table = self.table.state_dict()
+        self._refresh()
+        return {
+            "kind": "replay",
+            "table": table,
+            "env_steps": torch.tensor(self._status["env_steps_each"], dtype=torch.int64),
+            "stream_end": self._stream_offset + sampler_stream(0, self.num_procs, 0, 1, self.world_size),
+        }
 
     # ----- the learner's side ---------------------------------------------------------------------------------
     def publish(self, module: Any, force: bool = False) -> None:

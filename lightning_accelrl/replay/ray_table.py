@@ -174,6 +174,9 @@ class _TableActor:
     async def checkpoint(self, path: str) -> str:
         return self.table.checkpoint(path)
 
+    async def state_dict(self) -> dict[str, Any]:
+        return self.table.state_dict()  # no await inside: a consistent snapshot between two table calls
+
     async def describe(self) -> tuple[str, int]:
         return self.table.name, self.table.max_size
 
@@ -282,6 +285,11 @@ class RayTableClient:
     def checkpoint(self, path: str) -> str:
         """Write the table to ``path`` on the actor's machine, atomically; returns the path."""
         return self._get(self.actor.checkpoint.remote(str(path)))
+
+    def state_dict(self) -> dict[str, Any]:
+        """The table's state (items, priorities, limiter counters), copied to the caller (``Table.load_state_dict``
+        restores it; :meth:`checkpoint` writes it on the actor's machine instead)."""
+        return self._get(self.actor.state_dict.remote())
 
     def kill(self) -> None:
         """Stop the actor (its table is lost; clients then raise ``ConnectionError``) and wait until it is gone."""
