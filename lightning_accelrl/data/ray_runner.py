@@ -320,7 +320,9 @@ class RayRunner:
             agent = _cpu_copy(self.module)
             actor_cls = ray.remote(_SamplerActor).options(max_restarts=0, **self.actor_options)
             for i in range(self.num_procs):
-                stream = self._stream_offset + sampler_stream(self.rank, self.num_procs, i, 0, self.world_size)
+                stream = self._stream_offset + sampler_stream(
+                    self.rank, self.num_procs, i, 0, self.world_size
+                )
                 actor = actor_cls.remote(
                     i, stream, copy.deepcopy(agent), self.env_factory, self.spec, self.table, self.coord,
                     self.budget, self.seed,
