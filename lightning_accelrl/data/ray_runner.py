@@ -413,7 +413,7 @@ class RayRunner:
         return int(self._status["acting_version"])
 
     def drain_episodes(self) -> list[tuple[float, float, float]]:
-        """Episodes finished since the last call (return, length); also refreshes the counts."""
+        """Episodes finished since the last call (return, length, score or NaN); also refreshes the counts."""
         if self._closed:
             return []
         try:
