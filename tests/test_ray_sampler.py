@@ -189,3 +189,60 @@ def test_ray_dqn_resumes_with_its_table_and_limiter_counters(tmp_path) -> None:
     assert 3000 <= dm.env_steps < 3000 + 2 * 2
     expected = (3000 - 200) * 4.0 / 32
     assert abs(model.policy_version - expected) <= 32 / 4 + 2, model.policy_version
+
+
+class _KillAt(L.Callback):
+    """``ray.kill`` sampler actor 0 at each of the given policy versions (once its replacement is running);
+    remembers every actor it saw, replacements included."""
+
+    def __init__(self, versions: list[int]) -> None:
+        self.versions, self.actors, self.killed = list(versions), set(), set()
+
+    def on_train_batch_end(self, trainer, pl_module, *args) -> None:
+        runner = trainer.datamodule.runner
+        if runner is None:
+            return
+        self.actors |= {*runner.actors, runner.coord, runner.table.actor}
+        target = runner.actors[0]
+        if self.versions and pl_module.policy_version >= self.versions[0] and target not in self.killed:
+            self.versions.pop(0)
+            self.killed.add(target)
+            ray.kill(target)
+
+
+def test_killed_sampler_actor_is_replaced_and_the_run_finishes() -> None:
+    model, dm, kill = _restart_fit([20], restarts=1, budget=3000)
+    assert dm.sampler_restart_count == 1 and not kill.versions
+    # the replacement went on with the dead actor's env-step count: the budget ends the run as usual
+    assert 3000 <= dm.env_steps < 3000 + 2 * 2
+    expected = (3000 - 200) * 4.0 / 32  # and the limiter held the ratio (the dead actor's last step is lost)
+    assert abs(model.policy_version - expected) <= 32 / 4 + 2, model.policy_version
+    assert len(kill.actors) == 2 + 2 + 1 and all(_dead(a) for a in kill.actors)  # none outlives the run
+
+
+def test_a_failure_beyond_sampler_restarts_fails_the_run_with_one_line() -> None:
+    from lightning_accelrl.data.async_runner import SamplerProcessError
+
+    with pytest.raises(
+        SamplerProcessError, match=r"after 1 restart\(s\) \(sampler_restarts=1\); stopping"
+    ) as info:
+        _restart_fit([20, 40], restarts=1, budget=1_000_000)
+    assert "\n" not in str(info.value) and str(info.value).startswith(
+        "ray sampler actor 0 of rank 0 failed ("
+    )
+
+
+def _restart_fit(kill_at: list[int], restarts: int, budget: int) -> tuple[DQN, ExperienceDataModule, _KillAt]:
+    L.seed_everything(0, verbose=False)
+    model = DQN(hidden=[16])
+    dm = ExperienceDataModule(
+        env="CartPole-v1", num_envs=2, total_env_steps=budget, batch_size=32, replay_ratio=4.0, learning_starts=200,
+        sampler="ray", num_sampler_procs=2, weight_sync_every=2, sampler_restarts=restarts, seed=0,
+    )  # fmt: skip
+    kill = _KillAt(kill_at)
+    trainer = L.Trainer(
+        accelerator="cpu", max_epochs=-1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, callbacks=[kill],
+    )  # fmt: skip
+    trainer.fit(model, datamodule=dm)
+    return model, dm, kill

@@ -58,10 +58,11 @@ class ExperienceDataModule(LightningDataModule):
         weight_sync_every: async: the samplers get new weights every this many updates.
         async_queue_size: async rollout mode: rollout segments the queue holds (default ``max(2, procs)``);
             with the processes' own segment in progress it bounds the policy lag.
-        sampler_restarts: async: how many times in all (per rank) a sampler process that dies (crash,
-            ``kill -9``, out of memory) is replaced by a fresh one, which takes the current weights and new env
-            seeds (it does not replay the dead one's episodes) and continues its env-step count. 0 (default):
-            the first death stops the run with ``SamplerProcessError``; so does the death after the last restart.
+        sampler_restarts: async and ray: how many times in all (per rank) a sampler process or actor that dies
+            (crash, ``kill -9``, out of memory, lost node) is replaced by a fresh one, which takes the current
+            weights and new env seeds (it does not replay the dead one's episodes) and continues its env-step
+            count. 0 (default): the first death stops the run with ``SamplerProcessError``; so does the death
+            after the last restart.
             The count is logged as ``async/sampler_restarts``.
     """
 
@@ -334,6 +335,7 @@ class ExperienceDataModule(LightningDataModule):
                 weight_sync_every=self.weight_sync_every,
                 world_size=self._world_size,
                 resume=self._pending_async_state,
+                max_restarts=self.sampler_restarts,
             ).start()
             self._pending_async_state = None
             return

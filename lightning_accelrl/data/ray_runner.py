@@ -19,7 +19,9 @@ that samplers can run on other machines (``TableServer`` is one machine only: Un
   version they are told about is newer than theirs.
 - **Faults**: each sampler runs one long ``run()`` call; the learner watches those calls (``ray.wait`` with no
   timeout) every 0.5 s and while waiting for data (``async_runner.watched_sample``). An actor that died or raised
-  fails the run with :class:`~lightning_accelrl.data.async_runner.SamplerProcessError` (one line). No restarts.
+  is replaced while ``max_restarts`` allows (a fresh actor with the current weights, an env stream no sampler used,
+  and its slot's env-step count), as in the async runner; beyond that it fails the run with
+  :class:`~lightning_accelrl.data.async_runner.SamplerProcessError` (one line).
 - **Shutdown**: ``close()`` sets the stop flag, gives the samplers a moment to return, then kills every actor
   (samplers, table, coordinator) and, if this runner started Ray itself, shuts Ray down.
 
@@ -116,6 +118,10 @@ class _Coordinator:
 
     def request_stop(self) -> None:
         self.stop = True
+
+    def restart_slot(self, idx: int) -> None:
+        """A replacement sampler takes slot ``idx``: its own count starts at 0 on top of the dead one's."""
+        self.base[idx], self.finished[idx] = self.env_steps[idx], False
 
     def stopped(self) -> bool:
         return self.stop
@@ -225,6 +231,8 @@ class RayRunner:
         seed: base of the samplers' torch seeds and of the table's sampling seed.
         actor_options: ``ray.remote(...).options`` for the sampler actors (default ``{"num_cpus": 1}``: Ray
             spreads them over the cluster's CPUs, other nodes included).
+        max_restarts: sampler actors that die or raise are replaced, up to this many times in all (over this
+            rank's samplers); the next failure raises :class:`SamplerProcessError`. 0: fail at the first.
         resume: a :meth:`state_dict` (or an ``AsyncRunner`` one) of an earlier run: the table (items, priorities,
             limiter counters) and the env-step count go on from there; the samplers take env streams above the
             saved run's (new seeds, and frame-stack stream ids that cannot collide with the restored frames).
@@ -244,6 +252,7 @@ class RayRunner:
         seed: int | None = None,
         actor_options: dict[str, Any] | None = None,
         resume: dict[str, Any] | None = None,
+        max_restarts: int = 0,
     ) -> None:
         if spec.get("kind") != "replay":
             raise ConfigError(
@@ -255,7 +264,10 @@ class RayRunner:
         self.weight_sync_every = max(1, int(weight_sync_every))
         self.seed = int(torch.initial_seed() if seed is None else seed)
         self.actor_options = dict(actor_options or {"num_cpus": 1})
-        self.restarts = 0  # the data module reports it; Ray samplers are not restarted
+        self.max_restarts = max(0, int(max_restarts))
+        self.restarts = 0  # sampler restarts so far (all samplers of this rank); the data module logs it
+        self._attempts = [0] * num_procs  # restarts per sampler slot (selects its env stream)
+        self._agent: Any = None
         self.table: Any = None
         self.coord: Any = None
         self.actors: list[Any] = []
@@ -317,22 +329,26 @@ class RayRunner:
                 .remote(self.num_procs, self.budget, self._base_steps)
             )
             self.publish(self.module, force=True)
-            agent = _cpu_copy(self.module)
-            actor_cls = ray.remote(_SamplerActor).options(max_restarts=0, **self.actor_options)
+            self._agent = _cpu_copy(self.module)  # replacements start from it too (and fetch current weights)
             for i in range(self.num_procs):
-                stream = self._stream_offset + sampler_stream(
-                    self.rank, self.num_procs, i, 0, self.world_size
-                )
-                actor = actor_cls.remote(
-                    i, stream, copy.deepcopy(agent), self.env_factory, self.spec, self.table, self.coord,
-                    self.budget, self.seed,
-                )  # fmt: skip
+                actor = self._spawn(i)
                 self.actors.append(actor)
                 self._runs.append(actor.run.remote())
         except BaseException:
             self.close()
             raise
         return self
+
+    def _spawn(self, idx: int) -> Any:
+        """Sampler actor ``idx`` on the env stream of its slot's current restart count."""
+        stream = self._stream_offset + sampler_stream(
+            self.rank, self.num_procs, idx, self._attempts[idx], self.world_size
+        )
+        actor_cls = ray.remote(_SamplerActor).options(max_restarts=0, **self.actor_options)
+        return actor_cls.remote(
+            idx, stream, copy.deepcopy(self._agent), self.env_factory, self.spec, self.table, self.coord,
+            self.budget, self.seed,
+        )  # fmt: skip
 
     def close(self) -> None:
         """Stop the samplers (stop flag, then kill), the table and the coordinator; idempotent."""
@@ -365,7 +381,8 @@ class RayRunner:
             "kind": "replay",
             "table": table,
             "env_steps": torch.tensor(self._status["env_steps_each"], dtype=torch.int64),
-            "stream_end": self._stream_offset + sampler_stream(0, self.num_procs, 0, 1, self.world_size),
+            "stream_end": self._stream_offset
+            + sampler_stream(0, self.num_procs, 0, max(self._attempts) + 1, self.world_size),
         }
 
     # ----- the learner's side ---------------------------------------------------------------------------------
@@ -379,7 +396,8 @@ class RayRunner:
             self._pushed_version = version
 
     def check(self) -> None:
-        """Raise :class:`SamplerProcessError` (one line) when a sampler actor died or raised."""
+        """Replace sampler actors that died or raised while ``max_restarts`` allows; raise
+        :class:`SamplerProcessError` (one line) for a failure beyond that."""
         pending = [ref for i, ref in enumerate(self._runs) if i not in self._done]
         if not pending:
             return
@@ -389,10 +407,25 @@ class RayRunner:
             try:
                 ray.get(ref)
             except Exception as err:
-                raise SamplerProcessError(
-                    f"ray sampler actor {i} of rank {self.rank} failed ({first_line(err)}); stopping the run"
-                ) from None
+                what = f"ray sampler actor {i} of rank {self.rank} failed ({first_line(err)})"
+                if self.restarts >= self.max_restarts:
+                    after = f" after {self.restarts} restart(s) (sampler_restarts={self.max_restarts})"
+                    raise SamplerProcessError(
+                        f"{what}{after if self.max_restarts else ''}; stopping the run"
+                    ) from None
+                self._restart(i, what)
+                continue
             self._done.add(i)
+
+    def _restart(self, idx: int, what: str) -> None:
+        self.restarts += 1
+        self._attempts[idx] += 1
+        log.warning("%s; restarting it (restart %d of %d)", what, self.restarts, self.max_restarts)
+        with contextlib.suppress(Exception):
+            ray.kill(self.actors[idx])  # it raised rather than died: make sure it is gone
+        ray.get(self.coord.restart_slot.remote(idx))
+        self.actors[idx] = self._spawn(idx)
+        self._runs[idx] = self.actors[idx].run.remote()
 
     def _refresh(self) -> None:
         status = ray.get(self.coord.status.remote())
