@@ -87,7 +87,7 @@ class EpisodeTracker:
         # scores belong to the most recent episodes (those since the env began to report them)
         k = min(n, len(self.recent_scores))
         scores = [math.nan] * (n - k) + (list(self.recent_scores)[-k:] if k else [])
-        return [(float(r), float(k), float(s)) for r, k, s in zip(rets, lens, scores, strict=True)]
+        return [(float(r), float(m), float(s)) for r, m, s in zip(rets, lens, scores, strict=True)]
 
     def add(self, ret: float, length: float, score: float = math.nan) -> None:
         """One finished episode from elsewhere (a sampler process): into the window, its score if it has one."""
