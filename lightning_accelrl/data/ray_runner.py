@@ -233,9 +233,9 @@ class RayRunner:
             spreads them over the cluster's CPUs, other nodes included).
         max_restarts: sampler actors that die or raise are replaced, up to this many times in all (over this
             rank's samplers); the next failure raises :class:`SamplerProcessError`. 0: fail at the first.
-        resume: a :meth:`state_dict` (or an ``AsyncRunner`` one) of an earlier run: the table (items, priorities,
-            limiter counters) and the env-step count go on from there; the samplers take env streams above the
-            saved run's (new seeds, and frame-stack stream ids that cannot collide with the restored frames).
+        resume: a :meth:`state_dict` of an earlier run: the table (items, priorities, limiter counters) and the
+            env-step count go on from there; the samplers take env streams above the saved run's (new seeds, and
+            frame-stack stream ids that cannot collide with the restored frames).
     """
 
     def __init__(
