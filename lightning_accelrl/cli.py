@@ -30,7 +30,7 @@ commands:
   evaluate --ckpt PATH [--episodes N] [--stochastic] [--seed S] [--num-envs K] [--video DIR]
                                    play N episodes with a checkpoint; prints one JSON line;
                                    --video DIR: one MP4 (GIF without ffmpeg) per episode
-  plot RUN_DIR [RUN_DIR ...] --out curve.png [--x env_steps|wall_time|both]
+  plot RUN_DIR [RUN_DIR ...] --out curve.png [--x env_steps|wall_time|both] [--y episode_score_mean]
                                    learning curves; runs of one recipe: mean and min-max over seeds
   --version                        print the version
 
@@ -280,6 +280,12 @@ def cmd_plot(args: Sequence[str]) -> int:
     parser.add_argument("--out", required=True, help="image file to write (.png, .pdf, .svg)")
     parser.add_argument("--x", choices=("both", "env_steps", "wall_time"), default="both")
     parser.add_argument(
+        "--y",
+        choices=("episode_return_mean", "episode_score_mean"),
+        default="episode_return_mean",
+        help="the return the agent learns from, or the unclipped game score (Atari runs)",
+    )
+    parser.add_argument(
         "--group-by",
         choices=("name", "config", "none"),
         default="name",
@@ -290,7 +296,7 @@ def cmd_plot(args: Sequence[str]) -> int:
     ns = _parse(parser, args)
     from lightning_accelrl.plot import plot_runs
 
-    drawn = plot_runs(ns.runs, ns.out, x=ns.x, group_by=ns.group_by, spread=ns.spread, title=ns.title)
+    drawn = plot_runs(ns.runs, ns.out, x=ns.x, group_by=ns.group_by, spread=ns.spread, title=ns.title, y=ns.y)
     groups = ", ".join(f"{k} ({v} run{'s' if v > 1 else ''})" for k, v in drawn["groups"].items())
     print(f"wrote {drawn['out']}: {groups}")
     return 0

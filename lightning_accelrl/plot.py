@@ -3,8 +3,8 @@
 A *run* is a logger version folder holding ``metrics.csv`` (``runs/NAME/version_N``); a RUN_DIR may be such a
 folder or any folder above it (``runs/NAME``, ``runs``): every ``metrics.csv`` below it is a run.
 
-What is drawn: ``episode_return_mean`` (mean of the last ``episode_window`` finished episodes) against env steps
-and against wall-clock seconds. Runs of one group (by default the same logger name, e.g. one recipe trained with
+What is drawn: ``episode_return_mean`` (mean of the last ``episode_window`` finished episodes; ``--y
+episode_score_mean``: the unclipped game score of Atari runs) against env steps and against wall-clock seconds. Runs of one group (by default the same logger name, e.g. one recipe trained with
 several seeds) are drawn as their mean with a min–max band (``--spread std``: ±1 std); a group of one run is its
 own curve. A resumed run (its ``config.yaml`` names a ``ckpt_path`` inside another given run) is joined to the
 run it continues, so the pair is one curve.
@@ -33,6 +33,11 @@ import numpy as np
 from lightning_accelrl.errors import ConfigError
 
 Y_KEY = "episode_return_mean"
+#: what ``--y`` may draw, with its axis label
+Y_LABELS = {
+    "episode_return_mean": "episode return (mean of recent episodes)",
+    "episode_score_mean": "game score (mean of recent episodes, unclipped)",
+}
 X_LABELS = {"env_steps": "env steps", "wall_time": "wall-clock time (s)"}
 
 
@@ -66,8 +71,8 @@ def _float(value: str | None) -> float:
         return math.nan
 
 
-def read_run(run_dir: Path) -> Run:
-    """Read ``run_dir/metrics.csv`` (and ``config.yaml``/``summary.json`` when present)."""
+def read_run(run_dir: Path, y: str = Y_KEY) -> Run:
+    """Read ``run_dir/metrics.csv`` (and ``config.yaml``/``summary.json`` when present); ``y``: the column drawn."""
     csv_path = run_dir / "metrics.csv"
     try:
         with csv_path.open(newline="") as f:
@@ -76,7 +81,7 @@ def read_run(run_dir: Path) -> Run:
         raise ConfigError(f"cannot read {str(csv_path)!r}: {exc.strerror or exc}") from None
     points = []
     for row in rows:
-        steps, ret = _float(row.get("env_steps")), _float(row.get(Y_KEY))
+        steps, ret = _float(row.get("env_steps")), _float(row.get(y))
         if math.isfinite(steps) and math.isfinite(ret):
             points.append(
                 (
@@ -88,9 +93,10 @@ def read_run(run_dir: Path) -> Run:
                 )
             )
     if not points:
-        raise ConfigError(
-            f"{str(csv_path)!r} has no rows with env_steps and {Y_KEY} (no finished episode was logged yet)"
-        )
+        why = "no finished episode was logged yet"
+        if y != Y_KEY and rows and y not in rows[0]:
+            why = "the run logged no game score: episode_score_mean exists for Atari runs"
+        raise ConfigError(f"{str(csv_path)!r} has no rows with env_steps and {y} ({why})")
     points.sort(key=lambda p: p[0])
     arr = np.asarray(points, dtype=np.float64)
     env_steps, returns, wall_col, speed, step = arr.T
@@ -129,7 +135,7 @@ def _read_config(run_dir: Path) -> dict[str, Any]:
     return cfg if isinstance(cfg, dict) else {}
 
 
-def find_runs(paths: list[str | Path]) -> list[Run]:
+def find_runs(paths: list[str | Path], y: str = Y_KEY) -> list[Run]:
     """Runs under the given folders (each folder: a version folder or any folder above version folders)."""
     runs: list[Run] = []
     seen: set[Path] = set()
@@ -152,7 +158,7 @@ def find_runs(paths: list[str | Path]) -> list[Run]:
             run_dir = c.parent.resolve()
             if run_dir not in seen:
                 seen.add(run_dir)
-                runs.append(read_run(c.parent))
+                runs.append(read_run(c.parent, y))
     return join_resumed(runs)
 
 
@@ -277,13 +283,16 @@ def plot_runs(
     group_by: str = "name",
     spread: str = "minmax",
     title: str | None = None,
+    y: str = Y_KEY,
 ) -> dict[str, Any]:
     """Draw the learning curves of the runs under ``paths`` into ``out``; returns what was drawn (for tests/CLI)."""
     if x not in ("both", "env_steps", "wall_time"):
         raise ConfigError(f"--x must be env_steps, wall_time or both, got {x!r}")
+    if y not in Y_LABELS:
+        raise ConfigError(f"--y must be one of {', '.join(Y_LABELS)}, got {y!r}")
     out = Path(out)
     _check_out(out)
-    runs = find_runs(list(paths))
+    runs = find_runs(list(paths), y)
     groups = group_runs(runs, group_by)
     try:
         import matplotlib
@@ -318,7 +327,7 @@ def plot_runs(
                 ax.fill_between(grid, low, high, color=color, alpha=0.2, lw=0)
             drawn["groups"].setdefault(label, len(series))
         ax.set_xlabel(X_LABELS[xkey])
-        ax.set_ylabel("episode return (mean of recent episodes)")
+        ax.set_ylabel(Y_LABELS[y])
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=8, loc="best")
     if title:

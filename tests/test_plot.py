@@ -97,6 +97,25 @@ def test_runs_wall_time_groups_and_resumed_runs(tmp_path: Path) -> None:
     assert out.read_bytes().startswith(PNG) and drawn["groups"] == {"ppo": 2, "a2c": 1}
 
 
+def test_game_scores_are_drawn_with_y(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    run = write_run(tmp_path / "runs/ppo-breakout/version_0", [100, 200, 300], [1, 2, 3])
+    with open(run / "metrics.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    for row in rows[1:]:  # Breakout: bricks of 1, 4 and 7 points, so the score exceeds the clipped return
+        row["episode_score_mean"] = str(4 * float(row["episode_return_mean"]))
+    with open(run / "metrics.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, [*rows[0].keys(), "episode_score_mean"])
+        w.writeheader()
+        w.writerows(rows)
+    (score,) = find_runs([run], y="episode_score_mean")
+    assert score.returns.tolist() == [4.0, 8.0, 12.0] and score.env_steps.tolist() == [100, 200, 300]
+    (ret,) = find_runs([run])
+    assert ret.returns.tolist() == [1.0, 2.0, 3.0]
+    out = tmp_path / "score.png"
+    assert cli.main(["plot", str(run), "--out", str(out), "--y", "episode_score_mean"]) == 0
+    assert out.read_bytes().startswith(PNG) and "wrote" in capsys.readouterr().out
+
+
 def test_bad_input_is_one_line_and_exit_code_2(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     run = write_run(tmp_path / "runs/x/version_0", [1, 2], [1, 2])
     (tmp_path / "empty").mkdir()
@@ -109,6 +128,10 @@ def test_bad_input_is_one_line_and_exit_code_2(tmp_path: Path, capsys: pytest.Ca
         (["plot", str(run), "--out", str(tmp_path / "c.txt")], "use a .png"),
         (["plot", str(run)], "required: --out"),
         (["plot", str(run), "--out", str(tmp_path / "c.png"), "--x", "episodes"], "invalid choice"),
+        (
+            ["plot", str(run), "--out", str(tmp_path / "c.png"), "--y", "episode_score_mean"],
+            "logged no game score",
+        ),
     ]
     for args, fragment in cases:
         assert cli.main(args) == 2, args
