@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from process_helpers import group_alive, run_in_own_group, shm_segments
 
 from lightning_accelrl.algos.appo import vtrace
 from lightning_accelrl.algos.returns import gae
@@ -153,51 +154,16 @@ SCRIPT = textwrap.dedent(
 )
 
 
-def _shm() -> set[str]:
-    return {n for n in os.listdir("/dev/shm") if not n.startswith("sem.")}
-
-
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
 def run_script(tmp_path: Path, cfg: dict, timeout: float = 200) -> tuple[int, str, dict | None, float]:
     script = tmp_path / "run_async.py"
     script.write_text(SCRIPT)
     out = tmp_path / "result.json"
-    shm_before = _shm()
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
-    t0 = time.monotonic()
-    proc = subprocess.Popen(
-        [sys.executable, str(script), json.dumps(cfg), str(out)],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    try:
-        output, _ = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        output, _ = proc.communicate()
-        pytest.fail("async run timed out:\n" + output.decode(errors="replace")[-4000:])
-    ended = time.monotonic()
-    deadline = time.monotonic() + 5
-    while _group_alive(proc.pid) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    lingering = _group_alive(proc.pid)
-    if lingering:
-        os.killpg(proc.pid, signal.SIGKILL)
-    text = output.decode(errors="replace")
-    assert not lingering, "processes of the async run outlived it:\n" + text[-3000:]
-    assert _shm() - shm_before == set(), "shared-memory segments were left in /dev/shm"
+    shm_before = shm_segments()
+    cmd = [sys.executable, str(script), json.dumps(cfg), str(out)]
+    code, text, took = run_in_own_group(cmd, tmp_path, timeout, "async run")
+    assert shm_segments() - shm_before == set(), "shared-memory segments were left in /dev/shm"
     result = json.loads(out.read_text()) if out.exists() else None
-    return proc.returncode, text, result, ended - t0
+    return code, text, result, took
 
 
 APPO_CFG = {
@@ -341,7 +307,7 @@ def test_interrupt_leaves_no_process_or_shared_memory(tmp_path: Path) -> None:
     cfg.pop("target")
     script = tmp_path / "run_async.py"
     script.write_text(SCRIPT)
-    shm_before = _shm()
+    shm_before = shm_segments()
     proc = subprocess.Popen(
         [sys.executable, "-c", _AS_FROM_A_TERMINAL, str(script), json.dumps(cfg), str(tmp_path / "r.json")],
         cwd=tmp_path,
@@ -374,10 +340,10 @@ def test_interrupt_leaves_no_process_or_shared_memory(tmp_path: Path) -> None:
     assert proc.returncode != 0 and "Detected KeyboardInterrupt" in output, output[-3000:]
     assert "Traceback" not in output, output[-3000:]  # no child died of the KeyboardInterrupt
     deadline = time.monotonic() + 5
-    while _group_alive(proc.pid) and time.monotonic() < deadline:
+    while group_alive(proc.pid) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert not _group_alive(proc.pid), output[-3000:]
-    assert _shm() - shm_before == set()
+    assert not group_alive(proc.pid), output[-3000:]
+    assert shm_segments() - shm_before == set()
 
 
 # ----- DDP: DQN in replay mode keeps identical parameters on 2 ranks -------------------------------------------
@@ -418,28 +384,11 @@ def test_ddp_dqn_keeps_identical_parameters(tmp_path: Path, sampler: str) -> Non
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
     env.pop("LOCAL_RANK", None)
     env.pop("WORLD_SIZE", None)
-    shm_before = _shm()
-    proc = subprocess.Popen(
-        [sys.executable, str(script), str(tmp_path), sampler],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    try:
-        output, _ = proc.communicate(timeout=180)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        output, _ = proc.communicate()
-        pytest.fail("DDP DQN run timed out:\n" + output.decode(errors="replace")[-4000:])
-    deadline = time.monotonic() + 10
-    while _group_alive(proc.pid) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert not _group_alive(proc.pid)
-    text = output.decode(errors="replace")
-    assert proc.returncode == 0, text[-4000:]
-    assert _shm() - shm_before == set()
+    shm_before = shm_segments()
+    cmd = [sys.executable, str(script), str(tmp_path), sampler]
+    code, text, _ = run_in_own_group(cmd, tmp_path, 180, "DDP DQN run", env=env, linger_s=10)
+    assert code == 0, text[-4000:]
+    assert shm_segments() - shm_before == set()
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in (0, 1))
     assert r0["updates"] == r1["updates"] > 0
     torch.testing.assert_close(r0["params"], r1["params"], rtol=0, atol=0)

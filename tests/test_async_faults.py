@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
 import sys
 import textwrap
 import time
@@ -18,7 +16,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_async import APPO_CFG, SMALL_DQN_CFG, _group_alive, _shm, run_script
+from process_helpers import run_in_own_group, shm_segments
+from test_async import APPO_CFG, SMALL_DQN_CFG, run_script
 
 from lightning_accelrl.data.async_runner import sampler_stream
 
@@ -160,26 +159,11 @@ RESUME_SCRIPT = textwrap.dedent(
 def _run_phase(tmp_path: Path, phase: str) -> torch.Tensor:
     script = tmp_path / "resume_async.py"
     script.write_text(RESUME_SCRIPT)
-    shm_before = _shm()
-    proc = subprocess.Popen(
-        [sys.executable, str(script), str(tmp_path), phase],
-        cwd=tmp_path,
-        env=dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore"),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    try:
-        output = proc.communicate(timeout=120)[0].decode(errors="replace")
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        pytest.fail("async resume run timed out:\n" + proc.communicate()[0].decode(errors="replace")[-4000:])
-    deadline = time.monotonic() + 5
-    while _group_alive(proc.pid) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not _group_alive(proc.pid), output[-3000:]
-    assert _shm() - shm_before == set()
-    assert proc.returncode == 0, output[-3000:]
+    shm_before = shm_segments()
+    cmd = [sys.executable, str(script), str(tmp_path), phase]
+    code, output, _ = run_in_own_group(cmd, tmp_path, 120, "async resume run")
+    assert shm_segments() - shm_before == set()
+    assert code == 0, output[-3000:]
     return torch.load(tmp_path / f"{phase}.pt", weights_only=False)
 
 

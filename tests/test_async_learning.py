@@ -8,15 +8,13 @@ every process it starts can be killed by process group if it hangs.
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
 import pytest
 import yaml
+from process_helpers import run_in_own_group
 
 RECIPE = Path(__file__).resolve().parents[1] / "lightning_accelrl" / "recipes" / "dqn-async-cartpole.yaml"
 
@@ -91,22 +89,9 @@ def test_async_dqn_reaches_475_on_cartpole(tmp_path: Path) -> None:
     cfg = recipe_config(0)
     script, out = tmp_path / "run.py", tmp_path / "result.json"
     script.write_text(SCRIPT)
-    proc = subprocess.Popen(
-        [sys.executable, str(script), json.dumps(cfg), str(out)],
-        cwd=tmp_path,
-        env=dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore"),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    try:
-        output, _ = proc.communicate(timeout=900)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        output, _ = proc.communicate()
-        pytest.fail("async DQN run timed out:\n" + output.decode(errors="replace")[-4000:])
-    text = output.decode(errors="replace")
-    assert proc.returncode == 0, text[-3000:]
+    cmd = [sys.executable, str(script), json.dumps(cfg), str(out)]
+    code, text, _ = run_in_own_group(cmd, tmp_path, 900, "async DQN run")
+    assert code == 0, text[-3000:]
     result = json.loads(out.read_text())
     assert result["reached"] is not None, f"final training mean {result['final_mean']:.1f}"
     assert result["reached"]["mean"] >= 475

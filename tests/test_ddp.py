@@ -7,16 +7,14 @@ script file started with ``sys.executable``; each rank writes what it saw to a f
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
 import sys
 import textwrap
-import time
 
 import gymnasium as gym
 import numpy as np
 import pytest
 import torch
+from process_helpers import run_in_own_group
 
 from lightning_accelrl.envs import env_seeds
 
@@ -114,14 +112,6 @@ SCRIPT = textwrap.dedent(
 )
 
 
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
 @pytest.fixture(scope="module")
 def ddp_run(tmp_path_factory) -> dict[int, dict]:
     tmp = tmp_path_factory.mktemp("ddp")
@@ -130,30 +120,9 @@ def ddp_run(tmp_path_factory) -> dict[int, dict]:
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
     env.pop("LOCAL_RANK", None)
     env.pop("WORLD_SIZE", None)
-    proc = subprocess.Popen(
-        [sys.executable, str(script), str(tmp)],
-        cwd=tmp,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,  # its own process group: rank 1 and any helper can be found and ended
-    )
-    try:
-        output, _ = proc.communicate(timeout=120)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        output, _ = proc.communicate()
-        pytest.fail("DDP run timed out:\n" + output.decode(errors="replace")[-4000:])
-    finally:
-        deadline = time.monotonic() + 10
-        while _group_alive(proc.pid) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        lingering = _group_alive(proc.pid)
-        if lingering:
-            os.killpg(proc.pid, signal.SIGKILL)
-    text = output.decode(errors="replace")
-    assert proc.returncode == 0, text[-4000:]
-    assert not lingering, "processes of the DDP run outlived it"
+    # its own process group: rank 1 and any helper can be found and ended
+    code, text, _ = run_in_own_group([sys.executable, str(script), str(tmp)], tmp, 120, "DDP run", env, 10)
+    assert code == 0, text[-4000:]
     results = {}
     for rank in (0, 1):
         path = tmp / f"rank{rank}.pt"

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from process_helpers import group_alive
 
 from lightning_accelrl import ExperienceDataModule
 from lightning_accelrl.errors import ConfigError
@@ -177,14 +178,6 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
 def launch(tmp: Path, script: str, timeout: float = 240) -> dict[int, dict]:
     """Run ``script`` as 2 DDP ranks (torchrun-style variables); each rank saves ``rank{r}.pt`` in ``tmp``."""
     path = tmp / "ddp_resume.py"
@@ -211,7 +204,7 @@ def launch(tmp: Path, script: str, timeout: float = 240) -> dict[int, dict]:
             outputs.append(out.decode(errors="replace"))
     except subprocess.TimeoutExpired:
         for proc in procs:
-            if _group_alive(proc.pid):
+            if group_alive(proc.pid):
                 os.killpg(proc.pid, signal.SIGKILL)
         pytest.fail("DDP resume run timed out")
     finally:

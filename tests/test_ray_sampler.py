@@ -6,15 +6,12 @@ folder (NOTES.md); the data module then uses that connection (as it would a clus
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
-
 import pytest
 
 ray = pytest.importorskip("ray")
 
 import lightning as L  # noqa: E402
+from ray_helpers import local_ray  # noqa: E402
 
 from lightning_accelrl import DQN, ExperienceDataModule  # noqa: E402
 from lightning_accelrl.errors import ConfigError  # noqa: E402
@@ -22,23 +19,8 @@ from lightning_accelrl.errors import ConfigError  # noqa: E402
 
 @pytest.fixture(scope="module", autouse=True)
 def ray_session():
-    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # bind 127.0.0.1 only
-    os.environ["RAY_AUTH_MODE"] = "disabled"
-    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
-    started = not ray.is_initialized()
-    if started:
-        temp_dir = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # Unix socket paths must stay short
-        ray.init(
-            num_cpus=2,
-            include_dashboard=False,
-            object_store_memory=100 * 2**20,
-            _temp_dir=temp_dir,
-            log_to_driver=False,
-        )
-    yield
-    if started:
-        ray.shutdown()
-        shutil.rmtree(temp_dir, ignore_errors=True)
+    with local_ray():
+        yield
 
 
 class _KeepHandles(L.Callback):
@@ -152,19 +134,24 @@ class _SaveAt(L.Callback):
             trainer.should_stop = True
 
 
-def _ray_fit(ckpt, save_at: int | None) -> tuple[DQN, ExperienceDataModule, _SaveAt]:
-    L.seed_everything(0, verbose=False)
-    model = DQN(hidden=[16], prioritized=True, n_step=2)
+def _fit(callback: L.Callback, model: DQN, ckpt_path=None, **data) -> ExperienceDataModule:
+    """A seeded 2-actor DQN fit on CartPole (batch 32, replay ratio 4, learning starts 200) with ``callback``."""
     dm = ExperienceDataModule(
-        env="CartPole-v1", num_envs=2, total_env_steps=3000, batch_size=32, replay_ratio=4.0, learning_starts=200,
-        replay_capacity=600, sampler="ray", num_sampler_procs=2, weight_sync_every=2, seed=0,
+        env="CartPole-v1", num_envs=2, batch_size=32, replay_ratio=4.0, learning_starts=200, sampler="ray",
+        num_sampler_procs=2, weight_sync_every=2, seed=0, **data,
     )  # fmt: skip
-    cb = _SaveAt(ckpt, save_at)
     trainer = L.Trainer(
         accelerator="cpu", max_epochs=-1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, callbacks=[cb],
+        enable_model_summary=False, callbacks=[callback],
     )  # fmt: skip
-    trainer.fit(model, datamodule=dm, ckpt_path=None if save_at is not None else ckpt)
+    trainer.fit(model, datamodule=dm, ckpt_path=ckpt_path)
+    return dm
+
+
+def _ray_fit(ckpt, save_at: int | None) -> tuple[DQN, ExperienceDataModule, _SaveAt]:
+    L.seed_everything(0, verbose=False)
+    model, cb = DQN(hidden=[16], prioritized=True, n_step=2), _SaveAt(ckpt, save_at)
+    dm = _fit(cb, model, None if save_at is not None else ckpt, total_env_steps=3000, replay_capacity=600)
     return model, dm, cb
 
 
@@ -234,15 +221,6 @@ def test_a_failure_beyond_sampler_restarts_fails_the_run_with_one_line() -> None
 
 def _restart_fit(kill_at: list[int], restarts: int, budget: int) -> tuple[DQN, ExperienceDataModule, _KillAt]:
     L.seed_everything(0, verbose=False)
-    model = DQN(hidden=[16])
-    dm = ExperienceDataModule(
-        env="CartPole-v1", num_envs=2, total_env_steps=budget, batch_size=32, replay_ratio=4.0, learning_starts=200,
-        sampler="ray", num_sampler_procs=2, weight_sync_every=2, sampler_restarts=restarts, seed=0,
-    )  # fmt: skip
-    kill = _KillAt(kill_at)
-    trainer = L.Trainer(
-        accelerator="cpu", max_epochs=-1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, callbacks=[kill],
-    )  # fmt: skip
-    trainer.fit(model, datamodule=dm)
+    model, kill = DQN(hidden=[16]), _KillAt(kill_at)
+    dm = _fit(kill, model, total_env_steps=budget, sampler_restarts=restarts)
     return model, dm, kill

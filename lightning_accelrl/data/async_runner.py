@@ -157,6 +157,36 @@ def _replay_table(
     return table
 
 
+def replay_table_factory(
+    spec: dict[str, Any], replay: dict[str, Any], state: dict[str, Any] | None, seed: int
+) -> functools.partial:
+    """The served replay table of a rank (async server or Ray actor): built where it is served, from ``state``
+    when resuming. ``spec``: the module's experience spec; ``replay``: capacity, limiter, frames."""
+    return functools.partial(
+        _replay_table,
+        replay["capacity"],
+        bool(spec.get("prioritized", False)),
+        float(spec.get("priority_exponent", 0.6)),
+        replay["limiter"],
+        bool(replay.get("frames", False)),
+        state,
+        seed,
+    )
+
+
+def resume_point(resume: dict[str, Any], kind: str, num_procs: int) -> tuple[dict[str, Any], int, list[int]]:
+    """(table state, stream offset, env steps per sampler slot) of a runner's ``state_dict`` for a run with
+    ``num_procs`` samplers; another number of samplers goes on with the whole count in slot 0."""
+    if resume.get("kind") != kind:
+        raise ConfigError(
+            f"the checkpoint holds an async {resume.get('kind')} table; this run needs a {kind} table"
+        )
+    steps = [int(x) for x in torch.as_tensor(resume["env_steps"]).reshape(-1).tolist()]
+    if len(steps) != num_procs:
+        steps = [sum(steps)] + [0] * (num_procs - 1)
+    return resume["table"], int(resume["stream_end"]), steps
+
+
 def watched_sample(runner: Any, sample: Any, n: int, table_name: str) -> TensorDict | None:
     """``sample(n, timeout=...)`` from a served table while watching the samplers (the async and Ray runners).
 
@@ -265,17 +295,8 @@ class AsyncRunner:
         self._stream_offset = 0  # resume: streams of the saved run stay below this
         self._resume_table: dict[str, Any] | None = None
         if resume is not None:
-            if resume.get("kind") != kind:
-                raise ConfigError(
-                    f"the checkpoint holds an async {resume.get('kind')} table; this run needs a {kind} table"
-                )
-            self._resume_table = resume["table"]
-            self._stream_offset = int(resume["stream_end"])
-            steps = torch.as_tensor(resume["env_steps"], dtype=torch.int64).reshape(-1)
-            if len(steps) == num_procs:
-                self.counters[:, _ENV_STEPS] = steps
-            else:  # another number of sampler processes: the count goes on in slot 0
-                self.counters[0, _ENV_STEPS] = int(steps.sum())
+            self._resume_table, self._stream_offset, steps = resume_point(resume, kind, num_procs)
+            self.counters[:, _ENV_STEPS] = torch.tensor(steps, dtype=torch.int64)
         self.server: Any = None
         self.client: Any = None
         self.procs: list[Any] = []
@@ -292,18 +313,9 @@ class AsyncRunner:
 
         if self.kind == "rollout":
             factory = functools.partial(_queue_table, self.queue_size, self._resume_table)
-        else:
-            r = self.replay
-            factory = functools.partial(
-                _replay_table,
-                r["capacity"],
-                bool(self.spec.get("prioritized", False)),
-                float(self.spec.get("priority_exponent", 0.6)),
-                r["limiter"],
-                bool(r.get("frames", False)),
-                self._resume_table,
-                stream_seed(self.seed, -1 - self.rank),  # one replay-sampling stream per rank's table
-            )
+        else:  # one replay-sampling stream per rank's table
+            seed = stream_seed(self.seed, -1 - self.rank)
+            factory = replay_table_factory(self.spec, self.replay, self._resume_table, seed)
         self.server = TableServer(factory, start_method="fork").start()  # fork: the state is not pickled
         self._resume_table = None
         self._finalizer.detach()

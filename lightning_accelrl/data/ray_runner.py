@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import functools
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -46,9 +45,10 @@ from tensordict import TensorDict
 from lightning_accelrl.data.async_runner import (
     SamplerProcessError,
     _cpu_copy,
-    _replay_table,
     first_line,
     parameters_of,
+    replay_table_factory,
+    resume_point,
     sampler_stream,
     stream_seed,
     watched_sample,
@@ -279,16 +279,9 @@ class RayRunner:
         self._stream_offset = 0  # resume: streams of the saved run stay below this
         self._base_steps = [0] * num_procs
         if resume is not None:
-            if resume.get("kind") != "replay":
-                raise ConfigError(
-                    f"the checkpoint holds an async {resume.get('kind')} table; sampler='ray' needs a replay table"
-                )
-            self._resume_table, self._stream_offset = resume["table"], int(resume["stream_end"])
-            steps = [int(x) for x in torch.as_tensor(resume["env_steps"]).reshape(-1).tolist()]
-            if len(steps) == num_procs:
-                self._base_steps = steps
-            else:  # another number of samplers: the count goes on in slot 0
-                self._base_steps[0] = sum(steps)
+            self._resume_table, self._stream_offset, self._base_steps = resume_point(
+                resume, "replay", num_procs
+            )
         self._status: dict[str, Any] = {
             "env_steps": sum(self._base_steps),
             "env_steps_each": list(self._base_steps),
@@ -309,17 +302,8 @@ class RayRunner:
             ray.init(include_dashboard=False, log_to_driver=False)
             self._started_ray = True
         try:
-            r = self.replay
-            factory = functools.partial(
-                _replay_table,
-                r["capacity"],
-                bool(self.spec.get("prioritized", False)),
-                float(self.spec.get("priority_exponent", 0.6)),
-                r["limiter"],
-                bool(r.get("frames", False)),
-                self._resume_table,
-                stream_seed(self.seed, -1 - self.rank),
-            )
+            seed = stream_seed(self.seed, -1 - self.rank)
+            factory = replay_table_factory(self.spec, self.replay, self._resume_table, seed)
             # the table and coordinator take no CPU slot: they must never keep samplers from being scheduled
             self.table = RayTable.create("replay", factory=factory, actor_options={"num_cpus": 0})
             self._resume_table = None  # shipped to the table actor with its factory

@@ -7,10 +7,7 @@ object store and a short temp folder (NOTES.md); never ``ray stop``.
 from __future__ import annotations
 
 import functools
-import os
-import shutil
 import sys
-import tempfile
 import threading
 import time
 
@@ -20,6 +17,7 @@ from tensordict import TensorDict
 
 ray = pytest.importorskip("ray")
 
+from ray_helpers import local_ray  # noqa: E402  (tests/ is on sys.path)
 from test_server import SLACK, make, script  # noqa: E402  (tests/replay is on sys.path)
 
 from lightning_accelrl.replay import Table, rate_limiters, selectors  # noqa: E402
@@ -32,26 +30,8 @@ HEAP = functools.partial(  # what test_server.heap_table builds, as a partial th
 
 @pytest.fixture(scope="module", autouse=True)
 def ray_session():
-    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # bind 127.0.0.1 only
-    os.environ["RAY_AUTH_MODE"] = "disabled"
-    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
-    import cloudpickle  # Ray's: functions of these test modules (not importable by workers) travel by value
-
-    cloudpickle.register_pickle_by_value(sys.modules[__name__])
-    started = not ray.is_initialized()
-    if started:
-        temp_dir = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # Unix socket paths must stay short
-        ray.init(
-            num_cpus=2,
-            include_dashboard=False,
-            object_store_memory=100 * 2**20,
-            _temp_dir=temp_dir,
-            log_to_driver=False,
-        )
-    yield
-    if started:
-        ray.shutdown()
-        shutil.rmtree(temp_dir, ignore_errors=True)  # Ray leaves its session folder behind
+    with local_ray(by_value=sys.modules[__name__]):  # workers cannot import this module's functions
+        yield
 
 
 NO_CPU = {"num_cpus": 0}  # table actors must not keep the producer and consumer tasks from being scheduled
