@@ -6,8 +6,8 @@ its env-step budget). Configs (same algorithm and hyperparameters in a pair, onl
 
 - ``appo-sync`` / ``appo-async``: APPO (V-trace), ppo-cartpole's hyperparameters, 256 transitions per update:
   sync 16 envs x T = 16; async 2 sampler processes x 16 envs, T = 16, one [16, 16] segment per update.
-- ``dqn-sync`` / ``dqn-async``: the ``dqn-async-cartpole`` recipe (double-Q, dueling, 3-step, batch 256, replay
-  ratio 32, Polyak 0.02, lr 2e-3 annealed, eps 1 -> 0.01 over 10%, budget 150k): async 2 sampler processes x 8
+- ``dqn-sync`` / ``dqn-async``: the ``dqn-async-cartpole`` recipe (double-Q, dueling, 5-step, batch 256, replay
+  ratio 32, Polyak 0.02, lr 2e-3 annealed, eps 1 -> 0.01 over 10%, budget 200k): async 2 sampler processes x 8
   envs, sync the same 16 envs in the Trainer process. DQN's policy lag is the staleness of the acting weights
   (learner version minus the oldest version a sampler acts with) when a batch is sampled.
 
@@ -58,7 +58,7 @@ def appo(sampler: str) -> tuple[dict, dict]:
 
 
 def dqn(sampler: str) -> tuple[dict, dict]:
-    """The ``dqn-async-cartpole`` recipe (the sync ``dqn-cartpole`` settings); sync runs its 16 envs in-process."""
+    """The ``dqn-async-cartpole`` recipe; sync runs the same 16 envs in-process."""
     import yaml
 
     recipe = yaml.safe_load(

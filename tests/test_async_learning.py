@@ -82,14 +82,14 @@ def test_recipe_is_async_dqn_with_a_stated_budget() -> None:
     cfg = recipe_config(0)
     assert cfg["data"]["sampler"] == "async" and cfg["data"]["num_sampler_procs"] >= 2
     assert cfg["target"] == 475
-    assert cfg["data"]["total_env_steps"] <= 150_000
+    assert cfg["data"]["total_env_steps"] <= 200_000
 
 
 @pytest.mark.slow
 def test_async_dqn_reaches_475_on_cartpole(tmp_path: Path) -> None:
-    # Seed 0 of the recipe (budget 150k env steps). Measured on 2 cores with two busy-loop processes beside it: 475 at
-    # 81.5k / 82.5k / 73.3k / 67.4k env steps in 70-84 s; 12 of 12 loaded runs over seeds 0-7 by 117k (recipe header). An
-    # async run is not bit-reproducible (timing decides what each sample sees), hence the margin in the budget.
+    # Seed 0 of the recipe (budget 200k env steps). Measured on 2 cores, 2-3 runs at once: 475 at 65.6k / 68.7k /
+    # 78.6k env steps; 20 of 20 runs over 18 seeds by 100k (recipe header). An async run is not bit-reproducible
+    # (timing decides what each sample sees), hence the margin in the budget.
     cfg = recipe_config(0)
     script, out = tmp_path / "run.py", tmp_path / "result.json"
     script.write_text(SCRIPT)
