@@ -71,6 +71,12 @@ def sampler_stream(rank: int, num_procs: int, idx: int, restarts: int = 0, world
     return (restarts * world_size + rank) * num_procs + idx
 
 
+def streams_end(offset: int, num_procs: int, attempts: list[int], world_size: int = 1) -> int:
+    """Above every env stream a rank's samplers used with ``attempts`` restarts per slot (and every other rank's,
+    had it restarted as often), streams of a resumed run starting at ``offset`` included."""
+    return offset + sampler_stream(0, num_procs, 0, max(attempts) + 1, world_size)
+
+
 def parameters_of(module: torch.nn.Module) -> list[torch.Tensor]:
     """The tensors the samplers' policy copies receive: all parameters, in ``parameters()`` order."""
     return list(module.parameters())
@@ -392,8 +398,7 @@ class AsyncRunner:
     def stream_end(self) -> int:
         """Above every env stream this rank's samplers used (and every other rank's, had it restarted as often):
         resumed samplers take streams from here, so their frame-stack ids cannot collide with restored frames."""
-        generations = max(self._attempts) + 1
-        return self._stream_offset + sampler_stream(0, self.num_procs, 0, generations, self.world_size)
+        return streams_end(self._stream_offset, self.num_procs, self._attempts, self.world_size)
 
     # ----- the learner's side ---------------------------------------------------------------------------------
     def publish(self, module: Any, force: bool = False) -> None:

@@ -51,6 +51,7 @@ from lightning_accelrl.data.async_runner import (
     resume_point,
     sampler_stream,
     stream_seed,
+    streams_end,
     watched_sample,
 )
 from lightning_accelrl.errors import ConfigError
@@ -365,8 +366,7 @@ class RayRunner:
             "kind": "replay",
             "table": table,
             "env_steps": torch.tensor(self._status["env_steps_each"], dtype=torch.int64),
-            "stream_end": self._stream_offset
-            + sampler_stream(0, self.num_procs, 0, max(self._attempts) + 1, self.world_size),
+            "stream_end": streams_end(self._stream_offset, self.num_procs, self._attempts, self.world_size),
         }
 
     # ----- the learner's side ---------------------------------------------------------------------------------
