@@ -162,7 +162,7 @@ def test_unknown_env_id_without_match() -> None:
 def test_bad_arguments() -> None:
     with pytest.raises(ConfigError, match="num_envs"):
         make_env("CartPole-v1", num_envs=0)
-    with pytest.raises(ConfigError, match="cannot build"):
+    with pytest.raises(ConfigError, match="env must be a Gymnasium id, an env factory"):
         make_env(object())
 
 
@@ -211,28 +211,35 @@ def test_torchrl_serial_env() -> None:
             assert torch.equal(env.reset(), first_obs) == same
 
 
-def test_torchrl_one_hot_actions_refused() -> None:
+def test_torchrl_default_one_hot_actions_match_categorical() -> None:
+    """TorchRL's default one-hot action spec: the adapter takes indices and hands the env one-hot actions."""
     from torchrl.envs import GymEnv, SerialEnv
 
-    tenv = SerialEnv(2, lambda: GymEnv("CartPole-v1"))
-    try:
-        with pytest.raises(ConfigError, match="one-hot"):
-            make_env(tenv)
-    finally:
-        if not tenv.is_closed:
-            tenv.close()
+    runs = []
+    for categorical in (False, True):
+        tenv = SerialEnv(2, lambda c=categorical: GymEnv("CartPole-v1", categorical_action_encoding=c))
+        with make_env(tenv, seed=3) as env:
+            assert env.spec.discrete and env.spec.num_actions == 2 and env.spec.action_shape == ()
+            obs = [env.reset().clone()]
+            for t in range(30):
+                obs.append(env.step(torch.tensor([t % 2, 1])).next_observation.clone())
+        runs.append(torch.stack(obs))
+    torch.testing.assert_close(runs[0], runs[1], rtol=0, atol=0)
 
 
-def test_torchrl_unbatched_env_refused() -> None:
+def test_torchrl_unbatched_env_is_one_env() -> None:
     from torchrl.envs import GymEnv
 
-    tenv = GymEnv("CartPole-v1", categorical_action_encoding=True)
-    try:
-        with pytest.raises(ConfigError, match="1-D batch"):
-            make_env(tenv)
-    finally:
-        if not tenv.is_closed:
-            tenv.close()
+    with make_env(GymEnv("CartPole-v1"), seed=5) as env:
+        assert env.num_envs == 1 and env.spec.observation_shape == (4,)
+        obs = env.reset()
+        assert obs.shape == (1, 4)
+        step = env.step(torch.tensor([1]))
+        assert step.next_observation.shape == (1, 4) and step.reward.shape == (1,)
+    ref = gym.make("CartPole-v1")  # TorchRL's set_seed resets the env, then we reset it again
+    ref.reset(seed=5)
+    np.testing.assert_allclose(obs[0].numpy(), ref.reset()[0])
+    ref.close()
 
 
 def test_continuous_actions_spec_and_clipping() -> None:

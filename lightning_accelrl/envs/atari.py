@@ -69,11 +69,6 @@ def ale_game(env_id: str) -> str:
     raise ConfigError(f"unknown Atari game {env_id!r}.{hint}")
 
 
-def is_atari_id(env: Any) -> bool:
-    """``ALE/...`` ids (Gymnasium's Atari namespace) are served by :class:`AtariEnv` by default."""
-    return isinstance(env, str) and env.startswith("ALE/")
-
-
 def _protocol(env_kwargs: dict[str, Any] | None) -> tuple[dict[str, Any], dict[str, Any]]:
     """Split user kwargs into (protocol with defaults filled, back-end options); unknown keys are errors."""
     kwargs = dict(env_kwargs or {})
@@ -109,7 +104,12 @@ def atari_spec(env_id: str, env_kwargs: dict[str, Any] | None = None) -> EnvSpec
     protocol, _ = _protocol(env_kwargs)
     shape = (protocol["stack_num"], protocol["img_height"], protocol["img_width"])
     return EnvSpec(
-        shape, torch.uint8, discrete=True, num_actions=num_actions(game, protocol["full_action_space"])
+        shape,
+        torch.uint8,
+        discrete=True,
+        num_actions=num_actions(game, protocol["full_action_space"]),
+        image_layout="CHW",
+        frame_stack=protocol["stack_num"],
     )
 
 
@@ -200,6 +200,8 @@ class AtariEnv(BatchedEnv):
             torch.uint8,
             discrete=True,
             num_actions=int(self.env.single_action_space.n),
+            image_layout="CHW",
+            frame_stack=stack_num,
         )
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else bool(pin_memory)
         self._pinned: list[torch.Tensor] = []
@@ -405,20 +407,13 @@ def make_gym_atari_env(
     Slower than :class:`AtariEnv` (one Python process per env, preprocessing in Python); kept as the
     reference implementation of the protocol and for users who add their own Gymnasium wrappers.
     """
-    import gymnasium as gym
-
-    from lightning_accelrl.envs.gym import GymVectorEnv
+    from lightning_accelrl.envs.gym import GymVectorEnv, vector_env
 
     game = ale_game(env_id)
     protocol, _ = _protocol(env_kwargs)
     fns = [_gym_atari_thunk(game, protocol) for _ in range(num_envs)]
-    mode = gym.vector.AutoresetMode.SAME_STEP
-    if vectorization == "sync":
-        venv = gym.vector.SyncVectorEnv(fns, autoreset_mode=mode)
-    else:
-        # forkserver: torchrl switches the global start method to spawn (24 s start-ups)
-        venv = gym.vector.AsyncVectorEnv(fns, autoreset_mode=mode, context="forkserver")
-    return GymVectorEnv(venv, seed=seed, rank=rank)
+    venv = vector_env(fns, "sync" if vectorization == "sync" else "async")
+    return GymVectorEnv(venv, seed=seed, rank=rank, frame_stack=protocol["stack_num"])
 
 
 def make_atari_env(

@@ -8,6 +8,7 @@ no transition across an episode boundary can be built by the layers above.
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -17,40 +18,116 @@ import torch
 
 
 @dataclass(frozen=True)
+class ObservationPart:
+    """One key of a ``Dict`` observation: where it lies in the flat float vector the env adapter builds."""
+
+    key: str
+    shape: tuple[int, ...]  # as the network sees it (one-hot width for Discrete parts)
+    dtype: torch.dtype  # the key's own dtype (uint8 images are scaled by 1/255 in the network)
+    image_layout: str = ""  # "CHW" or "HWC" for 3-D parts, "" otherwise
+
+    @property
+    def size(self) -> int:
+        return math.prod(self.shape)
+
+    def to_dict(self) -> dict:
+        return {
+            "key": self.key,
+            "shape": list(self.shape),
+            "dtype": dtype_name(self.dtype),
+            "image_layout": self.image_layout,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ObservationPart:
+        return cls(d["key"], tuple(d["shape"]), dtype_of(d["dtype"]), d.get("image_layout", ""))
+
+
+@dataclass(frozen=True)
 class EnvSpec:
-    """What a network needs to know about an env: observation shape/dtype and the action space."""
+    """What a network and a sampler need to know about an env: observation shape/dtype and the action space.
+
+    ``Dict`` observations arrive as one float vector (``observation_shape == (D,)``) and ``observation_parts``
+    says which slice holds which key. ``MultiDiscrete`` actions: ``discrete``, ``action_nvec`` the choices per
+    dimension, ``num_actions == sum(action_nvec)`` (the width of the policy's logits).
+    """
 
     observation_shape: tuple[int, ...]
     observation_dtype: torch.dtype
     discrete: bool
-    num_actions: int = 0  # discrete action count
+    num_actions: int = 0  # discrete action count (MultiDiscrete: sum of action_nvec)
     action_dim: int = 0  # continuous action dimension
     action_low: tuple[float, ...] = ()
     action_high: tuple[float, ...] = ()
+    action_nvec: tuple[int, ...] = ()  # MultiDiscrete: choices per action dimension
+    image_layout: str = ""  # 3-D observations: "CHW" or "HWC" ("": not recorded, read as CHW)
+    frame_stack: int = 0  # frames stacked along the first axis (Atari: 4); 0 when not a frame stack
+    observation_parts: tuple[ObservationPart, ...] = ()  # Dict observations: the keys of the flat vector
 
     def to_dict(self) -> dict:
         """Plain types only, so the spec can live in a checkpoint's hyper-parameters."""
         d = dict(self.__dict__)
         d["observation_shape"] = list(self.observation_shape)
-        d["observation_dtype"] = str(self.observation_dtype).removeprefix("torch.")
+        d["observation_dtype"] = dtype_name(self.observation_dtype)
         d["action_low"], d["action_high"] = list(self.action_low), list(self.action_high)
+        d["action_nvec"] = list(self.action_nvec)
+        d["observation_parts"] = [part.to_dict() for part in self.observation_parts]
         return d
 
     @classmethod
     def from_dict(cls, d: dict) -> EnvSpec:
+        """Inverse of :meth:`to_dict`; dicts written before a field existed get its default."""
         d = dict(d)
         d["observation_shape"] = tuple(d["observation_shape"])
-        d["observation_dtype"] = getattr(torch, d["observation_dtype"])
+        d["observation_dtype"] = dtype_of(d["observation_dtype"])
         d["action_low"], d["action_high"] = tuple(d["action_low"]), tuple(d["action_high"])
+        d["action_nvec"] = tuple(d.get("action_nvec", ()))
+        d["observation_parts"] = tuple(ObservationPart.from_dict(p) for p in d.get("observation_parts", ()))
         return cls(**d)
 
     @property
     def action_shape(self) -> tuple[int, ...]:
+        if self.action_nvec:
+            return (len(self.action_nvec),)
         return () if self.discrete else (self.action_dim,)
 
     @property
     def action_dtype(self) -> torch.dtype:
         return torch.int64 if self.discrete else torch.float32
+
+    @property
+    def is_image(self) -> bool:
+        """A 3-D observation: an image or a frame stack, channels first or last (see :attr:`layout`)."""
+        return len(self.observation_shape) == 3
+
+    @property
+    def layout(self) -> str:
+        """``"CHW"`` or ``"HWC"`` for image observations (unrecorded: CHW, as Atari's frame stacks)."""
+        return self.image_layout or "CHW"
+
+    @property
+    def is_frame_stack(self) -> bool:
+        """Stacked frames [S, H, W] uint8, which replay stores deduplicated (each frame once)."""
+        return self.frame_stack > 1 and self.is_image and self.observation_dtype == torch.uint8
+
+
+def image_layout(shape: tuple[int, ...]) -> str:
+    """The layout of a 3-D observation: channels first when the first axis is strictly the shortest (4x84x84),
+    else channels last (10x10x4, 84x84x3, and ties such as 10x10x10: Gymnasium's image spaces are HWC)."""
+    if len(shape) != 3:
+        return ""
+    return "CHW" if shape[0] < min(shape[1], shape[2]) else "HWC"
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def dtype_of(name: str) -> torch.dtype:
+    dtype = getattr(torch, name, None)
+    if not isinstance(dtype, torch.dtype):
+        raise ValueError(f"not a torch dtype: {name!r}")
+    return dtype
 
 
 class Step(NamedTuple):

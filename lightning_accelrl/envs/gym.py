@@ -16,23 +16,47 @@ import numpy as np
 import torch
 
 from lightning_accelrl.envs.base import BatchedEnv, EnvSpec, Step, StepArrays, as_numpy, env_seeds
+from lightning_accelrl.envs.spaces import ObservationEncoder, action_offset, spec_from_spaces
 from lightning_accelrl.errors import ConfigError
 
 Vectorization = Literal["auto", "sync", "async"]
 _CHEAP_ENTRY_POINTS = ("gymnasium.envs.classic_control", "gymnasium.envs.toy_text")
 
 
-def check_env_id(env_id: str) -> None:
-    """Raise a one-line :class:`ConfigError` for an id Gymnasium does not know, with close matches."""
-    _register_optional_envs(env_id)
-    if env_id in gym.registry:
+def check_env_id(env_id: str, allow_import: bool = True) -> None:
+    """Raise a one-line :class:`ConfigError` for an id Gymnasium does not know, with close matches.
+
+    ``"module:EnvId"`` (Gymnasium's form for envs registered by a module on import) imports ``module`` first;
+    with ``allow_import=False`` (ids read from files) the module must already be imported.
+    """
+    module, sep, name = env_id.rpartition(":")
+    if sep:
+        import_env_module(module, env_id, allow_import)
+    _register_optional_envs(name)
+    if name in gym.registry:
         return
-    close = difflib.get_close_matches(env_id, list(gym.registry), n=3)
+    close = difflib.get_close_matches(name, list(gym.registry), n=3)
     hint = f" Did you mean {', '.join(close)}?" if close else ""
     extra = (
-        " Atari ids need the atari extra: pip install 'lightning-accelrl[atari]'." if "ALE/" in env_id else ""
+        " Atari ids need the atari extra: pip install 'lightning-accelrl[atari]'." if "ALE/" in name else ""
     )
-    raise ConfigError(f"unknown env id {env_id!r}.{hint}{extra}")
+    where = f" (module {module!r} registers no such env)" if sep else ""
+    raise ConfigError(f"unknown env id {env_id!r}{where}.{hint}{extra}")
+
+
+def import_env_module(module: str, env_id: str, allow_import: bool = True) -> None:
+    """Import the module a ``module:EnvId`` id names (it registers the env); one-line error when it cannot."""
+    import importlib
+    import sys
+
+    if module in sys.modules:
+        return
+    if not allow_import:
+        raise ConfigError(f"env {env_id!r}: import its module first (--import {module})")
+    try:
+        importlib.import_module(module)
+    except ImportError as exc:
+        raise ConfigError(f"env {env_id!r}: cannot import module {module!r} ({exc})") from None
 
 
 def _register_optional_envs(env_id: str) -> None:
@@ -45,55 +69,63 @@ def _register_optional_envs(env_id: str) -> None:
             pass
 
 
-def spec_from_spaces(observation_space: gym.Space, action_space: gym.Space) -> EnvSpec:
-    """Describe single-env spaces for network construction."""
-    if not isinstance(observation_space, gym.spaces.Box):
-        raise ConfigError(
-            f"observation space {observation_space} is not supported: only Box observations are"
-        )
-    obs_dtype = torch.from_numpy(np.zeros((), dtype=observation_space.dtype)).dtype
-    if obs_dtype == torch.float64:
-        obs_dtype = torch.float32
-    if isinstance(action_space, gym.spaces.Discrete):
-        return EnvSpec(
-            tuple(observation_space.shape), obs_dtype, discrete=True, num_actions=int(action_space.n)
-        )
-    if isinstance(action_space, gym.spaces.Box) and len(action_space.shape) == 1:
-        return EnvSpec(
-            tuple(observation_space.shape),
-            obs_dtype,
-            discrete=False,
-            action_dim=int(action_space.shape[0]),
-            action_low=tuple(float(x) for x in action_space.low),
-            action_high=tuple(float(x) for x in action_space.high),
-        )
-    raise ConfigError(f"action space {action_space} is not supported: use Discrete or a 1-D Box")
-
-
 def probe_spec(env_id: str, env_kwargs: dict[str, Any] | None = None) -> EnvSpec:
     """Spec of ``env_id`` from one throw-away env (cheap next to building the vector env)."""
     check_env_id(env_id)
     env = gym.make(env_id, **(env_kwargs or {}))
     try:
-        return spec_from_spaces(env.observation_space, env.action_space)
+        return spec_from_env(env)
     finally:
         env.close()
+
+
+def spec_from_env(env: gym.Env) -> EnvSpec:
+    """Spec of one Gymnasium env, from its spaces."""
+    return spec_from_spaces(env.observation_space, env.action_space)
 
 
 def choose_vectorization(env_id: str, num_envs: int, mode: Vectorization) -> Literal["sync", "async"]:
     """``auto``: in-process for cheap envs (classic control: IPC would cost more than the step), else processes."""
     if mode != "auto":
         return mode
-    entry = str(gym.spec(env_id).entry_point)
+    entry = str(gym.spec(env_id.rpartition(":")[2]).entry_point)
     if num_envs == 1 or entry.startswith(_CHEAP_ENTRY_POINTS):
         return "sync"
     return "async"
 
 
+def _make_vec(
+    env_id: str, num_envs: int, vectorization: Vectorization, env_kwargs: dict[str, Any] | None
+) -> gym.vector.VectorEnv:
+    check_env_id(env_id)
+    if num_envs < 1:
+        raise ConfigError(f"num_envs must be >= 1, got {num_envs}")
+    mode = choose_vectorization(env_id, num_envs, vectorization)
+    vector_kwargs: dict[str, Any] = {"autoreset_mode": gym.vector.AutoresetMode.SAME_STEP}
+    if mode == "sync":
+        vector_kwargs["copy"] = False  # the sampler copies into its own buffers at once
+    else:
+        # forkserver: torchrl switches the global start method to spawn (24 s start-ups)
+        vector_kwargs["context"] = "forkserver"
+    return gym.make_vec(
+        env_id, num_envs=num_envs, vectorization_mode=mode, vector_kwargs=vector_kwargs, **(env_kwargs or {})
+    )
+
+
+def vector_env(fns: Sequence[Any], mode: Literal["sync", "async"]) -> gym.vector.VectorEnv:
+    """A same-step-autoreset vector env over env functions, in-process (``sync``) or one process each."""
+    same_step = gym.vector.AutoresetMode.SAME_STEP
+    if mode == "sync":
+        return gym.vector.SyncVectorEnv(fns, autoreset_mode=same_step)
+    # forkserver: torchrl switches the global start method to spawn (24 s start-ups)
+    return gym.vector.AsyncVectorEnv(fns, autoreset_mode=same_step, context="forkserver")
+
+
 class GymVectorEnv(BatchedEnv):
     """A Gymnasium vector env (built from an id, or given) in same-step autoreset mode.
 
-    ``seeds`` (explicit per-env seeds) overrides ``seed``/``rank``; the alternating sampler uses it for its halves.
+    ``seeds`` (explicit per-env seeds) overrides ``seed``/``rank``. ``frame_stack``: the observation is a stack
+    of this many frames along its first axis (recorded in the spec for replay's frame deduplication).
     """
 
     def __init__(
@@ -105,25 +137,10 @@ class GymVectorEnv(BatchedEnv):
         vectorization: Vectorization = "auto",
         env_kwargs: dict[str, Any] | None = None,
         seeds: Sequence[int] | None = None,
+        frame_stack: int = 0,
     ) -> None:
         if isinstance(env, str):
-            check_env_id(env)
-            if num_envs < 1:
-                raise ConfigError(f"num_envs must be >= 1, got {num_envs}")
-            mode = choose_vectorization(env, num_envs, vectorization)
-            vector_kwargs: dict[str, Any] = {"autoreset_mode": gym.vector.AutoresetMode.SAME_STEP}
-            if mode == "sync":
-                vector_kwargs["copy"] = False  # the sampler copies into its own buffers at once
-            else:
-                # forkserver: torchrl switches the global start method to spawn (24 s start-ups)
-                vector_kwargs["context"] = "forkserver"
-            self.env = gym.make_vec(
-                env,
-                num_envs=num_envs,
-                vectorization_mode=mode,
-                vector_kwargs=vector_kwargs,
-                **(env_kwargs or {}),
-            )
+            self.env = _make_vec(env, num_envs, vectorization, env_kwargs)
         else:
             self.env = env
             mode_found = env.metadata.get("autoreset_mode", gym.vector.AutoresetMode.NEXT_STEP)
@@ -133,13 +150,17 @@ class GymVectorEnv(BatchedEnv):
                     "vector_kwargs={'autoreset_mode': gymnasium.vector.AutoresetMode.SAME_STEP}"
                 )
         self.num_envs = self.env.num_envs
-        self.spec = spec_from_spaces(self.env.single_observation_space, self.env.single_action_space)
+        self._frame_stack = frame_stack
+        self._encoder = ObservationEncoder(self.env.single_observation_space)
+        self.spec = spec_from_spaces(
+            self.env.single_observation_space, self.env.single_action_space, frame_stack
+        )
         self._seeds = list(seeds) if seeds is not None else env_seeds(seed, rank, self.num_envs)
         if len(self._seeds) != self.num_envs:
             raise ConfigError(f"got {len(self._seeds)} seeds for {self.num_envs} envs")
         self.env.action_space.seed(self._seeds[0])
-        space = self.env.single_action_space
-        self._action_offset = int(space.start) if isinstance(space, gym.spaces.Discrete) else 0
+        self._action_offset = action_offset(self.env.single_action_space)
+        self._has_offset = bool(np.any(self._action_offset))
         if not self.spec.discrete:
             self._low = np.asarray(self.spec.action_low, dtype=np.float32)
             self._high = np.asarray(self.spec.action_high, dtype=np.float32)
@@ -149,33 +170,52 @@ class GymVectorEnv(BatchedEnv):
             venv.copy or not venv.shared_memory
         )
 
+    def split(self, num_groups: int) -> list[GymVectorEnv]:
+        """``num_groups`` vector envs over this one's env functions and seeds (this one is closed)."""
+        venv = self.env
+        if not isinstance(venv, (gym.vector.SyncVectorEnv, gym.vector.AsyncVectorEnv)):
+            raise ConfigError(
+                f"cannot split a {type(venv).__name__} into env groups: pass an env id or a factory"
+            )
+        fns, mode = venv.env_fns, "async" if isinstance(venv, gym.vector.AsyncVectorEnv) else "sync"
+        venv.close()
+        size = self.num_envs // num_groups
+        return [
+            GymVectorEnv(
+                vector_env(fns[g * size : (g + 1) * size], mode),
+                seeds=self._seeds[g * size : (g + 1) * size],
+                frame_stack=self._frame_stack,
+            )
+            for g in range(num_groups)
+        ]
+
     def reset(self) -> torch.Tensor:
         obs, _ = self.env.reset(seed=self._seeds)
-        return self._obs(obs)
-
-    @staticmethod
-    def _obs(obs: np.ndarray) -> torch.Tensor:
-        t = torch.from_numpy(obs)
-        return t.float() if t.dtype == torch.float64 else t
+        return self._encoder.batch(obs)
 
     def _actions(self, actions: torch.Tensor) -> np.ndarray:
         a = as_numpy(actions)
         if not self.spec.discrete:
             return np.clip(a, self._low, self._high)
-        return a + self._action_offset if self._action_offset else a
+        return a + self._action_offset if self._has_offset else a
 
-    def _step_arrays(
-        self, obs: np.ndarray, reward: Any, terminated: Any, truncated: Any, info: dict
-    ) -> StepArrays:
+    def _step_arrays(self, obs: Any, reward: Any, terminated: Any, truncated: Any, info: dict) -> StepArrays:
         """Same-step autoreset results: final observations swapped in where episodes ended."""
-        observation = self._obs(obs)
+        encoder = self._encoder
+        observation = encoder.batch(obs)
         next_observation = observation
         final_mask = info.get("_final_obs")  # present only on steps where some env finished
         if final_mask is not None:
-            final, final_obs = obs.copy(), info["final_obs"]
-            for i in final_mask.nonzero()[0].tolist():  # few rows per step: faster than np.stack
-                final[i] = final_obs[i]
-            next_observation = self._obs(final)
+            rows, final_obs = final_mask.nonzero()[0].tolist(), info["final_obs"]
+            if encoder.passthrough:
+                final = obs.copy()
+                for i in rows:  # few rows per step: faster than np.stack
+                    final[i] = final_obs[i]
+                next_observation = encoder.batch(final)
+            else:
+                next_observation = observation.clone()
+                for i in rows:
+                    next_observation[i] = encoder.one(final_obs[i])
         return StepArrays(
             next_observation,
             np.asarray(reward, dtype=np.float32),
