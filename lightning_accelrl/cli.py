@@ -28,10 +28,11 @@ commands:
   recipes list                     the shipped recipes: name, algorithm, env, budget
   recipes show NAME                print a recipe's YAML (a starting point for your own config)
   evaluate --ckpt PATH [--episodes N] [--stochastic] [--seed S] [--num-envs K] [--video DIR]
-                                   play N episodes with a checkpoint; prints one JSON line;
-                                   --video DIR: one MP4 (GIF without ffmpeg) per episode
+           [--import MODULE ...]   play N episodes with a checkpoint; prints one JSON line;
+                                   --video DIR: one MP4 (GIF without ffmpeg) per episode;
+                                   --import: your module defining the algorithm/network/env it names
   plot RUN_DIR [RUN_DIR ...] --out curve.png [--x env_steps|wall_time|both] [--y episode_score_mean]
-                                   learning curves; runs of one recipe: mean and min-max over seeds
+                                   learning curves; runs of one config (seeds): mean and min-max
   --version                        print the version
 
 `accelrl fit --help` lists every option of the trainer, the algorithm and the data module.
@@ -190,6 +191,15 @@ def cmd_evaluate(args: Sequence[str]) -> int:
     parser.add_argument(
         "--num-envs", type=int, default=None, help="envs stepped together (default: min(episodes, 8))"
     )
+    parser.add_argument(
+        "--import",
+        dest="imports",
+        metavar="MODULE",
+        action="append",
+        default=[],
+        help="import MODULE first (repeatable): your code that defines the algorithm, network or env the "
+        "checkpoint names (a checkpoint never imports code by itself)",
+    )
     parser.add_argument("--device", default="cpu")
     parser.add_argument(
         "--video",
@@ -203,11 +213,12 @@ def cmd_evaluate(args: Sequence[str]) -> int:
     ns = _parse(parser, args)
     if ns.episodes < 1:
         raise UsageError(f"--episodes must be >= 1, got {ns.episodes}")
+    if ns.num_envs is not None and ns.num_envs < 1:
+        raise UsageError(f"--num-envs must be >= 1, got {ns.num_envs}")
     if ns.video is not None:
         _check_video_dir(ns.video)
-    from lightning_accelrl.checkpoints import load_agent
-
-    agent, data_hparams = load_agent(ns.ckpt, ns.device)
+    _import_modules(ns.imports)
+    agent, data_hparams = _load_agent(ns.ckpt, ns.device)
     if ns.video is not None:
         from lightning_accelrl.video import record_episodes
 
@@ -232,13 +243,17 @@ def cmd_evaluate(args: Sequence[str]) -> int:
     from lightning_accelrl.envs import make_env
     from lightning_accelrl.evaluation import evaluate_policy
 
-    num_envs = ns.num_envs or min(ns.episodes, 8)
+    num_envs = ns.num_envs if ns.num_envs is not None else min(ns.episodes, 8)
+    from lightning_accelrl import preflight
+
+    vectorization = data_hparams.get("vectorization", "auto")
+    preflight.check_num_envs(num_envs, preflight.in_processes(data_hparams["env"], num_envs, vectorization))
     env = make_env(
         data_hparams["env"],
         num_envs,
         ns.seed,
         0,
-        data_hparams.get("vectorization", "auto"),
+        vectorization,
         data_hparams.get("env_kwargs"),
     )
     try:
@@ -248,6 +263,34 @@ def cmd_evaluate(args: Sequence[str]) -> int:
     result = {"ckpt": str(ns.ckpt), "env": data_hparams["env"], "deterministic": not ns.stochastic, **result}
     print(json.dumps(result))
     return 0
+
+
+def _import_modules(names: Sequence[str]) -> None:
+    """``--import MODULE``: the user's code, trusted because the user names it (never a checkpoint)."""
+    import importlib
+
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except ImportError as exc:
+            raise UsageError(f"--import {name}: {exc}") from None
+
+
+def _load_agent(ckpt: str, device: str) -> tuple[Any, dict[str, Any]]:
+    """``checkpoints.load_agent``, its warnings printed as one line each."""
+    import warnings
+
+    from lightning_accelrl.checkpoints import CheckpointWarning, load_agent
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", CheckpointWarning)
+        loaded = load_agent(ckpt, device)
+    for warning in caught:
+        if issubclass(warning.category, CheckpointWarning):
+            print(f"accelrl: warning: {warning.message}", file=sys.stderr)
+        else:
+            warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
+    return loaded
 
 
 def _check_video_dir(path: str) -> None:

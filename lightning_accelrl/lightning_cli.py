@@ -1,27 +1,46 @@
 """``accelrl fit`` on LightningCLI: the algorithm is chosen in YAML (``model.class_path``), the data module is
-:class:`ExperienceDataModule`, and a :class:`RunSummary` callback writes ``summary.json``."""
+:class:`ExperienceDataModule`, and a :class:`RunSummary` callback writes ``summary.json``.
+
+Defaults it adds: an env-step progress bar, ``last.ckpt`` checkpoints, RNG states in checkpoints, atomic
+checkpoint files that load as data only; loggers named after the recipe and what was overridden
+(:mod:`lightning_accelrl.run_name`).
+"""
 
 from __future__ import annotations
 
-import importlib
 import sys
 from typing import Any
 
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar, RichProgressBar
+import yaml
+from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.plugins.io import CheckpointIO
+from lightning.pytorch.utilities import rank_zero_only
 
+from lightning_accelrl import preflight, run_name
 from lightning_accelrl.algos.base import RLModule
+from lightning_accelrl.callbacks.progress import EnvStepProgressBar
 from lightning_accelrl.callbacks.rng import RNGState
 from lightning_accelrl.callbacks.summary import RunSummary
 from lightning_accelrl.checkpoint_io import AtomicCheckpointIO
-from lightning_accelrl.checkpoints import algorithm_of, read_checkpoint
+from lightning_accelrl.checkpoints import (
+    accepted_hparams,
+    algorithm_class,
+    compatibility_warnings,
+    read_checkpoint,
+)
 from lightning_accelrl.data.datamodule import ExperienceDataModule
 from lightning_accelrl.errors import ConfigError
+from lightning_accelrl.trusted import resolve_class
+
+_SYMBOLIC_CKPT = ("last", "best", "hpc", "registry")
 
 
 class AccelRLCLI(LightningCLI):
+    #: the run's config identity (:func:`lightning_accelrl.run_name.config_id`), written to ``summary.json``
+    config_id: str | None = None
+
     def add_arguments_to_parser(self, parser: Any) -> None:
         parser.add_lightning_class_args(RunSummary, "summary")
         parser.add_argument(
@@ -32,36 +51,76 @@ class AccelRLCLI(LightningCLI):
         )
 
     def before_instantiate_classes(self) -> None:
-        threads = self.config[self.subcommand].get("torch_threads", 1)
+        config = self.config[self.subcommand]
+        threads = config.get("torch_threads", 1)
         if threads and threads > 0:
             torch.set_num_threads(threads)
+        preflight.check_data(config.get("data"), config.get("trainer"))
+        self._name_run()
+
+    def _dump(self, config: Any) -> dict[str, Any]:
+        """The config as ``config.yaml`` will hold it (plain dicts and lists)."""
+        return yaml.safe_load(self._parser(self.subcommand).dump(config, skip_none=False)) or {}
+
+    def _name_run(self) -> None:
+        """Loggers named after the config files' name and what the command line changed; the config identity."""
+        config = self.config[self.subcommand]
+        full = self._dump(config)
+        self.config_id = run_name.config_id(full)
+        loggers = config.get("trainer", {}).get("logger")
+        entries = loggers if isinstance(loggers, list) else [loggers]
+        named = [e for e in entries if _logger_name(e) is not None]
+        if not named or _given_on_command_line("--trainer.logger"):
+            return
+        base_args = _config_args(sys.argv[2:])
+        try:
+            base = self._dump(self._parser(self.subcommand).parse_args(base_args))
+        except (Exception, SystemExit):
+            base = {}  # the config files alone are incomplete: every value is the command line's
+        changed = run_name.overrides(base, full)
+        for entry in named:
+            entry.init_args.name = run_name.run_name(_logger_name(entry), changed)
 
     def _parse_ckpt_path(self) -> None:
-        """Refuse a checkpoint of another algorithm before Lightning copies its hyper-parameters into the config."""
+        """Resume from a checkpoint read as data: its algorithm must be a loaded RLModule, the config's own.
+
+        Replaces LightningCLI's reading (which imports whatever ``_class_path`` the file names); as there, the
+        checkpoint's hyper-parameters then override the config's.
+        """
         sub = self.config.get("subcommand")
         ckpt_path = self.config[sub].get("ckpt_path") if sub else None
-        if ckpt_path and ckpt_path not in ("last", "best", "hpc", "registry"):
-            algorithm = algorithm_of(read_checkpoint(ckpt_path), ckpt_path)
-            class_path = str(self.config[sub]["model"]["class_path"])
-            module_name, _, name = class_path.rpartition(".")
-            cls = getattr(importlib.import_module(module_name), name)
-            if algorithm != f"{cls.__module__}.{cls.__qualname__}":
-                raise ConfigError(
-                    f"checkpoint {ckpt_path!r} was written by {algorithm.rsplit('.', 1)[-1]}, "
-                    f"but the config trains {cls.__name__}: use the same algorithm to resume"
-                )
-        super()._parse_ckpt_path()
+        if not ckpt_path or ckpt_path in _SYMBOLIC_CKPT:
+            return
+        ckpt = read_checkpoint(ckpt_path)
+        cls = algorithm_class(ckpt, ckpt_path)
+        configured = resolve_class(str(self.config[sub]["model"]["class_path"]), RLModule, "model.class_path")
+        if cls is not configured:
+            raise ConfigError(
+                f"checkpoint {ckpt_path!r} was written by {cls.__name__}, "
+                f"but the config trains {configured.__name__}: use the same algorithm to resume"
+            )
+        for message in compatibility_warnings(ckpt, cls, ckpt_path):
+            _warn(message)
+        hparams, _ = accepted_hparams(cls, ckpt)
+        if hparams:
+            update = {
+                sub: {"model": {"class_path": self.config[sub]["model"]["class_path"], "init_args": hparams}}
+            }
+            self.config = self.parser.parse_object(update, self.config)
 
     def before_fit(self) -> None:
         _share_log_version(self.trainer.loggers)
+        for callback in self.trainer.callbacks:
+            if isinstance(callback, RunSummary):
+                callback.config_id = self.config_id
 
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Any]) -> Any:
-        """Rich progress bar (env steps/s, recent return) and a ``last.ckpt`` checkpoint, unless configured otherwise."""
+        """Env-step progress bar and a ``last.ckpt`` checkpoint, unless configured otherwise."""
         configured = list(config.get("callbacks") or []) + list(callbacks)
         if config.get("enable_progress_bar", True) is not False and not any(
             isinstance(c, ProgressBar) for c in configured
         ):
-            callbacks = [*callbacks, RichProgressBar(leave=True)]
+            callbacks = [*callbacks, EnvStepProgressBar()]
         if config.get("enable_checkpointing", True) is not False and not any(
             isinstance(c, ModelCheckpoint) for c in configured
         ):
@@ -86,6 +145,33 @@ def _resume_defaults(
     if not any(isinstance(p, CheckpointIO) for p in plugins):
         config = {**config, "plugins": [*plugins, AtomicCheckpointIO()]}
     return callbacks, config
+
+
+@rank_zero_only
+def _warn(message: str) -> None:
+    print(f"accelrl: warning: {message}", file=sys.stderr, flush=True)
+
+
+def _logger_name(entry: Any) -> str | None:
+    """The ``name`` a logger entry of the config sets (``class_path`` + ``init_args.name``), if any."""
+    init_args = entry.get("init_args") if hasattr(entry, "get") else None
+    name = init_args.get("name") if hasattr(init_args, "get") else None
+    return name if isinstance(name, str) and name else None
+
+
+def _given_on_command_line(option: str) -> bool:
+    return any(a == option or a.startswith(option + "=") or a.startswith(option + ".") for a in sys.argv[2:])
+
+
+def _config_args(args: list[str]) -> list[str]:
+    """Only the ``--config FILE`` options of a command line."""
+    out = []
+    for i, arg in enumerate(args):
+        if arg.startswith("--config="):
+            out.append(arg)
+        elif arg == "--config" and i + 1 < len(args):
+            out += [arg, args[i + 1]]
+    return out
 
 
 def _share_log_version(loggers: list[Any]) -> None:
