@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 from typing import Any
 
 from lightning.pytorch import Callback, LightningModule, Trainer
+
+from lightning_accelrl.atomic import atomic_write
+from lightning_accelrl.data.needs import ExperienceLink
 
 
 class RunSummary(Callback):
@@ -18,8 +20,13 @@ class RunSummary(Callback):
     Stable-Baselines3 report it), so an early lucky handful of episodes does not count.
 
     With ``eval_episodes > 0`` the greedy policy is also evaluated on fresh envs at the end of fit
-    (``eval_return_mean``, the same figure ``accelrl evaluate`` prints).
+    (``eval_return_mean``, the same figure ``accelrl evaluate`` prints). The file is written atomically and
+    fsynced.
     """
+
+    #: the run's config identity, set by ``accelrl fit`` (:func:`lightning_accelrl.run_name.config_id`);
+    #: ``accelrl plot`` draws runs of one identity as one curve
+    config_id: str | None = None
 
     def __init__(
         self,
@@ -46,14 +53,15 @@ class RunSummary(Callback):
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         dm = trainer.datamodule
-        if dm is None or not hasattr(dm, "rank_reduced_stats"):
+        if not isinstance(dm, ExperienceLink):
             return
-        stats = dm.rank_reduced_stats(trainer.strategy)
+        stats = dm.statistics()
         wall = dm.wall_time
         summary: dict[str, Any] = {
             "algorithm": type(pl_module).__name__,
+            "config_id": self.config_id,
             "env": dm.env if isinstance(dm.env, str) else type(dm.env).__name__,
-            "seed": dm._base_seed(),
+            "seed": dm.base_seed,
             "world_size": trainer.world_size,
             "env_steps": dm.env_steps,
             "episodes": int(stats.get("episodes", 0)),
@@ -62,7 +70,7 @@ class RunSummary(Callback):
             "wall_time_s": wall,
             "env_steps_per_s": dm.env_steps / wall if wall > 0 else math.nan,
             "updates": int(getattr(pl_module, "policy_version", 0)),
-            "policy_lag_max": max(getattr(pl_module, "policy_lags", []) or [0]),
+            "policy_lag_max": dm.lags.max,
         }
         if "episode_score_mean" in stats:  # Atari: the unclipped game score next to the clipped return
             summary["episode_score_mean"] = stats["episode_score_mean"]
@@ -77,9 +85,8 @@ class RunSummary(Callback):
         if trainer.is_global_zero:
             log_dir.mkdir(parents=True, exist_ok=True)
             self.path = log_dir / self.filename
-            tmp = self.path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(_finite(summary), indent=2) + "\n")
-            os.replace(tmp, self.path)
+            with atomic_write(self.path) as file:
+                file.write((json.dumps(_finite(summary), indent=2) + "\n").encode())
 
     def _evaluate(self, trainer: Trainer, pl_module: LightningModule, dm: Any) -> dict[str, Any]:
         from lightning_accelrl.evaluation import evaluate_policy
