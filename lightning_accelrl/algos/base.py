@@ -5,35 +5,44 @@ The algorithm files (``ppo.py``, ``a2c.py``...) hold only their networks' use an
 
 from __future__ import annotations
 
-import os
+import copy
 from typing import Any
 
 import torch
 from lightning.pytorch import LightningModule
+from typing_extensions import override
 
+from lightning_accelrl import __version__
+from lightning_accelrl.data.needs import ExperienceLink, ExperienceNeeds
 from lightning_accelrl.envs.base import EnvSpec
 from lightning_accelrl.errors import ConfigError
+from lightning_accelrl.trusted import class_path
 
 
 class RLModule(LightningModule):
-    """Base LightningModule for RL: manual optimisation, env-spec plumbing, episode-statistics logging.
+    """Base LightningModule for RL: manual optimisation, env-spec plumbing, pushed progress, statistics logging.
 
     Networks are built in :meth:`configure_model` from ``env_spec`` (a dict, filled from the datamodule's
     ``env_spec`` when not given and then stored in the hyper-parameters, so a checkpoint rebuilds itself).
+    The experience source pushes the env-step count (:meth:`set_env_steps`); schedules read :attr:`progress`.
+    Training needs a data module that implements the experience contract (``ExperienceDataModule``): it connects
+    itself at ``setup`` (:meth:`connect_experience`); without it ``fit`` stops at once with one line.
     """
 
     def __init__(self) -> None:
         super().__init__()
         self.automatic_optimization = False
         self.policy_version = 0  # number of updates applied; rollouts record the version that collected them
-        self.policy_lags: list[int] = []  # lag of each training batch (0 for the synchronous sampler)
+        self.env_steps = 0  # pushed by the experience source: env steps collected so far (all ranks)
+        self.total_env_steps = 0  # the budget those env steps count towards
+        self._experience: ExperienceLink | None = None
 
     # ----- env spec and networks -------------------------------------------------------------------------
     @property
     def env_spec(self) -> EnvSpec:
         spec = self.hparams.get("env_spec")
         if spec is None:
-            dm = self._datamodule()
+            dm = self.trainer.datamodule if self._trainer is not None else None
             if dm is None or not hasattr(dm, "env_spec"):
                 raise ConfigError(
                     f"{type(self).__name__} needs env_spec=... or a datamodule with an env_spec (e.g. ExperienceDataModule)"
@@ -42,69 +51,97 @@ class RLModule(LightningModule):
             self.hparams["env_spec"] = spec
         return EnvSpec.from_dict(spec)
 
-    def _datamodule(self) -> Any:
-        trainer = self._trainer
-        return None if trainer is None else trainer.datamodule
-
     def build_networks(self, spec: EnvSpec) -> None:
         """Create the algorithm's networks for ``spec`` (called once, in ``configure_model``)."""
         raise NotImplementedError
 
-    def on_fit_start(self) -> None:
-        """Per-rank randomness for action sampling: ``seed_everything`` gives every rank the same torch stream."""
-        if self.trainer.world_size > 1:
-            dm = self._datamodule()
-            base = dm._base_seed() if hasattr(dm, "_base_seed") else int(os.environ.get("PL_GLOBAL_SEED", 0))
-            torch.manual_seed(base + 7919 * self.trainer.global_rank)
-
+    @override
     def configure_model(self) -> None:
         if not getattr(self, "_built", False):
             self.build_networks(self.env_spec)
             self._built = True
 
-    def experience_spec(self) -> dict[str, Any]:
+    # ----- the experience contract (lightning_accelrl.data.needs) ----------------------------------------
+    def experience_needs(self) -> ExperienceNeeds:
         """What the data module must stream: fresh on-policy rollouts (the default) or replay samples."""
-        return {"kind": "rollout"}
+        return ExperienceNeeds(kind="rollout")
 
-    # ----- progress, logging ------------------------------------------------------------------------------
+    def connect_experience(self, link: ExperienceLink | None) -> None:
+        """Called by the data module at ``setup`` (and with ``None`` at ``teardown``)."""
+        self._experience = link
+
+    def set_env_steps(self, env_steps: int, total_env_steps: int) -> None:
+        """Pushed by the experience source before acting and after each batch: drives every schedule."""
+        self.env_steps, self.total_env_steps = int(env_steps), int(total_env_steps)
+
     @property
     def progress(self) -> float:
-        """Fraction of the env-step budget consumed, from the datamodule (0 when there is none)."""
-        return float(getattr(self._datamodule(), "progress", 0.0))
+        """Fraction of the env-step budget collected so far (0 until a source pushed a count)."""
+        if self.total_env_steps <= 0:
+            return 0.0
+        return min(1.0, self.env_steps / self.total_env_steps)
 
-    def track_policy_lag(self, batch: Any) -> None:
-        if "policy_version" in batch.keys():  # noqa: SIM118 - TensorDict membership needs keys()
-            lag = self.policy_version - int(batch["policy_version"].min())
-            self.policy_lags.append(lag)
+    def detached_copy(self) -> RLModule:
+        """A CPU copy in eval mode without the Trainer: the policy that sampler processes and actors run."""
+        trainer, self._trainer = self._trainer, None
+        link, self._experience = self._experience, None
+        try:
+            agent = copy.deepcopy(self)
+        finally:
+            self._trainer, self._experience = trainer, link
+        return agent.cpu().eval()
 
+    @override
+    def on_fit_start(self) -> None:
+        """Fail at once without an experience source; per-rank randomness for action sampling."""
+        if self._experience is None:
+            raise ConfigError(
+                f"{type(self).__name__} trains on {self.experience_needs().describe()} from an experience "
+                "source: fit it with lightning_accelrl.ExperienceDataModule (or a data module that calls "
+                "connect_experience), not a plain dataloader or another datamodule"
+            )
+        if self.trainer.world_size > 1:  # seed_everything gives every rank the same torch stream
+            torch.manual_seed(self._experience.base_seed + 7919 * self.trainer.global_rank)
+
+    # ----- logging ----------------------------------------------------------------------------------------
     def log_rollout_stats(self, metrics: dict[str, float | torch.Tensor]) -> None:
-        """Log the datamodule's episode statistics (reduced over ranks as (sum, count) pairs) and the losses.
+        """Log the run statistics (reduced over ranks as (sum, count) pairs) and the losses.
 
         Only on the batches where Lightning writes to its loggers (every ``trainer.log_every_n_steps`` training
         batches, the same on every rank): reducing and logging cost ~0.1-0.4 ms per value, which would dominate
         the short training steps of small networks.
         """
-        connector = getattr(self.trainer, "_logger_connector", None)
-        if not getattr(connector, "should_update_logs", True):
+        trainer = self.trainer
+        every = trainer.log_every_n_steps
+        batches = trainer.fit_loop.epoch_loop.batch_progress.total.ready  # this batch included
+        if not trainer.should_stop and (every == 0 or batches % every):
             return
-        dm = self._datamodule()
-        stats = dm.rank_reduced_stats(self.trainer.strategy) if hasattr(dm, "rank_reduced_stats") else {}
+        stats = self._experience.statistics()
         bar = {k: stats.pop(k) for k in ("episode_return_mean", "env_steps_per_s") if k in stats}
         if bar:
             self.log_dict(bar, prog_bar=True, on_step=True, on_epoch=False)
         self.log_dict({**stats, **metrics}, on_step=True, on_epoch=False)
 
+    def update_priorities(self, keys: torch.Tensor, priorities: torch.Tensor) -> None:
+        """Prioritized replay: write new priorities back to the table the batch came from."""
+        self._experience.update_priorities(keys, priorities)
+
     # ----- checkpoints ------------------------------------------------------------------------------------
+    @override
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        cls = type(self)
         checkpoint["accelrl"] = {
-            "algorithm": f"{cls.__module__}.{cls.__qualname__}",
+            "algorithm": class_path(type(self)),
+            "version": __version__,
             "policy_version": self.policy_version,
+            "env_steps": self.env_steps,
+            "total_env_steps": self.total_env_steps,
         }
 
+    @override
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         info = checkpoint.get("accelrl", {})
         self.policy_version = int(info.get("policy_version", 0))
+        self.set_env_steps(int(info.get("env_steps", 0)), int(info.get("total_env_steps", 0)))
         spec = checkpoint.get("hyper_parameters", {}).get("env_spec")
         if spec is not None and self.hparams.get("env_spec") is None:
             self.hparams["env_spec"] = spec

@@ -10,6 +10,7 @@ from typing import Any
 from lightning.pytorch import Callback, LightningModule, Trainer
 
 from lightning_accelrl.atomic import atomic_write
+from lightning_accelrl.data.needs import ExperienceLink
 
 
 class RunSummary(Callback):
@@ -52,15 +53,15 @@ class RunSummary(Callback):
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         dm = trainer.datamodule
-        if dm is None or not hasattr(dm, "rank_reduced_stats"):
+        if not isinstance(dm, ExperienceLink):
             return
-        stats = dm.rank_reduced_stats(trainer.strategy)
+        stats = dm.statistics()
         wall = dm.wall_time
         summary: dict[str, Any] = {
             "algorithm": type(pl_module).__name__,
             "config_id": self.config_id,
             "env": dm.env if isinstance(dm.env, str) else type(dm.env).__name__,
-            "seed": dm._base_seed(),
+            "seed": dm.base_seed,
             "world_size": trainer.world_size,
             "env_steps": dm.env_steps,
             "episodes": int(stats.get("episodes", 0)),
@@ -69,7 +70,7 @@ class RunSummary(Callback):
             "wall_time_s": wall,
             "env_steps_per_s": dm.env_steps / wall if wall > 0 else math.nan,
             "updates": int(getattr(pl_module, "policy_version", 0)),
-            "policy_lag_max": max(getattr(pl_module, "policy_lags", []) or [0]),
+            "policy_lag_max": dm.lags.max,
         }
         if "episode_score_mean" in stats:  # Atari: the unclipped game score next to the clipped return
             summary["episode_score_mean"] = stats["episode_score_mean"]

@@ -18,10 +18,10 @@ that samplers can run on other machines (``TableServer`` is one machine only: Un
   count stops them at the budget, as the shared counters do in the async runner) and fetch weights only when the
   version they are told about is newer than theirs.
 - **Faults**: each sampler runs one long ``run()`` call; the learner watches those calls (``ray.wait`` with no
-  timeout) every 0.5 s and while waiting for data (``async_runner.watched_sample``). An actor that died or raised
+  timeout) every 0.5 s and while waiting for data (``supervision.watched_sample``). An actor that died or raised
   is replaced while ``max_restarts`` allows (a fresh actor with the current weights, an env stream no sampler used,
   and its slot's env-step count), as in the async runner; beyond that it fails the run with
-  :class:`~lightning_accelrl.data.async_runner.SamplerProcessError` (one line).
+  :class:`~lightning_accelrl.data.supervision.SamplerProcessError` (one line).
 - **Shutdown**: ``close()`` sets the stop flag, gives the samplers a moment to return, then kills every actor
   (samplers, table, coordinator) and, if this runner started Ray itself, shuts Ray down.
 
@@ -35,19 +35,21 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import torch
 from tensordict import TensorDict
 
-from lightning_accelrl.data.async_runner import (
+from lightning_accelrl.data.replay import TransitionProducer, insert_all, make_replay_table, stores_frames
+from lightning_accelrl.data.shared_weights import flat_parameters, parameters_of
+from lightning_accelrl.data.source import ExperienceSource, SourceContext
+from lightning_accelrl.data.supervision import (
+    INSERT_TIMEOUT_S,
     SamplerProcessError,
-    _cpu_copy,
+    Watchdog,
+    agent_copy,
     first_line,
-    parameters_of,
-    replay_table_factory,
     resume_point,
     sampler_stream,
     stream_seed,
@@ -55,6 +57,8 @@ from lightning_accelrl.data.async_runner import (
     watched_sample,
 )
 from lightning_accelrl.errors import ConfigError
+from lightning_accelrl.sampling.agent import Agent
+from lightning_accelrl.sampling.episodes import EpisodeTracker
 
 try:
     import ray
@@ -65,7 +69,6 @@ __all__ = ["RayRunner"]
 
 log = logging.getLogger(__name__)
 
-_INSERT_TIMEOUT_S = 1.0  # a blocked insert wakes this often to ask the coordinator whether to stop
 _STOP_GRACE_S = 3.0  # close(): how long samplers get to return by themselves before they are killed
 
 
@@ -128,54 +131,27 @@ class _Coordinator:
         return self.stop
 
 
-class _Progress:
-    """Stands in for the Trainer inside a sampler actor: ``module.progress`` (ε schedules) follows the global
-    env-step count the coordinator reports."""
-
-    def __init__(self, budget: int) -> None:
-        self.datamodule = self
-        self.budget, self.progress = budget, 0.0
-
-    def update(self, total_env_steps: int) -> None:
-        self.progress = min(1.0, total_env_steps / self.budget)
-
-
 class _SamplerActor:
     """Actor body: builds its envs (seeds from its env stream), acts with a CPU policy copy, inserts n-step
     transitions into the table and reports to the coordinator after every vector step."""
 
     def __init__(
-        self,
-        idx: int,
-        stream: int,
-        agent: Any,
-        env_factory: Callable[[int], Any],
-        spec: dict[str, Any],
-        table: Any,
-        coordinator: Any,
-        budget: int,
-        seed: int,
+        self, idx: int, stream: int, agent: Any, ctx: SourceContext, table: Any, coordinator: Any
     ) -> None:
         torch.set_num_threads(1)  # one core per sampler actor (what it asks Ray for)
-        self.idx, self.stream, self.agent, self.env_factory = idx, stream, agent, env_factory
-        self.spec, self.table, self.coord, self.budget, self.seed = spec, table, coordinator, budget, seed
+        self.idx, self.stream, self.agent, self.ctx = idx, stream, agent, ctx
+        self.table, self.coord = table, coordinator
 
     def run(self) -> int:
-        """Sample until the global budget is spent or the learner asks to stop; returns this actor's env steps."""
-        from lightning_accelrl.replay import NStepWriter, StreamIndexer
+        """Sample until the rank's budget is spent or the learner asks to stop; returns this actor's env steps."""
         from lightning_accelrl.sampling import SyncSampler
 
-        torch.manual_seed(stream_seed(self.seed, self.stream))
-        env = self.env_factory(self.stream)
-        progress = _Progress(self.budget)
-        self.agent._trainer = progress
-        params = parameters_of(self.agent)
+        ctx, agent = self.ctx, self.agent
+        torch.manual_seed(stream_seed(ctx.seed, self.stream))
+        env = ctx.make_env(self.stream)
+        params = parameters_of(agent)
         sampler = SyncSampler(env, 1, store_next_observation=True)
-        writer = NStepWriter(self.spec["n_step"], self.spec["gamma"], env.num_envs)
-        shape, dtype = env.spec.observation_shape, env.spec.observation_dtype
-        indexer = None
-        if len(shape) == 3 and dtype == torch.uint8:
-            indexer = StreamIndexer(env.num_envs, shape[0], self.stream * env.num_envs)
+        producer = TransitionProducer(sampler, ctx.needs, self.stream * env.num_envs)
         version, seen = -1, 0
         try:
             go, total, latest = ray.get(self.coord.report.remote(self.idx, 0, [], version, False))
@@ -184,14 +160,18 @@ class _SamplerActor:
                     version, flat = ray.get(self.coord.get_weights.remote())
                     with torch.no_grad():
                         torch.nn.utils.vector_to_parameters(torch.from_numpy(flat.copy()), params)
-                    self.agent.policy_version = version
-                progress.update(total)
-                step = sampler.collect(self.agent)[0]
+                    agent.policy_version = version
+                agent.set_env_steps(total, ctx.budget)
+                items = producer.step(agent)
                 tracker = sampler.tracker
                 episodes, seen = tracker.last(tracker.episodes - seen), tracker.episodes
-                items = writer.add(indexer(step) if indexer is not None else step)
-                if items is not None and items.batch_size[0] > 0:
-                    self._insert(items)
+                if items is not None:
+                    insert_all(
+                        self.table.insert,
+                        items,
+                        INSERT_TIMEOUT_S,
+                        lambda: ray.get(self.coord.stopped.remote()),
+                    )
                 go, total, latest = ray.get(
                     self.coord.report.remote(self.idx, sampler.env_steps, episodes, version, False)
                 )
@@ -201,110 +181,64 @@ class _SamplerActor:
             with contextlib.suppress(Exception):
                 env.close()
 
-    def _insert(self, items: TensorDict) -> None:
-        """Insert all of ``items``, blocking while the limiter refuses, asking whether to stop between waits."""
-        while True:
-            try:
-                self.table.insert(items, timeout=_INSERT_TIMEOUT_S)
-                return
-            except TimeoutError as err:
-                done = int(getattr(err, "num_inserted", 0))
-                if done:
-                    items = items[done:]
-                if ray.get(self.coord.stopped.remote()):
-                    return
 
+class RayRunner(ExperienceSource):
+    """Starts and watches the table actor, the coordinator and the sampler actors of one rank (replay algorithms).
 
-class RayRunner:
-    """Starts and watches the table actor, the coordinator and the sampler actors of one rank (replay mode).
-
-    The learner's side has the interface the data module uses with :class:`AsyncRunner` (``publish``,
-    ``sample``, ``env_steps``, ``all_finished``, ``acting_version``, ``drain_episodes``, ``close``...).
-
-    Args:
-        module: the algorithm (a DQN-family module; its CPU deep copy is shipped to every sampler actor).
-        env_factory: ``env_factory(stream)`` builds one sampler's batched env (called in the actor).
-        spec: the module's experience spec (``kind`` must be ``"replay"``; n-step, gamma, prioritized...).
-        num_procs: sampler actors of this rank; ``rank``/``world_size``: distinct env streams per rank.
-        budget: env steps this rank's samplers collect in all.
-        weight_sync_every: publish weights every this many policy versions (updates).
-        replay: dict with capacity, limiter (a rate limiter), frames (bool): the async replay table settings.
-        seed: base of the samplers' torch seeds and of the table's sampling seed.
-        actor_options: ``ray.remote(...).options`` for the sampler actors (default ``{"num_cpus": 1}``: Ray
-            spreads them over the cluster's CPUs, other nodes included).
-        max_restarts: sampler actors that die or raise are replaced, up to this many times in all (over this
-            rank's samplers); the next failure raises :class:`SamplerProcessError`. 0: fail at the first.
-        resume: a :meth:`state_dict` of an earlier run: the table (items, priorities, limiter counters) and the
-            env-step count go on from there; the samplers take env streams above the saved run's (new seeds, and
-            frame-stack stream ids that cannot collide with the restored frames).
+    Settings (``ctx.settings``): ``num_sampler_procs`` (sampler actors of this rank), ``weight_sync_every``,
+    ``sampler_restarts`` (actors that die or raise are replaced up to this many times in all; the next failure
+    raises :class:`SamplerProcessError`), ``ray_actor_options`` (``ray.remote(...).options`` for the sampler
+    actors, default ``{"num_cpus": 1}``: Ray spreads them over the cluster's CPUs, other nodes included) and the
+    replay-table settings. A resumed run's table and env-step count go on; its samplers take env streams above the
+    saved run's.
     """
 
-    def __init__(
-        self,
-        module: Any,
-        env_factory: Callable[[int], Any],
-        spec: dict[str, Any],
-        num_procs: int,
-        rank: int,
-        budget: int,
-        replay: dict[str, Any],
-        weight_sync_every: int = 1,
-        world_size: int = 1,
-        seed: int | None = None,
-        actor_options: dict[str, Any] | None = None,
-        resume: dict[str, Any] | None = None,
-        max_restarts: int = 0,
-    ) -> None:
-        if spec.get("kind") != "replay":
+    def __init__(self, ctx: SourceContext) -> None:
+        if ctx.needs.kind != "replay":
             raise ConfigError(
-                f"sampler='ray' supports replay (DQN-family) algorithms only, not {spec.get('kind')!r} experience"
+                f"sampler='ray' supports replay (DQN-family) algorithms only; this one needs {ctx.needs.describe()}"
             )
-        self.module, self.env_factory, self.spec = module, env_factory, spec
-        self.num_procs, self.rank, self.world_size = num_procs, rank, max(1, int(world_size))
-        self.budget, self.replay = budget, replay
-        self.weight_sync_every = max(1, int(weight_sync_every))
-        self.seed = int(torch.initial_seed() if seed is None else seed)
-        self.actor_options = dict(actor_options or {"num_cpus": 1})
-        self.max_restarts = max(0, int(max_restarts))
-        self.restarts = 0  # sampler restarts so far (all samplers of this rank); the data module logs it
-        self._attempts = [0] * num_procs  # restarts per sampler slot (selects its env stream)
-        self._agent: Any = None
+        settings = ctx.settings
+        self.ctx = ctx
+        self.num_procs = int(settings["num_sampler_procs"])
+        self.weight_sync_every = max(1, int(settings["weight_sync_every"]))
+        self.actor_options = dict(settings.get("ray_actor_options") or {"num_cpus": 1})
+        self.max_restarts = max(0, int(settings["sampler_restarts"]))
+        self.budget = ctx.budget
+        self.tracker = EpisodeTracker(1, ctx.episode_window)
+        self.restarts = 0
+        self._attempts = [0] * self.num_procs  # restarts per sampler slot (selects its env stream)
         self.table: Any = None
         self.coord: Any = None
         self.actors: list[Any] = []
         self._runs: list[Any] = []
         self._done: set[int] = set()
-        self._params = parameters_of(module)
         self._pushed_version = -1
         self._resume_table: dict[str, Any] | None = None
         self._stream_offset = 0  # resume: streams of the saved run stay below this
-        self._base_steps = [0] * num_procs
-        if resume is not None:
-            self._resume_table, self._stream_offset, self._base_steps = resume_point(
-                resume, "replay", num_procs
-            )
+        self._base_steps = [0] * self.num_procs
         self._status: dict[str, Any] = {
-            "env_steps": sum(self._base_steps),
-            "env_steps_each": list(self._base_steps),
-            "acting_version": 0,
-            "all_finished": False,
-            "episodes": [],
-        }
-        self._next_check = 0.0
+            "env_steps": 0, "env_steps_each": list(self._base_steps), "acting_version": 0,
+            "all_finished": False, "episodes": [],
+        }  # fmt: skip
+        self._watchdog = Watchdog(self.check)
         self._started_ray = False
         self._closed = False
 
     # ----- lifecycle --------------------------------------------------------------------------------------
-    def start(self) -> RayRunner:
+    def start(self, agent: Agent) -> None:
         from lightning_accelrl.replay.ray_table import RayTable
 
         # local Ray, unless the user's ray.init(address="auto") ran before: then the actors may land on any node
         if not ray.is_initialized():
             ray.init(include_dashboard=False, log_to_driver=False)
             self._started_ray = True
+        self._params = parameters_of(agent)
         try:
-            seed = stream_seed(self.seed, -1 - self.rank)
-            factory = replay_table_factory(self.spec, self.replay, self._resume_table, seed)
+            ctx = self.ctx
+            seed = stream_seed(ctx.seed, -1 - ctx.rank)
+            frames = stores_frames(ctx.env_spec)
+            factory = _table_factory(ctx, frames, seed, self._resume_table)
             # the table and coordinator take no CPU slot: they must never keep samplers from being scheduled
             self.table = RayTable.create("replay", factory=factory, actor_options={"num_cpus": 0})
             self._resume_table = None  # shipped to the table actor with its factory
@@ -313,8 +247,8 @@ class RayRunner:
                 .options(num_cpus=0)
                 .remote(self.num_procs, self.budget, self._base_steps)
             )
-            self.publish(self.module, force=True)
-            self._agent = _cpu_copy(self.module)  # replacements start from it too (and fetch current weights)
+            self.publish(agent, force=True)
+            self._agent = agent_copy(agent)  # replacements start from it too (and fetch current weights)
             for i in range(self.num_procs):
                 actor = self._spawn(i)
                 self.actors.append(actor)
@@ -322,23 +256,21 @@ class RayRunner:
         except BaseException:
             self.close()
             raise
-        return self
 
     def _spawn(self, idx: int) -> Any:
         """Sampler actor ``idx`` on the env stream of its slot's current restart count."""
         stream = self._stream_offset + sampler_stream(
-            self.rank, self.num_procs, idx, self._attempts[idx], self.world_size
+            self.ctx.rank, self.num_procs, idx, self._attempts[idx], self.ctx.world_size
         )
         actor_cls = ray.remote(_SamplerActor).options(max_restarts=0, **self.actor_options)
-        return actor_cls.remote(
-            idx, stream, copy.deepcopy(self._agent), self.env_factory, self.spec, self.table, self.coord,
-            self.budget, self.seed,
-        )  # fmt: skip
+        return actor_cls.remote(idx, stream, copy.deepcopy(self._agent), self.ctx, self.table, self.coord)
 
     def close(self) -> None:
         """Stop the samplers (stop flag, then kill), the table and the coordinator; idempotent."""
         if self._closed:
             return
+        with contextlib.suppress(Exception):
+            self._drain()
         self._closed = True
         if self.coord is not None:
             with contextlib.suppress(Exception):
@@ -358,29 +290,40 @@ class RayRunner:
                 ray.shutdown()
 
     def state_dict(self) -> dict[str, Any]:
-        """What a checkpoint needs to resume (``AsyncRunner.state_dict``'s format): the table's state from its
-        actor (a consistent snapshot taken while the samplers go on), env steps per sampler, the streams' end."""
+        """``AsyncRunner.state_dict``'s format: the table's state from its actor (a consistent snapshot taken
+        while the samplers go on), env steps per sampler, the streams' end, the episode window."""
         table = self.table.state_dict()
-        self._refresh()
+        self._drain()
         return {
             "kind": "replay",
             "table": table,
             "env_steps": torch.tensor(self._status["env_steps_each"], dtype=torch.int64),
-            "stream_end": streams_end(self._stream_offset, self.num_procs, self._attempts, self.world_size),
+            "stream_end": streams_end(
+                self._stream_offset, self.num_procs, self._attempts, self.ctx.world_size
+            ),
+            "tracker": self.tracker.state_dict(),
         }
 
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._resume_table, self._stream_offset, self._base_steps = resume_point(
+            state, "replay", self.num_procs
+        )
+        self._status["env_steps"] = sum(self._base_steps)
+        self._status["env_steps_each"] = list(self._base_steps)
+        if state.get("tracker") is not None:
+            self.tracker.load_state_dict(state["tracker"])
+
     # ----- the learner's side ---------------------------------------------------------------------------------
-    def publish(self, module: Any, force: bool = False) -> None:
+    def publish(self, agent: Agent, force: bool = False) -> None:
         """New weights for the samplers when ``weight_sync_every`` updates passed since the last publication."""
-        version = int(getattr(module, "policy_version", 0))
+        version = int(agent.policy_version)
         if force or version - self._pushed_version >= self.weight_sync_every:
-            with torch.no_grad():
-                flat = torch.cat([p.detach().reshape(-1).to("cpu", torch.float32) for p in self._params])
+            flat = flat_parameters(self._params)
             self.coord.set_weights.remote(version, flat.numpy())  # ordered with later calls of this driver
             self._pushed_version = version
 
     def check(self) -> None:
-        """Replace sampler actors that died or raised while ``max_restarts`` allows; raise
+        """Replace sampler actors that died or raised while ``sampler_restarts`` allows; raise
         :class:`SamplerProcessError` (one line) for a failure beyond that."""
         pending = [ref for i, ref in enumerate(self._runs) if i not in self._done]
         if not pending:
@@ -391,7 +334,7 @@ class RayRunner:
             try:
                 ray.get(ref)
             except Exception as err:
-                what = f"ray sampler actor {i} of rank {self.rank} failed ({first_line(err)})"
+                what = f"ray sampler actor {i} of rank {self.ctx.rank} failed ({first_line(err)})"
                 if self.restarts >= self.max_restarts:
                     after = f" after {self.restarts} restart(s) (sampler_restarts={self.max_restarts})"
                     raise SamplerProcessError(
@@ -411,47 +354,47 @@ class RayRunner:
         self.actors[idx] = self._spawn(idx)
         self._runs[idx] = self.actors[idx].run.remote()
 
-    def _refresh(self) -> None:
-        status = ray.get(self.coord.status.remote())
-        status["episodes"] = self._status["episodes"] + status["episodes"]
+    def _drain(self) -> None:
+        """Counts from the coordinator; the episodes finished since the last call go into the tracker."""
+        if self._closed or self.coord is None:
+            return
+        try:
+            status = ray.get(self.coord.status.remote())
+        except Exception as err:
+            raise SamplerProcessError(f"lost the ray sampler coordinator ({first_line(err)})") from None
+        for episode in status["episodes"]:
+            self.tracker.add(*episode)
+        status["episodes"] = []
         self._status = status
 
-    @property
     def all_finished(self) -> bool:
+        """Whether every sampler actor finished, asked of the coordinator."""
+        self._drain()
         return bool(self._status["all_finished"])
 
     @property
     def env_steps(self) -> int:
         return int(self._status["env_steps"])
 
-    @property
-    def acting_version(self) -> int:
-        """The oldest policy version any sampler acts with now."""
-        return int(self._status["acting_version"])
+    def next_batch(self, agent: Agent) -> TensorDict | None:
+        self.publish(agent)
+        self._drain()
+        if self.env_steps >= self.budget and self._status["all_finished"]:
+            return None
+        batch_size = int(self.ctx.settings["batch_size"])
+        return watched_sample(
+            self._watchdog, self.table.sample, batch_size, self.all_finished, "the ray replay table"
+        )
 
-    def drain_episodes(self) -> list[tuple[float, float, float]]:
-        """Episodes finished since the last call (return, length, score or NaN); also refreshes the counts."""
-        if self._closed:
-            return []
-        try:
-            self._refresh()
-        except Exception as err:
-            raise SamplerProcessError(f"lost the ray sampler coordinator ({first_line(err)})") from None
-        episodes, self._status["episodes"] = self._status["episodes"], []
-        return episodes
-
-    def samplers_finished(self) -> bool:
-        """Whether every sampler actor finished, asked of the coordinator (read when a sample timed out)."""
-        self._refresh()
-        return self.all_finished
-
-    def sample(self, n: int) -> TensorDict | None:
-        """``n`` items from the table, waiting while the limiter refuses; None when the samplers finished and the
-        table cannot supply more."""
-        return watched_sample(self, self.table.sample, n, "the ray replay table")
+    def policy_lag(self, agent: Agent, batch: TensorDict) -> int | None:
+        return int(agent.policy_version) - int(self._status["acting_version"])
 
     def update_priorities(self, keys: torch.Tensor, priorities: torch.Tensor) -> None:
         self.table.update_priorities(keys.detach().cpu(), priorities.detach().float().cpu())
 
-    def table_info(self) -> dict[str, Any]:
-        return self.table.info()
+
+def _table_factory(ctx: SourceContext, frames: bool, seed: int, state: dict[str, Any] | None) -> Any:
+    """The rank's replay table, built inside the table actor (from ``state`` when resuming)."""
+    import functools
+
+    return functools.partial(make_replay_table, ctx.needs, ctx.settings, frames, seed, state)

@@ -1,19 +1,27 @@
-"""Synchronous replay feeding: the envs are stepped exactly as often as the table's rate limiter asks.
+"""Replay experience: n-step transitions produced from env steps, a replay table, and the synchronous source.
 
-The learner asks for a batch; while the limiter refuses the sample, the feeder inserts pending transitions or
-steps every env once (one batched forward) and inserts the new n-step transitions. Inserts never block either
-(``timeout=0``: what the limiter refuses stays pending), and the band is validated so that sampling or
-inserting is always possible: no deadlock whatever the ratio, batch size and env count.
+- :class:`TransitionProducer` turns one vector step of a sampler into n-step transitions (with frame-stack
+  indices for image envs): the one producer loop of the sync source, the sampler processes and the Ray actors.
+- :func:`make_replay_table` builds a rank's table (uniform or prioritized selector, FIFO remover, limiter).
+- :class:`ReplaySource` steps the envs exactly as often as the table's rate limiter asks: the learner asks for a
+  batch; while the limiter refuses the sample, the source inserts pending transitions or steps every env once
+  (one batched forward) and inserts the new transitions. Inserts never block (``timeout=0``: what the limiter
+  refuses stays pending), and the band is validated so that sampling or inserting is always possible: no
+  deadlock whatever the ratio, batch size and env count.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 import torch
 from tensordict import TensorDict
 
+from lightning_accelrl.data.needs import ExperienceNeeds
+from lightning_accelrl.data.source import ExperienceSource, SourceContext
+from lightning_accelrl.envs.base import EnvSpec
 from lightning_accelrl.errors import ConfigError
 from lightning_accelrl.replay import (
     FrameStackStorage,
@@ -24,6 +32,7 @@ from lightning_accelrl.replay import (
     selectors,
 )
 from lightning_accelrl.sampling import SyncSampler
+from lightning_accelrl.sampling.agent import Agent
 
 
 def replay_limiter(samples_per_insert: float, min_size: int, batch_size: int, error_buffer: float | None):
@@ -45,52 +54,124 @@ def replay_limiter(samples_per_insert: float, min_size: int, batch_size: int, er
     return rate_limiters.SampleToInsertRatio(samples_per_insert, min_size, error_buffer)
 
 
-class ReplayFeeder:
-    """Owns the table and n-step writer of one rank; ``next_batch`` returns ``table.sample(batch_size)``."""
+def stores_frames(spec: EnvSpec) -> bool:
+    """Frame stacks (``[C, H, W]`` uint8) go to a frame-deduplicating storage."""
+    return len(spec.observation_shape) == 3 and spec.observation_dtype == torch.uint8
 
-    def __init__(
-        self,
-        sampler: SyncSampler,
-        capacity: int,
-        batch_size: int,
-        samples_per_insert: float,
-        min_size: int,
-        error_buffer: float | None,
-        n_step: int,
-        gamma: float,
-        prioritized: bool,
-        priority_exponent: float,
-        first_stream: int = 0,
-        seed: int | None = None,
-    ) -> None:
-        if capacity < min_size:
-            raise ConfigError(f"replay_capacity {capacity} must be >= learning_starts {min_size}")
-        self.sampler = sampler
-        self.batch_size = batch_size
+
+def check_replay_settings(settings: dict[str, Any]) -> None:
+    """The table must be able to hold ``learning_starts`` items before the first sample."""
+    if settings["replay_capacity"] < settings["learning_starts"]:
+        raise ConfigError(
+            f"replay_capacity {settings['replay_capacity']} must be >= learning_starts {settings['learning_starts']}"
+        )
+
+
+def make_replay_table(
+    needs: ExperienceNeeds,
+    settings: dict[str, Any],
+    frames: bool,
+    seed: int | None = None,
+    state: dict[str, Any] | None = None,
+) -> Table:
+    """A rank's replay table: ``settings`` are the data module's replay arguments (capacity, ratio, batch size,
+    learning starts, error buffer); ``state`` restores a checkpoint's table (items, priorities, counters)."""
+    check_replay_settings(settings)
+    capacity = settings["replay_capacity"]
+    table = Table(
+        "replay",
+        sampler=selectors.Prioritized(needs.priority_exponent) if needs.prioritized else selectors.Uniform(),
+        remover=selectors.Fifo(),
+        max_size=capacity,
+        rate_limiter=replay_limiter(
+            settings["replay_ratio"],
+            settings["learning_starts"],
+            settings["batch_size"],
+            settings["replay_error_buffer"],
+        ),
+        storage=FrameStackStorage(capacity) if frames else None,
+        seed=seed,  # replay sampling follows the run's seed (None: OS entropy)
+    )
+    if state is not None:
+        table.load_state_dict(state)
+    return table
+
+
+class TransitionProducer:
+    """Steps a one-step sampler and returns the n-step transitions that became complete (or None)."""
+
+    def __init__(self, sampler: SyncSampler, needs: ExperienceNeeds, first_stream: int) -> None:
         spec = sampler.env.spec
-        frames = len(spec.observation_shape) == 3 and spec.observation_dtype == torch.uint8
+        self.sampler = sampler
+        self.writer = NStepWriter(needs.n_step, needs.gamma, sampler.num_envs)
         self.indexer = (
-            StreamIndexer(sampler.num_envs, spec.observation_shape[0], first_stream) if frames else None
+            StreamIndexer(sampler.num_envs, spec.observation_shape[0], first_stream)
+            if stores_frames(spec)
+            else None
         )
-        self.table = Table(
-            "replay",
-            sampler=selectors.Prioritized(priority_exponent) if prioritized else selectors.Uniform(),
-            remover=selectors.Fifo(),
-            max_size=capacity,
-            rate_limiter=replay_limiter(samples_per_insert, min_size, batch_size, error_buffer),
-            storage=FrameStackStorage(capacity) if frames else None,
-            seed=seed,  # replay sampling follows the run's seed (None: OS entropy)
+
+    def step(self, agent: Agent) -> TensorDict | None:
+        step = self.sampler.collect(agent)[0]
+        if self.indexer is not None:
+            step = self.indexer(step)
+        items = self.writer.add(step)
+        return None if items is None or items.batch_size[0] == 0 else items
+
+    def new_episodes(self) -> None:
+        """Every env starts a fresh episode (after a resume: partial transitions belong to old episodes)."""
+        self.writer.reset()
+        if self.indexer is not None:
+            self.indexer.new_episode(torch.arange(self.sampler.num_envs))
+
+
+def insert_all(
+    insert: Callable[..., Any], items: TensorDict, timeout: float, stop: Callable[[], bool]
+) -> None:
+    """Insert every item, blocking while the limiter refuses and asking ``stop()`` between waits (the sampler
+    processes' and Ray actors' insert loop: an insert that timed out keeps what it admitted)."""
+    while True:
+        try:
+            insert(items, timeout=timeout)
+            return
+        except TimeoutError as err:
+            done = int(getattr(err, "num_inserted", 0))  # set by Table, TableClient and RayTable alike
+            if done:
+                items = items[done:]
+            if stop():
+                return
+
+
+def _plain(td: TensorDict) -> dict[str, Any]:
+    """A TensorDict as plain containers (checkpoints load with ``weights_only=True``)."""
+    return {"data": td.to_dict(), "batch_size": list(td.batch_size)}
+
+
+class ReplaySource(ExperienceSource):
+    """This rank's envs, n-step producer and replay table; ``next_batch`` is ``table.sample(batch_size)``."""
+
+    def __init__(self, ctx: SourceContext) -> None:
+        self.ctx = ctx
+        self.settings = ctx.settings
+        env = ctx.make_env(ctx.rank)
+        self.sampler = SyncSampler(env, 1, store_next_observation=True, episode_window=ctx.episode_window)
+        self.tracker = self.sampler.tracker
+        self.producer = TransitionProducer(self.sampler, ctx.needs, first_stream=ctx.rank * env.num_envs)
+        self.table = make_replay_table(
+            ctx.needs, ctx.settings, stores_frames(env.spec), seed=ctx.seed + 104_729 * ctx.rank
         )
-        self.writer = NStepWriter(n_step, gamma, sampler.num_envs)
+        self.batch_size = int(ctx.settings["batch_size"])
         self.pending: TensorDict | None = None
         self.env_time = 0.0  # seconds spent stepping envs because the limiter refused a sample
         self.sample_time = 0.0
+
+    def start(self, agent: Agent) -> None:
+        """Nothing to start: the envs step in :meth:`next_batch`."""
 
     @property
     def env_steps(self) -> int:
         return self.sampler.env_steps
 
-    def next_batch(self, agent: Any, max_env_steps: int | None = None) -> TensorDict | None:
+    def next_batch(self, agent: Agent) -> TensorDict | None:
         """A batch as soon as the limiter allows; ``None`` once that would take env steps beyond the budget."""
         while True:
             t0 = time.perf_counter()
@@ -100,20 +181,17 @@ class ReplayFeeder:
                 return batch
             except TimeoutError:
                 pass
-            if self.pending is None and max_env_steps is not None and self.env_steps >= max_env_steps:
+            if self.pending is None and self.env_steps >= self.ctx.budget:
                 return None
             self._feed(agent)
             self.env_time += time.perf_counter() - t0
 
-    def _feed(self, agent: Any) -> None:
+    def _feed(self, agent: Agent) -> None:
         if self.pending is None:
-            step = self.sampler.collect(agent)[0]
-            if self.indexer is not None:
-                step = self.indexer(step)
-            items = self.writer.add(step)
-            if items is None or items.batch_size[0] == 0:
+            agent.set_env_steps(self.env_steps * self.ctx.world_size, self.ctx.total_env_steps)
+            self.pending = self.producer.step(agent)
+            if self.pending is None:
                 return
-            self.pending = items
         try:
             self.table.insert(self.pending, timeout=0)
             self.pending = None
@@ -122,6 +200,9 @@ class ReplayFeeder:
             if done == 0:  # cannot happen with a band from replay_limiter; guard against a custom table
                 raise RuntimeError(f"replay table refuses both samples and inserts: {exc}") from None
             self.pending = self.pending[done:]
+
+    def policy_lag(self, agent: Agent, batch: TensorDict) -> int | None:
+        return None  # replay data is old by design; acting uses the current weights
 
     def update_priorities(self, keys: torch.Tensor, priorities: torch.Tensor) -> None:
         self.table.update_priorities(keys.detach().cpu(), priorities.detach().float().cpu())
@@ -138,13 +219,15 @@ class ReplayFeeder:
 
     def state_dict(self) -> dict[str, Any]:
         """This rank's replay state (under DDP the data module gathers every rank's into the checkpoint)."""
+        indexer = self.producer.indexer
         return {
             "table": self.table.state_dict(),
-            "indexer": None if self.indexer is None else self.indexer.state_dict(),
-            "pending": self.pending,
+            "indexer": None if indexer is None else indexer.state_dict(),
+            "pending": None if self.pending is None else _plain(self.pending),
             "env_steps": self.sampler.env_steps,
             "env_time": self.env_time,
             "sample_time": self.sample_time,
+            "tracker": self.tracker.state_dict(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -153,9 +236,9 @@ class ReplayFeeder:
         The envs restart with fresh episodes after a resume, so the n-step writer starts empty (its partial
         transitions belong to episodes that no longer run) and every stream begins a new episode.
         """
-        saved = state.get("indexer")
-        if self.indexer is not None and saved is not None:  # checked first: nothing is restored on a mismatch
-            own = self.indexer.state_dict()
+        saved, indexer = state.get("indexer"), self.producer.indexer
+        if indexer is not None and saved is not None:  # checked first: nothing is restored on a mismatch
+            own = indexer.state_dict()
             for key in ("num_envs", "stack", "first_stream"):
                 if saved[key] != own[key]:
                     raise ConfigError(
@@ -163,10 +246,17 @@ class ReplayFeeder:
                         f"rank's envs have {own[key]!r} (a checkpoint of another num_envs, or of another rank)"
                     )
         self.table.load_state_dict(state["table"])
-        if self.indexer is not None and saved is not None:
-            self.indexer.load_state_dict(saved)
-            self.indexer.new_episode(torch.arange(self.sampler.num_envs))
-        self.writer.reset()
-        self.pending = state["pending"]
+        if indexer is not None and saved is not None:
+            indexer.load_state_dict(saved)
+        self.producer.new_episodes()
+        pending = state["pending"]
+        self.pending = (
+            None if pending is None else TensorDict(pending["data"], batch_size=pending["batch_size"])
+        )
         self.sampler.env_steps = int(state["env_steps"])
         self.env_time, self.sample_time = float(state["env_time"]), float(state["sample_time"])
+        if state.get("tracker") is not None:
+            self.tracker.load_state_dict(state["tracker"])
+
+    def close(self) -> None:
+        self.sampler.close()

@@ -1,6 +1,7 @@
 """Samplers: batched inference over vector envs into preallocated rollout buffers."""
 
+from lightning_accelrl.sampling.agent import Agent
 from lightning_accelrl.sampling.episodes import EpisodeTracker
-from lightning_accelrl.sampling.sync import Agent, SyncSampler
+from lightning_accelrl.sampling.sync import SyncSampler
 
 __all__ = ["Agent", "EpisodeTracker", "SyncSampler"]

@@ -25,8 +25,9 @@ from tensordict import TensorDict
 
 from lightning_accelrl.envs.base import BatchedEnv, Step
 from lightning_accelrl.errors import ConfigError
+from lightning_accelrl.sampling.agent import Agent
 from lightning_accelrl.sampling.episodes import EpisodeTracker
-from lightning_accelrl.sampling.sync import Agent, SyncSampler
+from lightning_accelrl.sampling.sync import SyncSampler
 
 
 def _split_gym(env: BatchedEnv, num_groups: int) -> list[BatchedEnv] | None:
@@ -179,7 +180,7 @@ class AlternatingSampler(SyncSampler):
         self._finish_flags()
         if "state_value" in self._views:
             self._bootstrap(agent, torch.cat(self._group_obs).to(device), truncated_values)
-        self._views["policy_version"].fill_(int(getattr(agent, "policy_version", 0)))
+        self._views["policy_version"].fill_(int(agent.policy_version))
         self.env_steps += T * self.env.num_envs
         self.observation = None  # the groups hold the current observations
         return self.buffer

@@ -14,24 +14,15 @@ and no thread pool (torch's ``copy_`` of a frame stack was ~10x slower than nump
 
 from __future__ import annotations
 
-from typing import Protocol
-
 import numpy as np
 import torch
 from tensordict import TensorDict
 
 from lightning_accelrl.envs.base import BatchedEnv, as_numpy
+from lightning_accelrl.sampling.agent import Agent, ValueAgent
 from lightning_accelrl.sampling.episodes import EpisodeTracker
 
 FLAG_KEYS = (("next", "reward"), ("next", "terminated"), ("next", "truncated"), ("next", "done"))
-
-
-class Agent(Protocol):
-    """What a sampler needs from a policy. ``act`` must return at least ``"action"`` ([B, ...] tensors)."""
-
-    device: torch.device
-
-    def act(self, observation: torch.Tensor) -> dict[str, torch.Tensor]: ...
 
 
 class Rows:
@@ -148,7 +139,7 @@ class SyncSampler:
                 self._views[key].copy_(torch.from_numpy(staged).unsqueeze(-1))
         self.tracker.update_rollout(reward, done, self._scores)
 
-    def _bootstrap(self, agent: Agent, last_obs: torch.Tensor, truncated_values: list) -> None:
+    def _bootstrap(self, agent: ValueAgent, last_obs: torch.Tensor, truncated_values: list) -> None:
         """``("next", "state_value")``: the next step's value, the last observation's, final ones at truncation."""
         values, next_values = self._views["state_value"], self._views["next", "state_value"]
         next_values[:-1].copy_(values[1:])
@@ -194,7 +185,7 @@ class SyncSampler:
         self._finish_flags()
         if has_value:
             self._bootstrap(agent, self.observation.to(device), truncated_values)
-        self._views["policy_version"].fill_(int(getattr(agent, "policy_version", 0)))
+        self._views["policy_version"].fill_(int(agent.policy_version))
         self.env_steps += self.rollout_steps * env.num_envs
         return self.buffer
 
