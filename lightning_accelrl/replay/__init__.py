@@ -6,7 +6,7 @@ Other modules of this package add their own import lines below, one per line, in
 from lightning_accelrl.replay import rate_limiters, selectors
 from lightning_accelrl.replay.frames import FrameStackStorage, StreamIndexer
 from lightning_accelrl.replay.nstep import NStepWriter
-from lightning_accelrl.replay.server import TableClient, TableServer
+from lightning_accelrl.replay.serving import TableClient, TableServer
 from lightning_accelrl.replay.storage import Storage, TensorStorage
 from lightning_accelrl.replay.table import Table
 

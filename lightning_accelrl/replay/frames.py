@@ -17,13 +17,14 @@ were produced and no frame of an earlier episode can enter it. An n-step item si
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 from tensordict import TensorDict, TensorDictBase
 
-from .storage import TensorStorage, new_tensordict
+from .storage import Leaves, TensorStorage, new_tensordict
 
 __all__ = ["FrameStackStorage", "StreamIndexer"]
 
@@ -289,7 +290,9 @@ class FrameStackStorage:
                 )
 
     # ------------------------------------------------------------------ Storage protocol
-    def write(self, slots: torch.Tensor, items: TensorDictBase) -> None:
+    def write(
+        self, slots: torch.Tensor, items: TensorDictBase, leaves: Leaves | None = None, signature: Any = None
+    ) -> None:
         """Store the items; only frames not already in the pool are copied (from the item's own stacks)."""
         slots = torch.as_tensor(slots, dtype=torch.int64).reshape(-1)
         n = len(slots)
@@ -383,7 +386,7 @@ class FrameStackStorage:
         self,
         slot: int,
         item: TensorDictBase,
-        leaves: list[tuple[tuple, torch.Tensor]],
+        leaves: Leaves,
         signature: Any = None,
     ) -> None:
         """`write` of one item given without a batch dimension (``leaves``: its (key, tensor) fields; the
@@ -479,7 +482,7 @@ class FrameStackStorage:
     def _write_general(self, slot: int, item: TensorDictBase) -> None:
         self.write(torch.tensor([slot], dtype=torch.int64), item.unsqueeze(0))
 
-    def release_list(self, slots: list[int]) -> None:
+    def _release_list(self, slots: list[int]) -> None:
         """`release` of a few slots given as a list, in plain Python over numpy views (frames are freed in the
         same order)."""
         if self._frames is None:
@@ -528,8 +531,8 @@ class FrameStackStorage:
                 f"{self.step_key!r} numbering is wrong (it must jump by >= S after an episode ends)"
             )
 
-    def read(self, slots: torch.Tensor) -> TensorDict:
-        """Fresh tensors; both stacks are gathered with one `index_select` each (the bookkeeping checks run in
+    def read(self, slots: torch.Tensor, out: Mapping[NestedKey, torch.Tensor] | None = None) -> TensorDict:
+        """Fresh tensors (``out`` is not used); both stacks are gathered with one `index_select` each (the bookkeeping checks run in
         numpy, whose per-call cost is far below torch's at these sizes)."""
         slots = torch.as_tensor(slots, dtype=torch.int64).reshape(-1)
         n = len(slots)
@@ -560,13 +563,15 @@ class FrameStackStorage:
         _set_leaf(tree, self.next_obs_key, self._frames.index_select(0, next_idx).view(n, s, *shape))
         return new_tensordict(tree, n, self._small.device)
 
-    def release(self, slots: torch.Tensor) -> None:
+    def release(self, slots: Sequence[int] | torch.Tensor) -> None:
         """Drop the items' references; frames no item uses any more go back to the free queue."""
         if self._frames is None:
             return
+        if isinstance(slots, list) and len(slots) <= _SMALL_RELEASE:
+            return self._release_list(slots)
         slots = torch.as_tensor(slots, dtype=torch.int64).reshape(-1)
         if len(slots) <= _SMALL_RELEASE:
-            return self.release_list(slots.tolist())
+            return self._release_list(slots.tolist())
         slots = slots[self._live.index_select(0, slots)].unique()
         if len(slots) == 0:
             return

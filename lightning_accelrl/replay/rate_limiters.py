@@ -51,6 +51,12 @@ class RateLimiter:
         """The largest ``n`` that ``can_sample(n)`` can ever allow: ``max_diff - min_diff``."""
         return self.max_diff - self.min_diff
 
+    def counts(self) -> str:
+        """The counters and band in one line, for error messages."""
+        return (
+            f"I={self.inserts} S={self.samples} D={self.deletes}, band [{self.min_diff:g}, {self.max_diff:g}]"
+        )
+
     # -- bookkeeping -----------------------------------------------------------------------------------------
     def reset(self) -> None:
         """Zero the counters (the table's reset and restore call this)."""

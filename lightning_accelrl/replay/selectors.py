@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import math
+import sys
 from collections import OrderedDict
 from typing import Any
 
@@ -29,10 +31,13 @@ __all__ = ["Fifo", "Lifo", "MaxHeap", "MinHeap", "Prioritized", "Selector", "Uni
 class Selector:
     """Base class. Bound copies implement add/remove/update/select/sample over slot ids."""
 
-    #: Whether the selector needs finite priorities (a sum tree cannot hold an infinite weight).
-    finite_priorities_only = False
     #: Whether ``select`` always returns the same item until the set changes (Fifo, Lifo, heaps).
     deterministic = True
+    #: Whether it always evicts the oldest items, so it has ``pop_oldest`` (Fifo): a table then evicts before
+    #: inserting.
+    evicts_oldest = False
+    #: The largest priority it accepts (a sum tree needs p ** exponent, and the sum of them, finite).
+    max_priority = math.inf
 
     def config(self) -> dict[str, Any]:
         """Constructor arguments plus the type name, enough to rebuild the selector."""
@@ -189,7 +194,6 @@ class Prioritized(Selector):
     for α = 0) while any priority is positive; if all are zero, uniformly with probability 1 / size."""
 
     deterministic = False
-    finite_priorities_only = True
 
     def __init__(self, priority_exponent: float) -> None:
         if not priority_exponent >= 0:
@@ -202,6 +206,12 @@ class Prioritized(Selector):
     def _allocate(self, capacity: int) -> None:
         self._tree = SumTree(capacity)
         self._members = _Members(capacity)
+        # p ** exponent <= float max / capacity keeps every weight and the sum of all of them finite
+        log_max = math.log(sys.float_info.max)
+        bound = (
+            (log_max - math.log(capacity)) / self.priority_exponent if self.priority_exponent > 0 else log_max
+        )
+        self.max_priority = math.exp(bound) if bound < log_max else sys.float_info.max
 
     def _weights(self, priorities: np.ndarray) -> np.ndarray:
         p = np.asarray(priorities, dtype=np.float64)
@@ -260,6 +270,7 @@ class Fifo(Selector):
     """The oldest item (first inserted); priority updates do not reorder."""
 
     _last = False
+    evicts_oldest = True
 
     def _allocate(self, capacity: int) -> None:
         self._order: OrderedDict[int, None] = OrderedDict()
@@ -301,6 +312,7 @@ class Lifo(Fifo):
     """The newest item (last inserted)."""
 
     _last = True
+    evicts_oldest = False
 
 
 class _Heap(Selector):

@@ -3,13 +3,21 @@
 The table owns the bookkeeping (keys, priorities, which slot holds which item, a free list of slots); a storage only
 holds the item data by slot. Contract, all calls made by the table under its lock:
 
-- ``write(slots, items)``: ``slots`` int64 [N] (distinct), ``items`` a TensorDict with batch [N]; called in insertion
-  order. A slot may be written again after it was released. An item evicted by an insert in the *same* ``insert``
-  call (for example a MinHeap remover evicting the lowest-priority item just inserted) is never written or released.
-- ``read(slots)``: a TensorDict with batch [len(slots)] (slots may repeat), holding *fresh* tensors: the table
-  releases its lock after ``read`` and the slots may be overwritten at once.
-- ``release(slots)``: the items in these slots were deleted, evicted or sampled ``max_times_sampled`` times.
-  Called after any ``read`` of the same items in the same table call, and before those slots are written again.
+- ``write(slots, items, leaves=None, signature=None)``: ``slots`` int64 [N] (distinct), ``items`` a TensorDict with
+  batch [N]; called in insertion order. ``leaves`` are the items' (nested key, tensor) fields as the table's field
+  check collected them (in its field order), and ``signature`` an object that stands for their keys, dtypes and
+  per-item shapes (the same object while they do not change), so a storage may skip its own walk over the items
+  and cache its layout check by identity. A slot may be written again after it was released. An item evicted by
+  an insert in the *same* ``insert`` call (for example a MinHeap remover evicting the lowest-priority item just
+  inserted) is never written or released.
+- ``write_item(slot, item, leaves, signature=None)``: ``write`` of one item given without a batch dimension.
+- ``read(slots, out=None)``: a TensorDict with batch [len(slots)] (slots may repeat), holding *fresh* tensors: the
+  table releases its lock after ``read`` and the slots may be overwritten at once. ``out`` (field -> tensor of
+  ``len(slots)`` rows) offers tensors to gather into; a storage may use those whose dtype and shape fit (the
+  returned batch then views them) or ignore them.
+- ``release(slots)``: the items in these slots (a list of ints or an int64 tensor) were deleted, evicted or sampled
+  ``max_times_sampled`` times. Called after any ``read`` of the same items in the same table call, and before those
+  slots are written again.
 - ``clear()``: the table was reset; every slot is free.
 - ``state_dict()`` / ``load_state_dict(state)``: the data of the live slots (checkpoints keep slot numbers, so a
   storage may keep its own structure, such as shared frames). States should hold only tensors, numbers, strings,
@@ -20,14 +28,43 @@ holds the item data by slot. Contract, all calls made by the table under its loc
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 import torch
 from tensordict import TensorDict, TensorDictBase
 
-__all__ = ["Storage", "TensorStorage", "describe_mismatch", "field_leaves", "new_tensordict"]
+__all__ = [
+    "DTYPES",
+    "Leaves",
+    "Storage",
+    "TensorStorage",
+    "describe_mismatch",
+    "field_leaves",
+    "new_tensordict",
+]
 
 NestedKey = tuple[str, ...]
+Leaves = list[tuple[NestedKey, torch.Tensor]]
+
+#: The dtypes an item field (or a state read from outside) may have, by name: names are never looked up otherwise.
+DTYPES: dict[str, torch.dtype] = {
+    str(d).removeprefix("torch."): d
+    for d in (
+        torch.bool,
+        torch.uint8,
+        torch.int8,
+        torch.int16,
+        torch.int32,
+        torch.int64,
+        torch.float16,
+        torch.bfloat16,
+        torch.float32,
+        torch.float64,
+        torch.complex64,
+        torch.complex128,
+    )
+}
 
 
 @runtime_checkable
@@ -36,11 +73,17 @@ class Storage(Protocol):
 
     capacity: int
 
-    def write(self, slots: torch.Tensor, items: TensorDictBase) -> None: ...
+    def write(
+        self, slots: torch.Tensor, items: TensorDictBase, leaves: Leaves | None = None, signature: Any = None
+    ) -> None: ...
 
-    def read(self, slots: torch.Tensor) -> TensorDictBase: ...
+    def write_item(self, slot: int, item: TensorDictBase, leaves: Leaves, signature: Any = None) -> None: ...
 
-    def release(self, slots: torch.Tensor) -> None: ...
+    def read(
+        self, slots: torch.Tensor, out: Mapping[NestedKey, torch.Tensor] | None = None
+    ) -> TensorDictBase: ...
+
+    def release(self, slots: Sequence[int] | torch.Tensor) -> None: ...
 
     def clear(self) -> None: ...
 
@@ -73,6 +116,7 @@ class TensorStorage:
         self._buffers: list[torch.Tensor] = []
         self._np: list[Any] | None = None  # numpy views of the buffers (None where numpy cannot view one)
         self._signature: tuple[tuple[NestedKey, torch.dtype, torch.Size], ...] | None = None
+        self._accepted: Any = None  # a caller's signature object found equal to ours
         if example is not None:
             if example.batch_dims == 0:
                 example = example.unsqueeze(0)
@@ -117,6 +161,7 @@ class TensorStorage:
     def _set_layout(self, keys: list[NestedKey], buffers: list[torch.Tensor]) -> None:
         self._keys, self._buffers = keys, buffers
         self._np = None
+        self._accepted = None
         self._signature = tuple((k, b.dtype, b.shape[1:]) for k, b in zip(keys, buffers))
 
     def _aligned(self, items: TensorDictBase) -> list[torch.Tensor]:
@@ -132,10 +177,32 @@ class TensorStorage:
         raise ValueError(describe_mismatch(self.fields, given, "the storage's"))
 
     # -- the Storage protocol --------------------------------------------------------------------------------
-    def write(self, slots: torch.Tensor, items: TensorDictBase) -> None:
+    def _fits(self, signature: Any) -> bool:
+        """Whether a caller's fields (``signature``: (key, dtype, per-item shape) per field) are ours, in order."""
+        if signature is None or self._signature is None:
+            return False
+        if signature is self._accepted:
+            return True
+        if signature == self._signature:
+            self._accepted = signature
+            return True
+        return False
+
+    def write(
+        self, slots: torch.Tensor, items: TensorDictBase, leaves: Leaves | None = None, signature: Any = None
+    ) -> None:
+        if leaves is not None and self._fits(signature):
+            self.write_values(slots, [v for _, v in leaves])
+            return
         if self._signature is None:
             self._allocate(items)
         self.write_values(slots, self._aligned(items))
+
+    def write_item(self, slot: int, item: TensorDictBase, leaves: Leaves, signature: Any = None) -> None:
+        if self._fits(signature):
+            self.write_one(slot, [v for _, v in leaves])
+        else:
+            self.write(torch.tensor([slot], dtype=torch.int64), item.unsqueeze(0))
 
     def write_values(self, slots: torch.Tensor, values: list[torch.Tensor]) -> None:
         """Write tensors already in :attr:`signature` order (the caller has checked the layout)."""
@@ -171,13 +238,25 @@ class TensorStorage:
                     pass
             buf[slot] = value.to(buf.device)
 
-    def _read_tree(self, slots: torch.Tensor) -> dict[str, Any]:
-        """The gathered rows as a nested dict of fresh tensors."""
+    def _read_tree(
+        self, slots: torch.Tensor, into: Mapping[NestedKey, torch.Tensor] | None = None
+    ) -> dict[str, Any]:
+        """The gathered rows as a nested dict of fresh tensors (those of ``into`` where dtype and shape fit)."""
         if self._signature is None:
             raise RuntimeError("TensorStorage.read before any write")
         out: dict[str, Any] = {}
         for key, buf in zip(self._keys, self._buffers):
-            value = buf.index_select(0, slots)
+            dst = None if into is None else into.get(key)
+            if (
+                dst is not None
+                and dst.dtype == buf.dtype
+                and dst.shape[1:] == buf.shape[1:]
+                and len(dst) == len(slots)
+                and dst.device == buf.device
+            ):
+                value = torch.index_select(buf, 0, slots, out=dst)
+            else:
+                value = buf.index_select(0, slots)
             if len(key) == 1:
                 out[key[0]] = value
                 continue
@@ -187,10 +266,13 @@ class TensorStorage:
             node[key[-1]] = value
         return out
 
-    def read(self, slots: torch.Tensor) -> TensorDict:
-        return new_tensordict(self._read_tree(slots), len(slots), self.device)
+    def read(self, slots: torch.Tensor, out: Mapping[NestedKey, torch.Tensor] | None = None) -> TensorDict:
+        if out is None:
+            return new_tensordict(self._read_tree(slots), len(slots), self.device)
+        tree = self._read_tree(slots, out)
+        return new_tensordict(tree, len(slots), self.device)
 
-    def release(self, slots: torch.Tensor) -> None:
+    def release(self, slots: Sequence[int] | torch.Tensor) -> None:
         """Nothing to do: a slot's old data is simply overwritten by its next write."""
 
     def clear(self) -> None:

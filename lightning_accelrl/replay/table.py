@@ -1,44 +1,45 @@
 """The replay :class:`Table`: Reverb's table semantics over TensorDict items, in one process, thread-safe.
 
 A table composes a sampler and a remover (selectors), a maximum size, a rate limiter and a storage. See
-``docs/replay.md`` and ``REVERB_SEMANTICS.md`` for the rules; each is stated by a test in ``tests/replay``.
+``docs/replay.md`` for the rules; each is stated by a test in ``tests/replay``. Its state and checkpoint
+methods live in :mod:`lightning_accelrl.replay.table_state`.
 """
 
 from __future__ import annotations
 
-import importlib
 import itertools
 import math
-import os
 import threading
 import time
 import warnings
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 import torch
 from tensordict import TensorDict, TensorDictBase
 
-from lightning_accelrl.replay import selectors as _selectors
-from lightning_accelrl.replay.checkpoint import FORMAT_VERSION, read_checkpoint, write_checkpoint
 from lightning_accelrl.replay.rate_limiters import Queue, RateLimiter, Stack
 from lightning_accelrl.replay.selectors import Fifo, Lifo, Selector
 from lightning_accelrl.replay.storage import (
+    Leaves,
+    NestedKey,
     Storage,
     TensorStorage,
     describe_mismatch,
     field_leaves,
     new_tensordict,
 )
+from lightning_accelrl.replay.table_state import TableState
+from lightning_accelrl.replay.validation import as_keys, check_count, check_timeout
 
 __all__ = ["SAMPLE_INFO_KEYS", "Table"]
 
 #: Fields a sample adds to the item fields (so items may not use these names).
 SAMPLE_INFO_KEYS = ("key", "priority", "probability", "times_sampled", "table_size")
-_STATE_FORMAT = "lightning_accelrl.replay.Table"
 
 
-class Table:
+class Table(TableState):
     """A replay table: insert TensorDict items with priorities, sample them as a selector picks, evict as a remover
     picks when full, and block (or time out) whenever the rate limiter says so.
 
@@ -51,7 +52,8 @@ class Table:
         max_times_sampled: delete an item once sampled this many times; ``< 1`` means never.
         storage: where item data lives (default: a :class:`TensorStorage` of ``max_size`` rows).
         shared: put the storage in shared memory so other processes read it without copies.
-        seed: seed for the sampler's and remover's random draws.
+        seed: seed for the sampler's and remover's random draws (their generator's state is part of
+            :meth:`state_dict`, so a restored table continues the same sequence of draws).
     """
 
     def __init__(
@@ -91,19 +93,13 @@ class Table:
             storage = TensorStorage(self.max_size)
         if storage.capacity < self.max_size:
             raise ValueError(f"storage capacity {storage.capacity} < max_size {self.max_size}")
-        self.storage = storage
-        self._plain_storage = type(storage).write is TensorStorage.write
-        # storages with a per-item write (FrameStackStorage) get single items without a batch dimension
-        self._write_item = getattr(storage, "write_item", None)
-        self._release_list = getattr(storage, "release_list", None)  # the same for a release of a few items
-        self._direct_seen: tuple[Any, Any, bool] = (None, None, False)  # (storage signature, fields, same?)
-        self._noop_release = type(storage).release is TensorStorage.release
+        self.storage: Storage = storage
         # Slot ``max_size`` is scratch: an incoming item waits there while the remover decides what to evict.
         cap = self.max_size + 1
         self._scratch = self.max_size
         self.sampler = sampler.bind(cap)
         self.remover = remover.bind(cap)
-        self._finite_only = sampler.finite_priorities_only or remover.finite_priorities_only
+        self._max_priority = min(self.sampler.max_priority, self.remover.max_priority)
         self._limiter = rate_limiter.clone()
         self._cond = threading.Condition(threading.Lock())
         self._rng = np.random.default_rng(seed)
@@ -187,7 +183,7 @@ class Table:
     def _check_priorities(self, priority: Any, n: int) -> np.ndarray:
         if isinstance(priority, (int, float)):
             value = float(priority)
-            if value >= 0 and (value != math.inf or not self._finite_only):  # NaN fails ">= 0"
+            if 0 <= value <= self._max_priority:  # NaN fails
                 return np.full(n, value)
             p = np.array([value])
         else:
@@ -198,24 +194,26 @@ class Table:
                 p = np.full(n, p[0])
             elif p.size != n:
                 raise ValueError(f"got {p.size} priorities for {n} items")
-        bad = np.isnan(p) | (p < 0)
-        if self._finite_only:
-            bad |= np.isinf(p)
+        bad = ~((p >= 0) & (p <= self._max_priority))
         if bad.any():
-            raise ValueError(
-                f"priorities must be >= 0 and not NaN{' (and finite for Prioritized)' if self._finite_only else ''}, "
-                f"got {p[bad][:5].tolist()}"
+            limit = (
+                ""
+                if self._max_priority == math.inf
+                else (
+                    f" and <= {self._max_priority:.6g} (so that p ** priority_exponent and their sum stay finite)"
+                )
             )
+            raise ValueError(f"priorities must be >= 0{limit}, got {p[bad][:5].tolist()}")
         return p
 
-    def _check_fields(self, items: TensorDictBase) -> list[torch.Tensor] | None:
+    def _check_fields(self, items: TensorDictBase) -> Leaves | None:
         """The first insert fixes the fields; later inserts must match (checked before anything changes).
-        Returns the item tensors when they come in the table's field order (so a TensorStorage can skip its
-        own walk over the fields), else None."""
+        Returns the items' fields when they come in the table's field order (so the storage can skip its own
+        walk over them), else None."""
         leaves = field_leaves(items)
         signature = tuple((k, v.dtype, v.shape[1:]) for k, v in leaves)
         if signature == self._fields:
-            return [v for _, v in leaves]
+            return leaves
         given = {k: (d, s) for k, d, s in signature}
         if self._fields is None:
             clash = [k[0] for k in given if k[0] in SAMPLE_INFO_KEYS]
@@ -226,57 +224,16 @@ class Table:
             if not given:
                 raise ValueError("items have no tensor fields")
             self._fields = signature
-            return None
+            return leaves
         expected = {k: (d, s) for k, d, s in self._fields}
         if given != expected:
             raise ValueError(describe_mismatch(expected, given, f"table {self.name!r}'s"))
         return None
 
-    def _direct(self) -> bool:
-        """Whether the storage is a plain TensorStorage laid out exactly as the table's fields (so the tensors
-        the field check collected can be written as they are). Cached while neither layout changes."""
-        if not self._plain_storage:
-            return False
-        sig, fields = self.storage.signature, self._fields
-        seen_sig, seen_fields, same = self._direct_seen
-        if sig is seen_sig and fields is seen_fields:
-            return same
-        same = sig is not None and sig == fields
-        self._direct_seen = (sig, fields, same)
-        return same
-
-    def _write(self, slots: torch.Tensor, items: TensorDictBase, values: list[torch.Tensor] | None) -> None:
-        """storage.write, or for a plain TensorStorage laid out as the table's fields, a write of the tensors
-        the field check already collected (saves a second walk over the TensorDict per insert)."""
-        if values is not None and self._direct():
-            self.storage.write_values(slots, values)
-        else:
-            self.storage.write(slots, items)
-
-    def _write_one(self, slot: int, item: TensorDictBase, leaves: list[tuple[tuple, torch.Tensor]]) -> None:
-        """Write one item given without a batch dimension (``leaves``: its fields, in the table's order)."""
-        if self._direct():
-            self.storage.write_one(slot, [v for _, v in leaves])
-        elif self._write_item is not None:
-            self._write_item(slot, item, leaves, self._fields)
-        else:
-            self.storage.write(torch.tensor([slot], dtype=torch.int64), item.unsqueeze(0))
-
-    def _release(self, slots: list[int]) -> None:
-        if self._noop_release:  # TensorStorage.release does nothing: skip building the tensor
-            return
-        if self._release_list is not None and len(slots) <= 8:
-            self._release_list(slots)
-        else:
-            self.storage.release(torch.tensor(slots, dtype=torch.int64))
-
     @staticmethod
     def _deadline(timeout: float | None) -> float | None:
-        if timeout is None:
-            return None
-        if timeout < 0:
-            raise ValueError(f"timeout must be None or >= 0, got {timeout}")
-        return time.monotonic() + timeout
+        timeout = check_timeout(timeout)
+        return None if timeout is None else time.monotonic() + timeout
 
     # -- insert ----------------------------------------------------------------------------------------------
     def insert(
@@ -289,77 +246,75 @@ class Table:
         """
         if not isinstance(items, TensorDictBase):
             raise TypeError(f"items must be a TensorDict, got {type(items).__name__}")
+        deadline = self._deadline(timeout)
         if items.batch_dims == 0:
-            key = self._insert_one(items, priority, timeout)
+            key = self._insert_one(items, priority, deadline, timeout)
             if key is not None:
                 return key
             items = items.unsqueeze(0)
         n = int(items.batch_size[0])
         priorities = self._check_priorities(priority, n)
         keys = np.empty(n, dtype=np.int64)
-        deadline = self._deadline(timeout)
         done = 0
         with self._cond:
-            values = self._check_fields(items)
+            leaves = self._check_fields(items)
             while done < n:
-                k = self._admissible(n - done)
-                if k == 0:
-                    if not self._wait(deadline, True):
-                        err = TimeoutError(
-                            f"table {self.name!r}: insert timed out after {timeout} s; {done} of {n} items were "
-                            f"inserted (limiter {self._counts()})"
-                        )
-                        err.num_inserted = done  # type: ignore[attr-defined]
-                        err.keys = torch.from_numpy(keys[:done].copy())  # type: ignore[attr-defined]
-                        raise err
-                    continue
-                self._insert_chunk(items, done, k, priorities, keys, values)
+                k = self._admit(n - done, deadline, timeout, keys[:done], n)
+                self._insert_chunk(items, done, k, priorities, keys, leaves)
                 done += k
                 self._notify()
         return torch.from_numpy(keys)
 
-    def _insert_one(self, item: TensorDictBase, priority: Any, timeout: float | None) -> torch.Tensor | None:
+    def _admit(
+        self, want: int, deadline: float | None, timeout: float | None, done: np.ndarray, n: int
+    ) -> int:
+        """How many of the next ``want`` items the limiter admits, waiting (lock held) until at least one is; a
+        TimeoutError at the deadline, carrying the ``done`` keys of the ``n`` items the caller was inserting."""
+        while (k := self._admissible(want)) == 0:
+            if not self._wait(deadline, True):
+                err = TimeoutError(
+                    f"table {self.name!r}: insert timed out after {timeout} s; {len(done)} of {n} items were "
+                    f"inserted (limiter {self._limiter.counts()})"
+                )
+                err.num_inserted = len(done)  # type: ignore[attr-defined]
+                err.keys = torch.from_numpy(done.copy())  # type: ignore[attr-defined]
+                raise err
+        return k
+
+    def _insert_one(
+        self, item: TensorDictBase, priority: Any, deadline: float | None, timeout: float | None
+    ) -> torch.Tensor | None:
         """The insert of one item given without a batch dimension, without adding one (that alone costs more
         than the rest of the insert). Returns None, having changed nothing, when the item's fields differ from the
         table's (or none are known yet), so the general path can report or record them."""
-        if type(priority) is float and priority >= 0 and (priority != math.inf or not self._finite_only):
+        if type(priority) is float and 0 <= priority <= self._max_priority:
             prio = priority
         else:
             prio = float(self._check_priorities(priority, 1)[0])
         leaves = field_leaves(item)
         signature = tuple([(k, v.dtype, v.shape) for k, v in leaves])
-        deadline = self._deadline(timeout)
         with self._cond:
             if signature != self._fields:
                 return None
-            while self._admissible(1) == 0:
-                if not self._wait(deadline, True):
-                    err = TimeoutError(
-                        f"table {self.name!r}: insert timed out after {timeout} s; 0 of 1 items were "
-                        f"inserted (limiter {self._counts()})"
-                    )
-                    err.num_inserted = 0  # type: ignore[attr-defined]
-                    err.keys = torch.zeros(0, dtype=torch.int64)  # type: ignore[attr-defined]
-                    raise err
+            self._admit(1, deadline, timeout, np.empty(0, np.int64), 1)
             key = self._next_key
-            lim = self._limiter
             if len(self._slot_of) >= self.max_size:
-                if type(self.remover) is not Fifo:  # the remover may pick the new item: the general path
+                if not self.remover.evicts_oldest:  # the remover may pick the new item: the general path
                     keys = np.empty(1, dtype=np.int64)
                     self._insert_chunk(item.unsqueeze(0), 0, 1, np.array([prio]), keys)
                     self._notify()
                     return torch.from_numpy(keys)
                 victim = self.remover.pop_oldest(1)[0]
                 self._remove_item(victim, remover=False)
-                lim.deletes += 1
-                self._release([victim])
+                self._limiter.deletes += 1
+                self.storage.release([victim])
             self._next_key = key + 1
             rec = self._next_recency
             self._next_recency = rec + 1
             slot = self._free.pop()
             self._add_item(slot, key, prio, rec)
-            self._write_one(slot, item, leaves)
-            lim.inserts += 1
+            self.storage.write_item(slot, item, leaves, self._fields)
+            self._limiter.inserts += 1
             self._notify()
         return torch.from_numpy(np.array([key], dtype=np.int64))
 
@@ -389,10 +344,6 @@ class Table:
                 self._waiting_samples -= 1
                 self._blocked_sample_s += blocked
         return True
-
-    def _counts(self) -> str:
-        lim = self._limiter
-        return f"I={lim.inserts} S={lim.samples} D={lim.deletes}, band [{lim.min_diff:g}, {lim.max_diff:g}]"
 
     def _admissible(self, want: int) -> int:
         """How many of the next ``want`` items the limiter admits now, applying ``can_insert(1)`` item by item
@@ -424,7 +375,7 @@ class Table:
         k: int,
         priorities: np.ndarray,
         keys_out: np.ndarray,
-        values: list[torch.Tensor] | None = None,
+        leaves: Leaves | None = None,
     ) -> None:
         """Insert items[start : start + k] (already admitted), evicting as the remover picks when full."""
         lim = self._limiter
@@ -436,14 +387,15 @@ class Table:
         if start == 0 and k == len(priorities):
             chunk = items
         else:  # a slice of the batch: the collected tensors no longer match it
-            chunk, values = items[start : start + k], None
+            chunk = items[start : start + k]
+            leaves = None if leaves is None else [(key, v[start : start + k]) for key, v in leaves]
         excess = len(self._slot_of) + k - self.max_size
-        if excess > 0 and k <= self.max_size and type(self.remover) is Fifo:
+        if excess > 0 and k <= self.max_size and self.remover.evicts_oldest:
             # A Fifo remover evicts the oldest items, never one of these new ones: evict them all first.
             victims = self.remover.pop_oldest(excess)
             self._remove_items(victims, remover=False)
             lim.deletes += excess
-            self._release(victims)
+            self.storage.release(victims)
             excess = 0
         if excess <= 0:  # no (more) eviction: one storage write for the chunk
             free = self._free
@@ -463,7 +415,7 @@ class Table:
                 self._slot_of.update(zip(range(first_key, first_key + k), slot_list))
                 self.sampler.add(slots, prios, recency)
                 self.remover.add(slots, prios, recency)
-            self._write(torch.from_numpy(slots), chunk, values)
+            self.storage.write(torch.from_numpy(slots), chunk, leaves, self._fields)
             lim.inserts += k
             return
 
@@ -493,7 +445,7 @@ class Table:
             self._add_item(slot, key, prio, rec)
             pending[slot] = j
         if released:
-            self._release(released)
+            self.storage.release(released)
         if pending:
             slots = torch.from_numpy(np.array(list(pending), dtype=np.int64))
             index = list(pending.values())
@@ -540,15 +492,19 @@ class Table:
         self._free.extend(slots)
 
     # -- sample ----------------------------------------------------------------------------------------------
-    def sample(self, num_samples: int, timeout: float | None = None) -> TensorDict:
+    def sample(
+        self,
+        num_samples: int,
+        timeout: float | None = None,
+        out: Mapping[NestedKey, torch.Tensor] | None = None,
+    ) -> TensorDict:
         """Sample ``num_samples`` items (with replacement) once the limiter admits them all.
 
         Returns a TensorDict [num_samples] with the item fields plus ``key`` (int64), ``priority`` and
         ``probability`` (float64), ``times_sampled`` (int64, this sample included) and ``table_size`` (int64).
+        ``out``: tensors of ``num_samples`` rows by field that the storage may gather the item fields into.
         """
-        n = int(num_samples)
-        if n < 1:
-            raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+        n = check_count(num_samples)
         lim = self._limiter
         if n > lim.max_sample_batch():
             raise ValueError(
@@ -565,9 +521,9 @@ class Table:
                 if not self._wait(deadline, False):
                     raise TimeoutError(
                         f"table {self.name!r}: sample({n}) timed out after {timeout} s; nothing was sampled "
-                        f"(size {len(self._slot_of)}, limiter {self._counts()})"
+                        f"(size {len(self._slot_of)}, limiter {self._limiter.counts()})"
                     )
-            batch = self._sample_now(n)
+            batch = self._sample_now(n, out)
             self._notify()
         return batch
 
@@ -577,7 +533,7 @@ class Table:
             return size > 0
         return size * self.max_times_sampled - self._sum_times >= n
 
-    def _sample_now(self, n: int) -> TensorDict:
+    def _sample_now(self, n: int, out: Mapping[NestedKey, torch.Tensor] | None) -> TensorDict:
         lim = self._limiter
         size = len(self._slot_of)
         exhausted: list[int] = []
@@ -630,10 +586,10 @@ class Table:
                     self._remove_item(slot)
                     exhausted.append(slot)
                     size -= 1
-        data = self.storage.read(torch.from_numpy(slots))
+        data = self.storage.read(torch.from_numpy(slots), out)
         if exhausted:
             lim.deletes += len(exhausted)
-            self._release(exhausted)
+            self.storage.release(exhausted)
         lim.samples += n
         info = {
             "key": torch.from_numpy(keys),
@@ -654,12 +610,6 @@ class Table:
         return data
 
     # -- priorities, deletes, reset --------------------------------------------------------------------------
-    @staticmethod
-    def _key_array(keys: Any) -> np.ndarray:
-        if isinstance(keys, torch.Tensor):
-            keys = keys.detach().cpu().numpy()
-        return np.asarray(keys, dtype=np.int64).reshape(-1)
-
     def _slots_of(self, keys: list[int]) -> tuple[np.ndarray, np.ndarray]:
         """Slots of the present keys among ``keys`` and a mask of which keys were present."""
         slots = np.fromiter(
@@ -671,7 +621,7 @@ class Table:
     def update_priorities(self, keys: Any, priorities: Any) -> None:
         """Set new priorities (sampler and remover both see them; heaps re-order). Unknown keys are ignored; a
         negative or NaN priority is a ``ValueError`` and nothing changes. For repeated keys the last one wins."""
-        key_list = self._key_array(keys).tolist()
+        key_list = as_keys(keys).tolist()
         p = self._check_priorities(priorities, len(key_list))
         if len(set(key_list)) != len(key_list):  # keep the last occurrence of each key, in batch order
             keep = sorted({k: i for i, k in enumerate(key_list)}.values())
@@ -692,12 +642,12 @@ class Table:
     def delete(self, keys: Any) -> int:
         """Delete items by key (unknown keys are ignored); each counts as a limiter delete. Returns how many."""
         with self._cond:
-            slots, _ = self._slots_of(self._key_array(keys).tolist())
+            slots, _ = self._slots_of(as_keys(keys).tolist())
             slots = np.unique(slots)
             self._remove_items(slots.tolist())
             if len(slots):
                 self._limiter.deletes += len(slots)
-                self._release(slots.tolist())
+                self.storage.release(slots.tolist())
                 self._cond.notify_all()
             return len(slots)
 
@@ -717,153 +667,6 @@ class Table:
         self._slot_of.clear()
         self._free = list(range(self.max_size - 1, -1, -1))
         self._sum_times = 0
-
-    # -- checkpoints -----------------------------------------------------------------------------------------
-    def _config(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "max_size": self.max_size,
-            "max_times_sampled": self.max_times_sampled,
-            "sampler": self.sampler.config(),
-            "remover": self.remover.config(),
-        }
-
-    def state_dict(self) -> dict[str, Any]:
-        """Everything needed to rebuild the table: config, items (by slot, in insertion order), priorities,
-        times sampled, recency, key and recency counters, limiter counters, and the storage's own state."""
-        with self._cond:
-            keys = np.fromiter(self._slot_of.keys(), dtype=np.int64, count=len(self._slot_of))
-            slots = np.fromiter(self._slot_of.values(), dtype=np.int64, count=len(self._slot_of))
-            storage_cls = type(self.storage)
-            return {
-                "format": _STATE_FORMAT,
-                "version": FORMAT_VERSION,
-                "config": self._config(),
-                "rate_limiter": self._limiter.state(),
-                "keys": torch.from_numpy(keys),
-                "slots": torch.from_numpy(slots),
-                "priorities": torch.from_numpy(self._priority[slots].copy()),
-                "times_sampled": torch.from_numpy(self._times[slots].copy()),
-                "recency": torch.from_numpy(self._recency[slots].copy()),
-                "next_key": self._next_key,
-                "next_recency": self._next_recency,
-                "fields": [
-                    (list(k), str(d).removeprefix("torch."), list(s)) for k, d, s in self._fields or ()
-                ],
-                "blocked_s": [self._blocked_insert_s, self._blocked_sample_s],
-                "storage_class": f"{storage_cls.__module__}:{storage_cls.__qualname__}",
-                "storage": self.storage.state_dict(),
-            }
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Replace this table's contents and counters by ``state`` (from a table with the same configuration)."""
-        if not isinstance(state, dict) or state.get("format") != _STATE_FORMAT:
-            raise ValueError("not a replay Table state (missing or wrong 'format')")
-        if state.get("version") != FORMAT_VERSION:
-            raise ValueError(
-                f"Table state version {state.get('version')} is not supported ({FORMAT_VERSION} is)"
-            )
-        config = self._config()
-        theirs = dict(state["config"])
-        if {k: v for k, v in theirs.items() if k != "name"} != {
-            k: v for k, v in config.items() if k != "name"
-        }:
-            raise ValueError(f"Table state has configuration {theirs}, this table has {config}")
-        keys = state["keys"].numpy().astype(np.int64)
-        slots = state["slots"].numpy().astype(np.int64)
-        priorities = state["priorities"].numpy().astype(np.float64)
-        times = state["times_sampled"].numpy().astype(np.int64)
-        recency = state["recency"].numpy().astype(np.int64)
-        if not (len(keys) == len(slots) == len(priorities) == len(times) == len(recency)):
-            raise ValueError("Table state arrays have different lengths")
-        if len(slots) and (
-            slots.min() < 0 or slots.max() >= self.max_size or len(np.unique(slots)) != len(slots)
-        ):
-            raise ValueError("Table state has invalid slots")
-        limiter = RateLimiter.from_state(state["rate_limiter"])
-        if _band(limiter) != _band(self._limiter):
-            raise ValueError(f"Table state has rate limiter {limiter!r}, this table has {self._limiter!r}")
-        fields = tuple((tuple(k), getattr(torch, d), torch.Size(s)) for k, d, s in state.get("fields", []))
-        blocked = [float(x) for x in state.get("blocked_s", (0.0, 0.0))]
-        with self._cond:
-            self._clear_items()
-            self.storage.load_state_dict(state["storage"])
-            self._key[slots] = keys
-            self._priority[slots] = priorities
-            self._times[slots] = times
-            self._recency[slots] = recency
-            self._slot_of = dict(zip(keys.tolist(), slots.tolist()))
-            live = set(slots.tolist())
-            self._free = [s for s in range(self.max_size - 1, -1, -1) if s not in live]
-            self._sum_times = int(times.sum())
-            if len(slots):
-                self.sampler.add(slots, priorities, recency)
-                self.remover.add(slots, priorities, recency)
-            self._next_key = int(state["next_key"])
-            self._next_recency = int(state["next_recency"])
-            self._fields = fields or None
-            self._limiter = limiter
-            self._blocked_insert_s, self._blocked_sample_s = blocked
-            self._cond.notify_all()
-
-    def checkpoint(self, path: str | os.PathLike) -> str:
-        """Write the table to ``path`` atomically (temp file, fsync, rename); returns the path."""
-        return str(write_checkpoint(path, self.state_dict()))
-
-    @classmethod
-    def restore(
-        cls,
-        path: str | os.PathLike,
-        storage: Storage | None = None,
-        shared: bool = False,
-        seed: int | None = None,
-    ) -> Table:
-        """Rebuild a table from :meth:`checkpoint`. Missing, partial or corrupt files raise ``ValueError``.
-
-        ``storage``: an empty storage to load into (needed for storage classes outside this package whose
-        constructor takes more than ``capacity``; otherwise the recorded class is built with ``capacity``).
-        """
-        state = read_checkpoint(path)
-        try:
-            config = state["config"]
-            limiter = RateLimiter.from_state(state["rate_limiter"])
-            if storage is None:
-                storage = _make_storage(state["storage_class"], config["max_size"], state["storage"])
-            table = cls(
-                config["name"],
-                _selectors.from_config(config["sampler"]),
-                _selectors.from_config(config["remover"]),
-                config["max_size"],
-                limiter,
-                max_times_sampled=config["max_times_sampled"],
-                storage=storage,
-                shared=shared,
-                seed=seed,
-            )
-            table.load_state_dict(state)
-        except (KeyError, TypeError, ValueError, AttributeError, RuntimeError) as err:
-            raise ValueError(f"cannot restore replay table from {str(path)!r}: {err}") from err
-        return table
-
-
-def _make_storage(qualified: str, capacity: int, state: dict) -> Storage:
-    """Build an empty storage of a recorded class; only classes from this package are imported by name."""
-    module_name, _, qualname = qualified.partition(":")
-    if not module_name.startswith("lightning_accelrl."):
-        raise ValueError(
-            f"storage class {qualified!r} is not from lightning_accelrl: pass storage= to restore"
-        )
-    obj: Any = importlib.import_module(module_name)
-    for part in qualname.split("."):
-        obj = getattr(obj, part)
-    if hasattr(obj, "from_state_dict"):
-        return obj.from_state_dict(state)
-    capacity = max(capacity, int(state.get("capacity", capacity))) if isinstance(state, dict) else capacity
-    return obj(capacity)
-
-
-def _band(limiter: RateLimiter) -> tuple[float, int, float, float]:
-    return (limiter.samples_per_insert, limiter.min_size_to_sample, limiter.min_diff, limiter.max_diff)
 
 
 def _occurrence(slots: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

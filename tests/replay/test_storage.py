@@ -72,16 +72,20 @@ class RecordingStorage(TensorStorage):
         super().__init__(capacity)
         self.log: list[tuple[str, list[int]]] = []
 
-    def write(self, slots, items):
+    def write(self, slots, items, leaves=None, signature=None):
         self.log.append(("write", slots.tolist()))
-        super().write(slots, items)
+        super().write(slots, items, leaves, signature)
 
-    def read(self, slots):
+    def write_item(self, slot, item, leaves, signature=None):
+        self.log.append(("write", [slot]))
+        super().write_item(slot, item, leaves, signature)
+
+    def read(self, slots, out=None):
         self.log.append(("read", slots.tolist()))
-        return super().read(slots)
+        return super().read(slots, out)
 
     def release(self, slots):
-        self.log.append(("release", slots.tolist()))
+        self.log.append(("release", [int(s) for s in slots]))
 
     def clear(self):
         self.log.append(("clear", []))

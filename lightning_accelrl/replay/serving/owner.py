@@ -1,0 +1,190 @@
+"""The owner's handle of a table server process: start it, hand out clients, stop it."""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing as mp
+import os
+import secrets
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from multiprocessing.reduction import send_handle
+from typing import Any
+
+import msgpack
+
+from lightning_accelrl.replay.serving import wire
+from lightning_accelrl.replay.serving.buffers import export_state
+from lightning_accelrl.replay.serving.client import TableClient
+from lightning_accelrl.replay.serving.processes import drop_after_fork, sigint_blocked
+from lightning_accelrl.replay.serving.server import serve_main
+from lightning_accelrl.replay.table import Table
+
+__all__ = ["TableServer"]
+
+
+class TableServer:
+    """Runs a replay table in its own process and hands out :class:`TableClient` objects for other processes.
+
+    Args:
+        table: a ``Table`` or a picklable callable that builds one (e.g. ``functools.partial(Table.queue, "q", 100)``).
+            A ``Table`` object is copied into the server (through shared memory unless the start method is
+            ``fork``); the server's table is the one that counts from then on.
+        start_method: how to start the server process: ``"spawn"`` (default, safest), ``"forkserver"`` or ``"fork"``
+            (fast; the server calls ``torch.set_num_threads(1)`` before any torch op, as a forked child must).
+        startup_timeout: seconds to wait for the server to build its table and listen.
+
+    Use as a context manager, or call :meth:`start` and :meth:`stop`. Clients are picklable: pass
+    ``server.client()`` to child processes (fork, spawn or forkserver); each connects on its first call.
+    """
+
+    def __init__(
+        self,
+        table: Table | Callable[[], Table],
+        start_method: str = "spawn",
+        startup_timeout: float = 120.0,
+    ) -> None:
+        if not (isinstance(table, Table) or callable(table)):
+            raise TypeError(f"table must be a Table or a callable returning one, got {table!r}")
+        self._source = table
+        self._ctx = mp.get_context(start_method)
+        self.start_method = start_method
+        self.startup_timeout = float(startup_timeout)
+        self._process: Any = None
+        self._control: Any = None
+        self._address: Any = None
+        self._token = secrets.token_bytes(wire.TOKEN_BYTES)
+        self._tmpdir: str | None = None
+        self.pid: int | None = None
+        self.name: str | None = None
+        self.max_size: int | None = None
+        self._owner_pid = os.getpid()
+        drop_after_fork(self)
+
+    # -- lifecycle -------------------------------------------------------------------------------------------------
+    def start(self) -> TableServer:
+        if self._process is not None:
+            raise RuntimeError("TableServer already started")
+        if sys.platform.startswith("linux"):  # the abstract namespace: no file at all
+            self._address = f"\0lightning_accelrl-replay-{os.getpid()}-{secrets.token_hex(8)}"
+        else:
+            self._tmpdir = tempfile.mkdtemp(prefix="accelrl-")
+            self._address = os.path.join(self._tmpdir, "table.sock")
+        by_state = isinstance(self._source, Table) and self.start_method != "fork"
+        ours, theirs = self._ctx.Pipe(duplex=True)
+        self._control = (
+            ours  # set before the fork: a forked server must close this end (see _drop_after_fork)
+        )
+        process = self._ctx.Process(
+            target=serve_main,
+            args=("state" if by_state else self._source, self._address, self._token, theirs),
+            name="replay-table-server",
+            daemon=True,
+        )
+        try:
+            with sigint_blocked():
+                process.start()
+        finally:
+            theirs.close()
+        self._process = process
+        try:
+            if by_state:
+                self._send_table(ours, process.pid)
+            self._await_ready(ours, process)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _send_table(self, control: Any, pid: int) -> None:
+        """Pass the table's state to the server through shared memory (its descriptor over the control pipe)."""
+        tree, storage = export_state(self._source.state_dict())  # type: ignore[union-attr]
+        control.send_bytes(wire.encode_payload({"state": tree, "nbytes": storage.nbytes()}))
+        send_handle(control, int(storage._share_fd_cpu_()[0]), pid)
+
+    def _await_ready(self, control: Any, process: Any) -> None:
+        deadline = time.monotonic() + self.startup_timeout
+        while not control.poll(0.1):
+            if not process.is_alive():
+                raise RuntimeError(f"table server exited during start-up (exit code {process.exitcode})")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"table server did not start within {self.startup_timeout} s")
+        try:
+            msg = msgpack.unpackb(control.recv_bytes(), raw=False)
+        except EOFError:
+            process.join(5)
+            raise RuntimeError(
+                f"table server exited during start-up (exit code {process.exitcode})"
+            ) from None
+        if msg[0] != "ready":
+            raise RuntimeError(f"table server failed to start: {msg[1]}")
+        _, self.pid, self.name, self.max_size = msg
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop the server (its clients then raise ``ConnectionError``) and wait for its process to exit."""
+        process, control = self._process, self._control
+        self._control = None
+        if control is not None:
+            with contextlib.suppress(OSError, ValueError):
+                control.send_bytes(b"stop")
+            with contextlib.suppress(OSError):
+                control.close()
+        if process is None:
+            return
+        process.join(timeout)
+        if process.is_alive():
+            process.terminate()
+            process.join(timeout)
+        if process.is_alive():
+            process.kill()
+            process.join(timeout)
+        with contextlib.suppress(ValueError):
+            process.close()
+        self._process = None
+        if self._tmpdir is not None:
+            with contextlib.suppress(OSError):
+                if os.path.exists(self._address):
+                    os.unlink(self._address)
+                os.rmdir(self._tmpdir)
+            self._tmpdir = None
+
+    def is_alive(self) -> bool:
+        return self._process is not None and self._process.is_alive()
+
+    def client(self) -> TableClient:
+        """A client for this server; picklable, so it can be passed to other processes."""
+        if self._process is None or self.pid is None:
+            raise RuntimeError("start the TableServer before asking for clients")
+        return TableClient(self._address, self._token, self.pid, self.name or "", self.max_size or 0)
+
+    def __enter__(self) -> TableServer:
+        if self._process is None:
+            self.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+    def __del__(self) -> None:
+        if getattr(self, "_process", None) is not None and getattr(self, "_owner_pid", -1) == os.getpid():
+            with contextlib.suppress(Exception):
+                self.stop(timeout=1.0)
+
+    def __getstate__(self) -> dict:
+        raise TypeError("a TableServer stays with the process that started it; pass server.client() instead")
+
+    def _drop_after_fork(self) -> None:
+        """In a forked child: close our end of the control pipe (so the server sees its owner leave) and forget
+        the process (only the owner stops it)."""
+        if self._control is not None:
+            with contextlib.suppress(OSError):
+                self._control.close()
+        self._control = None
+        self._process = None
+        self._owner_pid = -1
+
+    def __repr__(self) -> str:
+        state = "running" if self.is_alive() else "stopped"
+        return f"TableServer(name={self.name!r}, pid={self.pid}, {state})"

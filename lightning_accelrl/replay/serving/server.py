@@ -1,0 +1,406 @@
+"""The table server process: one loop that owns a :class:`Table` and answers its clients.
+
+- Every decision is made here, so no lock or condition is shared between processes (a process killed while
+  holding one would lock everybody out).
+- A connection is accepted only from a process of this user (``SO_PEERCRED``), and it must send the server's token
+  first (compared in constant time) before any message is decoded. Sockets are non-blocking: a slow or silent peer
+  never stalls the loop, and anything that does not follow the wire schema drops that one connection.
+- The server never blocks on a call: it asks the table with ``timeout=0`` and *parks* a request the limiter refuses,
+  retrying parked requests after every change of state and answering ``TimeoutError`` at their deadline.
+- It exits when its owner closes the control pipe (``TableServer.stop()``) or dies.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hmac
+import os
+import selectors
+import socket
+import sys
+import time
+import traceback
+from typing import Any
+
+import msgpack
+import numpy as np
+import torch
+from tensordict import TensorDictBase
+
+from lightning_accelrl.replay.serving import wire
+from lightning_accelrl.replay.serving.buffers import (
+    SharedBuffers,
+    export_state,
+    import_state,
+    layout_of,
+    nest,
+)
+from lightning_accelrl.replay.serving.processes import child_signals
+from lightning_accelrl.replay.storage import field_leaves
+from lightning_accelrl.replay.table import Table
+
+__all__ = ["LIVENESS_TICK_S", "serve_main"]
+
+#: How often a waiting client or an idle server checks that its peer process still exists.
+LIVENESS_TICK_S = 1.0
+_AUTH_TIMEOUT_S = 5.0  # a connection that has not sent its token by then is dropped
+_RECV_BYTES = 1 << 16
+
+
+class _Request:
+    __slots__ = ("conn", "op", "n", "priority", "deadline", "start", "done", "keys", "timeout")
+
+    def __init__(self, conn: _Conn, op: str, n: int, priority: Any, timeout: float | None) -> None:
+        self.conn, self.op, self.n, self.priority, self.timeout = conn, op, n, priority, timeout
+        self.start = time.monotonic()
+        self.deadline = None if timeout is None else self.start + timeout
+        self.done = 0
+        self.keys: list[np.ndarray] = []
+
+
+class _Conn:
+    """The server's side of one client connection."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.reader = wire.FrameReader(expect_token=True)
+        self.accepted_at = time.monotonic()
+        self.staging: SharedBuffers | None = None
+        self.out: SharedBuffers | None = None
+        self.parked: _Request | None = None
+
+
+class _Server:
+    def __init__(self, table: Table, listener: socket.socket, control: Any, token: bytes) -> None:
+        self.table = table
+        self.listener = listener
+        self.control = control
+        self.token = token
+        self.sel = selectors.DefaultSelector()
+        self.sel.register(listener, selectors.EVENT_READ, "listener")
+        self.sel.register(control.fileno(), selectors.EVENT_READ, "control")
+        self.conns: set[_Conn] = set()
+        self.parked: list[_Request] = []
+        self.blocked_s = {"insert": 0.0, "sample": 0.0}
+        self.ppid = os.getppid()
+        self.running = True
+
+    # -- the loop --------------------------------------------------------------------------------------------------
+    def run(self) -> None:
+        try:
+            while self.running:
+                timeout = LIVENESS_TICK_S
+                deadlines = [r.deadline for r in self.parked if r.deadline is not None]
+                if deadlines:
+                    timeout = min(timeout, max(0.0, min(deadlines) - time.monotonic()))
+                for key, _ in self.sel.select(timeout):
+                    if key.data == "listener":
+                        self._accept()
+                    elif key.data == "control":
+                        self._control()
+                    elif key.data in self.conns:
+                        self._readable(key.data)
+                self._expire()
+                if os.getppid() != self.ppid:  # owner gone (and the control pipe somehow still open)
+                    self.running = False
+        finally:
+            for conn in list(self.conns):
+                self._drop(conn)
+            self.sel.close()
+            self.listener.close()
+
+    def _control(self) -> None:
+        try:
+            msg = self.control.recv_bytes()
+        except (EOFError, OSError):
+            self.running = False
+            return
+        if msg == b"stop":
+            self.running = False
+
+    def _accept(self) -> None:
+        try:
+            sock, _ = self.listener.accept()
+        except (BlockingIOError, InterruptedError, OSError):
+            return
+        try:
+            _, uid = wire.peer_credentials(sock)
+        except OSError:
+            uid = -1
+        if uid != os.getuid():
+            sock.close()
+            return
+        sock.setblocking(False)
+        conn = _Conn(sock)
+        self.conns.add(conn)
+        self.sel.register(sock, selectors.EVENT_READ, conn)
+
+    def _drop(self, conn: _Conn) -> None:
+        if conn not in self.conns:
+            return
+        self.conns.discard(conn)
+        if conn.parked is not None:
+            self._unpark(conn.parked)
+        with contextlib.suppress(Exception):
+            self.sel.unregister(conn.sock)
+        with contextlib.suppress(OSError):
+            conn.sock.close()
+        conn.reader.close()
+        conn.staging = conn.out = None
+
+    def _send(self, conn: _Conn, msg: list, fds: list[int] | None = None) -> None:
+        try:
+            wire.send(conn.sock, msg, fds)
+        except (OSError, ValueError):  # gone, or not reading its replies (a full socket buffer): drop it
+            self._drop(conn)
+
+    def _readable(self, conn: _Conn) -> None:
+        """Read what the peer sent and handle each complete message; any breach of the protocol drops it."""
+        try:
+            data, fds, _, _ = socket.recv_fds(conn.sock, _RECV_BYTES, wire.MAX_FDS)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self._drop(conn)
+            return
+        try:
+            conn.reader.feed(data, fds)
+            if not data:
+                raise EOFError
+            if conn.reader.token_pending:
+                token = conn.reader.token()
+                if token is None:
+                    return
+                if not hmac.compare_digest(token, self.token):
+                    raise wire.ProtocolError("wrong token")
+            while conn in self.conns and (msg := conn.reader.next_message()) is not None:
+                if conn.parked is not None:
+                    raise wire.ProtocolError("a request while another is pending")
+                self._handle(conn, wire.parse_request(msg))
+        except (EOFError, OSError):  # ProtocolError is a ConnectionError
+            self._drop(conn)
+
+    # -- requests --------------------------------------------------------------------------------------------------
+    def _handle(self, conn: _Conn, req: wire.Request) -> None:
+        if req.op == "stage":
+            fds = conn.reader.take_fds(len(req.layout or ()))
+            try:
+                conn.staging = SharedBuffers(req.layout or [], req.capacity, fds)
+            finally:
+                for fd in fds:
+                    os.close(fd)
+            return
+        table = self.table
+        changed = False
+        try:
+            if req.op == "insert":
+                changed = self._attempt(
+                    _Request(conn, "insert", req.n, req.priority, req.timeout), first=True
+                )
+            elif req.op == "sample":
+                changed = self._attempt(_Request(conn, "sample", req.n, None, req.timeout), first=True)
+            elif req.op == "update":
+                table.update_priorities(req.keys, req.priority)
+                self._send(conn, ["ok", None])
+            elif req.op == "delete":
+                result = table.delete(req.keys)
+                changed = result > 0
+                self._send(conn, ["ok", result])
+            elif req.op == "reset":
+                table.reset()
+                self.blocked_s = {"insert": 0.0, "sample": 0.0}
+                changed = True
+                self._send(conn, ["ok", None])
+            elif req.op == "size":
+                self._send(conn, ["ok", table.size])
+            elif req.op == "info":
+                self._send(conn, ["ok", self._info()])
+            elif req.op == "checkpoint":
+                self._send(conn, ["ok", table.checkpoint(req.path)])
+            elif req.op == "state":
+                tree, storage = export_state(table.state_dict())
+                self._send(conn, ["state", tree, storage.nbytes()], [int(storage._share_fd_cpu_()[0])])
+        except Exception as err:  # the table's own errors go back to the caller
+            self._send(conn, wire.encode_error(err))
+        if changed:
+            self._retry_parked()
+
+    def _info(self) -> dict[str, Any]:
+        info = self.table.info()
+        now = time.monotonic()
+        pending = {"insert": 0.0, "sample": 0.0}
+        for r in self.parked:
+            pending[r.op] += now - r.start
+        info["insert_blocked_s"] += self.blocked_s["insert"] + pending["insert"]
+        info["sample_blocked_s"] += self.blocked_s["sample"] + pending["sample"]
+        info["waiting_inserts"] += sum(r.op == "insert" for r in self.parked)
+        info["waiting_samples"] += sum(r.op == "sample" for r in self.parked)
+        info["clients"] = len(self.conns)
+        return info
+
+    def _attempt(self, req: _Request, first: bool = False) -> bool:
+        """Try (the rest of) a request without waiting. Returns whether the table changed; answers the client when
+        the request is finished (or failed), parks it otherwise."""
+        changed = False
+        try:
+            if req.op == "insert":
+                changed = self._insert_now(req, first)
+                if req.done == req.n:
+                    self._finish(req, ["ok", np.concatenate(req.keys).astype("<i8").tobytes()])
+                    return changed
+            elif self.table.rate_limiter.can_sample(req.n) or first:
+                batch = self._sample_now(req.n, req.conn.out)
+                if batch is not None:
+                    self._deliver(req, batch)
+                    return True
+        except Exception as err:
+            self._finish(req, wire.encode_error(err))
+            return changed
+        if (
+            req.timeout is not None and time.monotonic() >= req.deadline
+        ):  # timeout 0, or retried at the deadline
+            self._timeout(req)
+        elif first:
+            self.parked.append(req)
+            req.conn.parked = req
+        return changed
+
+    def _insert_now(self, req: _Request, first: bool) -> bool:
+        staging = req.conn.staging
+        if staging is None or req.n > staging.capacity:
+            raise RuntimeError("insert without a staging buffer (client protocol error)")
+        if not (first or self.table.rate_limiter.can_insert(1)):
+            return False
+        lo, hi = req.done, req.n
+        items = nest(staging.keys, [t[lo:hi] for t in staging.tensors], hi - lo)
+        prio = req.priority if isinstance(req.priority, float) else req.priority[lo:hi]
+        try:
+            req.keys.append(self.table.insert(items, prio, timeout=0).numpy())
+            req.done = req.n
+            return True
+        except TimeoutError as err:
+            k = int(getattr(err, "num_inserted", 0))
+            if k:
+                req.keys.append(np.asarray(err.keys))  # type: ignore[attr-defined]
+                req.done += k
+            return k > 0
+
+    def _sample_now(self, n: int, out: SharedBuffers | None) -> TensorDictBase | None:
+        """``table.sample(n, timeout=0)`` gathering straight into the caller's output buffer where it fits; None
+        if the limiter refuses."""
+        try:
+            return self.table.sample(
+                n, timeout=0, out=out.by_key(n) if out is not None and n <= out.capacity else None
+            )
+        except TimeoutError:
+            return None
+
+    def _deliver(self, req: _Request, batch: TensorDictBase) -> None:
+        conn, n = req.conn, req.n
+        leaves = field_leaves(batch)
+        layout = layout_of(leaves)
+        fresh = None
+        if conn.out is None or not conn.out.matches(layout, n):
+            conn.out = fresh = SharedBuffers(layout, n if conn.out is None else max(n, conn.out.capacity))
+        for dst, (_, src) in zip(conn.out.tensors, leaves):
+            if src.data_ptr() != dst.data_ptr():
+                dst[:n].copy_(src)
+        if fresh is not None:
+            self._finish(
+                req,
+                ["sample", n, [[list(k), d, list(s)] for k, d, s in fresh.layout], fresh.capacity],
+                fresh.fds(),
+            )
+        else:
+            self._finish(req, ["sample", n, None, None])
+
+    def _finish(self, req: _Request, msg: list, fds: list[int] | None = None) -> None:
+        if req.conn.parked is req:
+            self._unpark(req)
+        self._send(req.conn, msg, fds)
+
+    def _unpark(self, req: _Request) -> None:
+        if req in self.parked:
+            self.parked.remove(req)
+            self.blocked_s[req.op] += time.monotonic() - req.start
+        if req.conn.parked is req:
+            req.conn.parked = None
+
+    def _timeout(self, req: _Request) -> None:
+        table = self.table
+        if req.op == "insert":
+            err = TimeoutError(
+                f"table {table.name!r}: insert timed out after {req.timeout} s; {req.done} of {req.n} items were "
+                f"inserted (limiter {table.rate_limiter.counts()})"
+            )
+            err.keys = np.concatenate(req.keys) if req.keys else np.empty(0, np.int64)  # type: ignore[attr-defined]
+        else:
+            err = TimeoutError(
+                f"table {table.name!r}: sample({req.n}) timed out after {req.timeout} s; nothing was sampled "
+                f"(size {table.size}, limiter {table.rate_limiter.counts()})"
+            )
+        self._finish(req, wire.encode_error(err))
+
+    def _retry_parked(self) -> None:
+        progress = True
+        while progress and self.parked:
+            progress = False
+            for req in list(self.parked):
+                if req in self.parked and self._attempt(req):
+                    progress = True
+
+    def _expire(self) -> None:
+        now = time.monotonic()
+        for req in list(self.parked):
+            if req.deadline is not None and now >= req.deadline:
+                self._timeout(req)
+        for conn in list(self.conns):  # connections that never authenticated
+            if conn.reader.token_pending and now - conn.accepted_at > _AUTH_TIMEOUT_S:
+                self._drop(conn)
+
+
+def _build_table(source: Any, control: Any) -> Table:
+    """The served table: the owner's own object (fork), a state it sends through shared memory, or a factory."""
+    if isinstance(source, Table):
+        return source
+    if source == "state":
+        from multiprocessing.reduction import recv_handle
+
+        tree = wire.decode(control.recv_bytes())
+        fd = recv_handle(control)
+        try:
+            return Table.from_state(import_state(tree["state"], fd, int(tree["nbytes"])))
+        finally:
+            os.close(fd)
+    table = source()
+    if not isinstance(table, Table):
+        raise TypeError(f"the table factory returned {type(table).__name__}, not a Table")
+    return table
+
+
+def serve_main(source: Any, address: Any, token: bytes, control: Any) -> None:
+    """Entry point of the server process."""
+    child_signals()  # Ctrl-C hits the whole group: let the owner stop us in order
+    torch.set_num_threads(1)
+    try:
+        table = _build_table(source, control)
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        listener.bind(address)
+        listener.listen(1024)
+        listener.setblocking(False)
+    except BaseException as err:
+        control.send_bytes(msgpack.packb(["error", f"{type(err).__name__}: {err}\n{traceback.format_exc()}"]))
+        return
+    control.send_bytes(msgpack.packb(["ready", os.getpid(), table.name, table.max_size]))
+    try:
+        _Server(table, listener, control, token).run()
+    finally:
+        if isinstance(address, str) and not address.startswith("\0"):
+            with contextlib.suppress(OSError):
+                os.unlink(address)
+    # Everything is closed (the shared buffers' names were unlinked at creation): skip the interpreter's slow
+    # teardown of torch, which made a spawned server take over a second to stop.
+    with contextlib.suppress(Exception):
+        sys.stdout.flush()
+        sys.stderr.flush()
+    os._exit(0)

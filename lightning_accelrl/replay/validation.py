@@ -1,0 +1,48 @@
+"""Checks of the arguments every table API takes (Table, TableClient, RayTableClient): each says what is wrong."""
+
+from __future__ import annotations
+
+import math
+import operator
+from typing import Any
+
+import numpy as np
+import torch
+
+__all__ = ["as_keys", "check_count", "check_timeout"]
+
+
+def check_timeout(timeout: Any) -> float | None:
+    """``None`` or ``inf``: wait for ever (``None``); else a number of seconds >= 0. NaN, negative and non-numbers
+    are a ValueError."""
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float, np.integer, np.floating)):
+        raise ValueError(f"timeout must be None or a number of seconds >= 0, got {timeout!r}")
+    value = float(timeout)
+    if math.isnan(value) or value < 0:
+        raise ValueError(f"timeout must be None or a number of seconds >= 0, got {timeout!r}")
+    return None if value == math.inf else value
+
+
+def check_count(n: Any, what: str = "num_samples") -> int:
+    """A positive integer count; a float (``2.7``), a bool or ``< 1`` is a ValueError."""
+    if isinstance(n, (bool, np.bool_)):
+        raise ValueError(f"{what} must be an integer >= 1, got {n!r}")
+    try:
+        value = operator.index(n)
+    except TypeError:
+        raise ValueError(f"{what} must be an integer >= 1, got {n!r}") from None
+    if value < 1:
+        raise ValueError(f"{what} must be an integer >= 1, got {n!r}")
+    return value
+
+
+def as_keys(keys: Any) -> np.ndarray:
+    """Item keys as a flat int64 array; keys of a non-integer type (``[1.9]``, floats, bools) are a ValueError."""
+    if isinstance(keys, torch.Tensor):
+        keys = keys.detach().cpu().numpy()
+    arr = np.asarray(keys)
+    if arr.size and not np.issubdtype(arr.dtype, np.integer):
+        raise ValueError(f"keys must be integers (the int64 keys insert returned), got {arr.dtype} values")
+    return arr.astype(np.int64, copy=False).reshape(-1)
