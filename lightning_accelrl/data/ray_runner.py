@@ -227,11 +227,12 @@ class RayRunner(ExperienceSource):
 
     # ----- lifecycle --------------------------------------------------------------------------------------
     def start(self, agent: Agent) -> None:
+        from lightning_accelrl.replay.ray_local import start_local_ray
         from lightning_accelrl.replay.ray_table import RayTable
 
-        # local Ray, unless the user's ray.init(address="auto") ran before: then the actors may land on any node
-        if not ray.is_initialized():
-            ray.init(include_dashboard=False, log_to_driver=False)
+        # local Ray on loopback, unless the user's ray.init(address="auto") ran before: then the actors may land on
+        # any node
+        if start_local_ray():
             self._started_ray = True
         self._params = parameters_of(agent)
         try:

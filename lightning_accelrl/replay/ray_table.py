@@ -6,8 +6,8 @@ Ray cluster call it through :class:`RayTableClient` (the Table API). Needs the `
   ``TimeoutError`` raised inside the actor, so nothing is left running after the caller gives up.
 - Item data travels as stacked **numpy** arrays, which Ray's object store hands over without a copy; the client
   wraps them with ``torch.from_numpy`` and rebuilds the TensorDict (torch tensors returned by an actor are copied).
-- Bind Ray to loopback unless you mean to serve other machines (NOTES.md: on one machine set
-  ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` before ``ray.init``).
+- Bind Ray to loopback unless you mean to serve other machines:
+  :func:`~lightning_accelrl.replay.ray_local.start_local_ray` starts a single-node Ray on 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from lightning_accelrl.replay.rate_limiters import Queue, RateLimiter, Stack
 from lightning_accelrl.replay.selectors import Fifo, Lifo, Selector
 from lightning_accelrl.replay.storage import field_leaves
 from lightning_accelrl.replay.table import Table
+from lightning_accelrl.replay.validation import as_keys, check_count, check_timeout
 
 try:
     import ray
@@ -102,7 +103,7 @@ class _TableActor:
     ) -> np.ndarray | _Timeout:
         table = self.table
         items = _to_td(fields, n)
-        deadline = None if timeout is None else time.monotonic() + _check_timeout(timeout)
+        deadline = None if timeout is None else time.monotonic() + timeout
         done, keys = 0, []
         cond = self._condition()
         async with cond:
@@ -124,13 +125,13 @@ class _TableActor:
                     # Returned, not raised: Ray does not carry an exception's attributes (keys, num_inserted).
                     return _Timeout(
                         f"table {table.name!r}: insert timed out after {timeout} s; {done} of {n} items were "
-                        f"inserted (limiter {_counts(table)})",
+                        f"inserted (limiter {table.rate_limiter.counts()})",
                         np.concatenate(keys) if keys else np.empty(0, np.int64),
                     )
 
     async def sample(self, n: int, timeout: float | None) -> tuple[Fields, int] | _Timeout:
         table = self.table
-        deadline = None if timeout is None else time.monotonic() + _check_timeout(timeout)
+        deadline = None if timeout is None else time.monotonic() + timeout
         cond = self._condition()
         async with cond:
             while True:
@@ -140,7 +141,7 @@ class _TableActor:
                     if not await self._wait("sample", deadline):
                         return _Timeout(
                             f"table {table.name!r}: sample({n}) timed out after {timeout} s; nothing was sampled "
-                            f"(size {table.size}, limiter {_counts(table)})"
+                            f"(size {table.size}, limiter {table.rate_limiter.counts()})"
                         )
                     continue
                 cond.notify_all()
@@ -195,17 +196,6 @@ class _Timeout:
         return err
 
 
-def _counts(table: Table) -> str:
-    lim = table.rate_limiter
-    return f"I={lim.inserts} S={lim.samples} D={lim.deletes}, band [{lim.min_diff:g}, {lim.max_diff:g}]"
-
-
-def _check_timeout(timeout: float) -> float:
-    if not timeout >= 0:
-        raise ValueError(f"timeout must be None or >= 0, got {timeout}")
-    return float(timeout)
-
-
 class RayTableClient:
     """The Table API over a table actor. Picklable (it holds the actor handle): pass it to Ray tasks and actors on
     any machine of the cluster. Sampled tensors share the object store's memory and are read-only: copy before
@@ -246,28 +236,25 @@ class RayTableClient:
             priority = np.asarray(priority, dtype=np.float64).reshape(-1)
             if priority.size == 1:
                 priority = float(priority[0])
-        if timeout is not None:
-            _check_timeout(timeout)
+        timeout = check_timeout(timeout)
         n = int(items.batch_size[0])
         keys = self._get(self.actor.insert.remote(_to_fields(items), n, priority, timeout))
         return torch.from_numpy(np.array(keys, dtype=np.int64))
 
     def sample(self, num_samples: int, timeout: float | None = None) -> TensorDict:
         """Sample ``num_samples`` items once the limiter admits them; see :meth:`Table.sample`."""
-        if timeout is not None:
-            _check_timeout(timeout)
-        if int(num_samples) < 1:
-            raise ValueError(f"num_samples must be >= 1, got {num_samples}")
-        fields, n = self._get(self.actor.sample.remote(int(num_samples), timeout))
+        n = check_count(num_samples)
+        timeout = check_timeout(timeout)
+        fields, n = self._get(self.actor.sample.remote(n, timeout))
         return _to_td(fields, n)
 
     def update_priorities(self, keys: Any, priorities: Any) -> None:
         if isinstance(priorities, torch.Tensor):
             priorities = priorities.detach().cpu().numpy()
-        self._get(self.actor.update_priorities.remote(_as_numpy(keys), priorities))
+        self._get(self.actor.update_priorities.remote(as_keys(keys), priorities))
 
     def delete(self, keys: Any) -> int:
-        return self._get(self.actor.delete.remote(_as_numpy(keys)))
+        return self._get(self.actor.delete.remote(as_keys(keys)))
 
     def reset(self) -> None:
         self._get(self.actor.reset.remote())
@@ -301,12 +288,6 @@ class RayTableClient:
             except (RayActorError, ray.exceptions.GetTimeoutError):
                 return
             time.sleep(0.01)
-
-
-def _as_numpy(keys: Any) -> np.ndarray:
-    if isinstance(keys, torch.Tensor):
-        keys = keys.detach().cpu().numpy()
-    return np.asarray(keys, dtype=np.int64).reshape(-1)
 
 
 class RayTable:

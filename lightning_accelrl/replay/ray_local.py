@@ -1,0 +1,108 @@
+"""Start Ray for this library on one machine: bound to loopback, token-authenticated, and gone with the learner.
+
+:func:`start_local_ray` is what the library calls whenever *it* starts Ray (a Ray the user started, or an
+``address`` the user gives, is left as it is). The head listens on 127.0.0.1 only
+(``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``), every connection must carry a random per-run token
+(``RAY_AUTH_MODE=token``), the dashboard and usage statistics are off, and a small watchdog process kills the Ray
+processes and removes their folder as soon as the process that started them dies, even by ``kill -9``.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import subprocess
+import sys
+import tempfile
+from typing import Any
+
+__all__ = ["start_local_ray"]
+
+_MARK = "ACCELRL_RAY_RUN"
+# The watchdog: reads the run's mark, then waits for end-of-file on stdin (its parent's end of the pipe closes when
+# the parent dies, however it dies), SIGKILLs this user's processes started with the mark in their environment
+# (every process of that Ray: they inherit it from the head, whatever they rename themselves to), and removes
+# the Ray folder.
+_WATCHDOG = r"""
+import os, shutil, signal, sys
+signal.signal(signal.SIGINT, signal.SIG_IGN)
+folder = sys.argv[1]
+mark = sys.stdin.buffer.readline().strip()
+sys.stdin.buffer.read()
+me, uid = os.getpid(), os.getuid()
+for _ in range(3):
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == me:
+            continue
+        try:
+            if os.stat("/proc/" + entry).st_uid != uid:
+                continue
+            with open("/proc/" + entry + "/environ", "rb") as f:
+                if mark in f.read().split(b"\0"):
+                    os.kill(int(entry), signal.SIGKILL)
+        except OSError:
+            pass
+shutil.rmtree(folder, ignore_errors=True)
+"""
+
+
+def start_local_ray(**kwargs: Any) -> bool:
+    """Start a single-node Ray on loopback unless one is running; returns whether this call started it.
+
+    ``kwargs`` go to ``ray.init`` (e.g. ``num_cpus``, ``object_store_memory``); ``address`` is refused (connect to
+    a cluster with ``ray.init`` yourself). Sets, for this process and the Ray processes it starts,
+    ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` (listen on 127.0.0.1), ``RAY_AUTH_MODE=token`` with a random
+    ``RAY_AUTH_TOKEN``, and ``RAY_USAGE_STATS_ENABLED=0``.
+    """
+    imported = "ray" in sys.modules
+    import ray
+
+    if ray.is_initialized():
+        return False
+    if "address" in kwargs:
+        raise ValueError(
+            "start_local_ray starts a local Ray; to join a cluster call ray.init(address=...) first"
+        )
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
+    os.environ["RAY_AUTH_MODE"] = "token"
+    os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(32))
+    if imported:  # Ray read these when it was imported: refresh both places it keeps them
+        from ray._private import ray_constants
+        from ray._raylet import Config
+
+        ray_constants.ENABLE_RAY_CLUSTER = False
+        Config.initialize("")
+    # A short folder of our own (Ray's Unix socket paths must stay under 107 bytes) that names its processes.
+    folder = kwargs.pop("_temp_dir", None) or tempfile.mkdtemp(prefix="accelrl-ray-", dir="/tmp")
+    kwargs.setdefault("include_dashboard", False)
+    kwargs.setdefault("log_to_driver", False)
+    mark = f"{_MARK}={secrets.token_hex(8)}"
+    if sys.platform.startswith("linux"):
+        _start_watchdog(folder, mark)
+    os.environ[_MARK] = mark.partition("=")[2]  # only the Ray processes started now inherit it
+    try:
+        ray.init(_temp_dir=folder, **kwargs)
+    finally:
+        del os.environ[_MARK]
+    return True
+
+
+def _start_watchdog(folder: str, mark: str) -> None:
+    """A process that cleans up after us when we die; it holds the read end of a pipe only we write to."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _WATCHDOG, folder],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,  # a Ctrl-C or group kill of the learner must not take the cleaner with it
+        close_fds=True,
+    )
+    proc.stdin.write(mark.encode() + b"\n")
+    proc.stdin.flush()
+    # Keep our end open for the life of this process (closing it early would start the clean-up). Forked children
+    # inherit it too, which only delays the clean-up until the last of them has exited.
+    _WATCHDOGS.append(proc)
+
+
+_WATCHDOGS: list[subprocess.Popen] = []
