@@ -39,14 +39,13 @@ def resolve_class(path: str, base: type, what: str = "class") -> type:
     if cls is None:
         module_name, _, qualname = path.rpartition(".")
         module = sys.modules.get(module_name)
-        obj = getattr(module, qualname, None) if module is not None else None
-        cls = obj if isinstance(obj, type) else None
+        cls = getattr(module, qualname, None) if module is not None else None
+    if cls is not None and not (isinstance(cls, type) and issubclass(cls, base)):
+        raise ConfigError(f"{what} {path!r} is not a {base.__name__} subclass")
     if cls is None:
         top = path.rpartition(".")[0] or path
         raise ConfigError(
             f"{what} {path!r} is not loaded: import its module first (e.g. --import {top}) or register it "
             "with lightning_accelrl.trusted.register"
         )
-    if not issubclass(cls, base):
-        raise ConfigError(f"{what} {path!r} is not a {base.__name__} subclass")
     return cls

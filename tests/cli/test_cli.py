@@ -72,6 +72,24 @@ def test_recipes_show_prints_yaml(tmp_path: Path) -> None:
         (["fit", "--config", "missing.yaml"], "config file 'missing.yaml' not found"),
         (["evaluate", "--ckpt", "missing.ckpt"], "checkpoint 'missing.ckpt' not found"),
         (["evaluate", "--ckpt", "x.ckpt", "--episodes", "0"], "--episodes must be >= 1"),
+        (["evaluate", "--ckpt", "x.ckpt", "--num-envs", "0"], "--num-envs must be >= 1"),
+        (
+            ["fit", "--recipe", "ppo-cartpole", "--data.env_kwargs", '{"bogus": 1}'],
+            "data.env_kwargs: CartPole-v1 does not accept ['bogus']",
+        ),
+        (["fit", "--recipe", "ppo-cartpole", "--data.num_envs", "1000000000000"], "envs need at least"),
+        (
+            [
+                "fit",
+                "--recipe",
+                "ppo-cartpole",
+                "--data.num_envs",
+                "1000000",
+                "--data.vectorization",
+                "async",
+            ],
+            "env processes need",
+        ),
         (["train"], "unknown command 'train'"),
     ],
 )
