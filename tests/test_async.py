@@ -104,15 +104,14 @@ SCRIPT = textwrap.dedent(
 
         def on_train_batch_end(self, trainer, pl_module, *args):
             dm = trainer.datamodule
-            dm._drain_episodes()
             tr = dm.tracker
             # kill only a live sampler: after a kill, the next one waits until the runner has replaced the
             # process (it checks every 0.5 s; a quiet machine makes 40 updates faster than that)
-            alive = dm.runner is not None and dm.runner.procs[0].exitcode is None
+            alive = not dm.closed and dm.source.procs[0].exitcode is None
             if self.kill_after and pl_module.policy_version >= self.kill_after[0] and alive:
                 self.kill_after.pop(0)
-                pid = dm.runner.procs[0].pid
-                self.pids |= {p.pid for p in dm.runner.procs} | {dm.runner.server.pid}
+                pid = dm.source.procs[0].pid
+                self.pids |= {p.pid for p in dm.source.procs} | {dm.source.server.pid}
                 with open(self.out + ".pids", "w") as f:
                     json.dump(sorted(self.pids), f)
                 os.kill(pid, 9)
@@ -143,7 +142,7 @@ SCRIPT = textwrap.dedent(
             json.dump({
                 "reached": rep.reached, "env_steps": dm.env_steps, "updates": model.policy_version,
                 "final_mean": sum(tr.recent_returns) / max(1, len(tr.recent_returns)),
-                "lags": model.policy_lags, "restarts": dm.sampler_restart_count,
+                "lags": [lag for lag, n in sorted(dm.lags.histogram.items()) for _ in range(n)], "restarts": dm.source.restarts,
                 "restarts_metric": None if metric is None else float(metric),
                 "returns": list(tr.recent_returns), "scores": list(tr.recent_scores),
             }, f)

@@ -32,7 +32,6 @@ SCRIPT = textwrap.dedent(
 
         def on_train_batch_end(self, trainer, pl_module, *args):
             dm = trainer.datamodule
-            dm._drain_episodes()
             tr = dm.tracker
             if tr.recent_returns and dm.env_steps >= self.next:  # the curve, for the failure message
                 self.trajectory.append((dm.env_steps, round(sum(tr.recent_returns) / len(tr.recent_returns))))
@@ -58,7 +57,7 @@ SCRIPT = textwrap.dedent(
         with open(out, "w") as f:
             json.dump({
                 "reached": stop.reached, "env_steps": dm.env_steps, "updates": model.policy_version,
-                "final_mean": sum(tr.recent_returns) / max(1, len(tr.recent_returns)), "lags": model.policy_lags,
+                "final_mean": sum(tr.recent_returns) / max(1, len(tr.recent_returns)), "lags": [lag for lag, n in sorted(dm.lags.histogram.items()) for _ in range(n)],
                 "trajectory": stop.trajectory,
             }, f)
 

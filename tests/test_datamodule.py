@@ -13,6 +13,9 @@ import torch
 from foundation_helpers import COUNTING_ID, counting_length, trainer_kwargs
 
 from lightning_accelrl import A2C, PPO, ExperienceDataModule
+from lightning_accelrl.data.needs import ExperienceNeeds
+from lightning_accelrl.data.rollouts import RolloutSource
+from lightning_accelrl.data.source import SourceContext
 from lightning_accelrl.envs import env_seeds
 from lightning_accelrl.errors import ConfigError
 from lightning_accelrl.sampling import SyncSampler
@@ -38,28 +41,36 @@ def test_env_spec_is_probed_without_building_envs() -> None:
     dm = ExperienceDataModule("CartPole-v1", num_envs=3)
     spec = dm.env_spec
     assert spec.discrete and spec.num_actions == 2 and spec.observation_shape == (4,)
-    assert dm.sampler is None
+    assert dm.source is None
 
 
 def test_budget_arithmetic() -> None:
+    """Rollout sources count rollouts of their rank's share of the budget; progress is env steps over ranks."""
     dm = ExperienceDataModule("CartPole-v1", num_envs=8, rollout_steps=32, total_env_steps=100_000)
-    assert dm.env_steps_per_update == 256
-    assert dm.total_updates == 391  # ceil(100000 / 256)
+    needs = ExperienceNeeds(kind="rollout")
+
+    def source(world_size: int) -> RolloutSource:
+        ctx = SourceContext(
+            dm.env_factory(), dm.env_spec, needs, 8, 32, 100_000, rank=0, world_size=world_size
+        )
+        return RolloutSource(ctx)
+
+    one, two = source(1), source(2)
+    assert one.total_updates == 391  # ceil(100000 / 256)
+    assert two.total_updates == 196  # two ranks share the budget: ceil(50000 / 256)
+    one.close()
+    two.close()
     assert dm.env_steps == 0 and dm.progress == 0.0
-    dm.updates_done = 100
-    assert dm.env_steps == 25_600
-    assert dm.progress == pytest.approx(0.256)
-    dm.updates_done = 391
-    assert dm.progress == 1.0
-    dm._world_size = 2  # two ranks share the budget
-    assert dm.env_steps_per_update == 512 and dm.total_updates == 196
 
 
 def test_rollout_stream_is_sized() -> None:
     """A sized iterable: Lightning does not prefetch a rollout collected with stale weights."""
-    dm = ExperienceDataModule("CartPole-v1", updates_per_epoch=7)
-    stream = dm.train_dataloader()
-    assert len(stream) == 7
+    dm = ExperienceDataModule(
+        "CartPole-v1", num_envs=2, rollout_steps=4, total_env_steps=80, updates_per_epoch=7
+    )
+    trainer = L.Trainer(**trainer_kwargs())
+    trainer.fit(A2C(hidden=(8,)), datamodule=dm)
+    assert trainer.num_training_batches == 7
 
 
 def test_one_collect_per_update_and_seeded_first_observation() -> None:
@@ -90,8 +101,7 @@ def test_one_collect_per_update_and_seeded_first_observation() -> None:
     finally:
         mp.undo()
     assert len(collects) == 10 == dm.updates_done  # no prefetched (wasted) rollout at the end
-    assert dm.sampler is None  # closed at teardown
-    assert dm.tracker is not None  # statistics outlive the envs
+    assert dm.tracker is not None and dm.env_steps == 10 * B * T  # statistics outlive the envs
     for i, s in enumerate(env_seeds(5, 0, B)):
         env = gym.make("CartPole-v1")
         np.testing.assert_array_equal(first[0][i].numpy(), env.reset(seed=s)[0])
@@ -122,7 +132,7 @@ def test_episodes_continue_across_epochs() -> None:
         expected[(length * (length + 1) / 2, length)] += n // length
     got = collections.Counter(zip(dm.tracker.recent_returns, dm.tracker.recent_lengths, strict=True))
     assert got == expected
-    stats = dm.rank_reduced_stats()
+    stats = dm.statistics()
     assert stats["episodes"] == sum(expected.values())
     assert stats["episode_return_mean"] == pytest.approx(
         sum(r * c for (r, _), c in expected.items()) / sum(expected.values())
@@ -131,47 +141,36 @@ def test_episodes_continue_across_epochs() -> None:
 
 
 def test_state_dict_round_trip_before_setup() -> None:
-    dm = ExperienceDataModule("CartPole-v1", num_envs=2, rollout_steps=4, total_env_steps=1000)
-    dm.setup("fit")
-    agent = _RandomAgent()
-    for _ in range(30):
-        dm.sampler.collect(agent)
-    dm.updates_done = 30
-    state = dm.state_dict()
-    assert state["updates_done"] == 30 and state["tracker"]["episodes"] == dm.tracker.episodes > 0
-    # the state must load with torch.load(weights_only=True), Lightning's default when resuming
+    """A checkpoint's data-module state loads with weights_only=True, before setup, and resumes the counts."""
     import io
 
+    L.seed_everything(0, verbose=False)
+    dm = ExperienceDataModule("CartPole-v1", num_envs=2, rollout_steps=16, total_env_steps=640)
+    L.Trainer(**trainer_kwargs()).fit(A2C(hidden=(8,)), datamodule=dm)
+    state = dm.state_dict()
+    episodes = dm.tracker.episodes
+    assert state["updates_done"] == 20 and episodes > 0
     buf = io.BytesIO()
     torch.save(state, buf)
     buf.seek(0)
-    state = torch.load(buf, weights_only=True)
+    state = torch.load(buf, weights_only=True)  # Lightning's default when resuming
 
-    dm2 = ExperienceDataModule("CartPole-v1", num_envs=2, rollout_steps=4, total_env_steps=1000)
-    dm2.load_state_dict(state)  # before setup: no envs yet
-    assert dm2.updates_done == 30 and dm2.progress == pytest.approx(0.24)
-    dm2.setup("fit")
-    assert dm2.sampler.tracker is dm2.tracker
-    assert dm2.tracker.episodes == dm.tracker.episodes
-    assert list(dm2.tracker.recent_returns) == list(dm.tracker.recent_returns)
+    dm2 = ExperienceDataModule("CartPole-v1", num_envs=2, rollout_steps=16, total_env_steps=1280)
+    dm2.load_state_dict(state)  # before setup: no source yet
+    assert dm2.updates_done == 20
+    L.Trainer(**trainer_kwargs()).fit(A2C(hidden=(8,)), datamodule=dm2)
+    assert dm2.updates_done == 40 and dm2.env_steps == 1280  # the restored counts go on to the new budget
+    assert dm2.tracker.episodes > episodes
     assert dm2.wall_time >= state["wall_time"]
-    dm.teardown("fit")
-    dm2.teardown("fit")
 
 
-class _RandomAgent:
-    device = torch.device("cpu")
-    policy_version = 0
-
-    def act(self, obs):
-        return {"action": torch.randint(0, 2, (obs.shape[0],))}
-
-
-def test_rank_reduced_stats_without_episodes() -> None:
-    dm = ExperienceDataModule("CartPole-v1")
-    stats = dm.rank_reduced_stats()
-    assert stats["episodes"] == 0 and stats["env_steps"] == 0
-    assert "episode_return_mean" not in stats  # no biased zero mean when nothing finished
+def test_statistics_without_episodes() -> None:
+    """No finished episode: counts, but no (biased zero) mean return."""
+    dm = ExperienceDataModule("CartPole-v1", num_envs=2, rollout_steps=2, total_env_steps=4)
+    L.Trainer(**trainer_kwargs()).fit(A2C(hidden=(8,)), datamodule=dm)
+    stats = dm.statistics()
+    assert stats["episodes"] == 0 and stats["env_steps"] == 4
+    assert "episode_return_mean" not in stats
 
 
 def test_user_vector_env() -> None:
@@ -205,9 +204,8 @@ def test_env_steps_after_fit_with_a_batched_env() -> None:
         vector_kwargs={"autoreset_mode": gym.vector.AutoresetMode.SAME_STEP},
     )
     dm = ExperienceDataModule(venv, rollout_steps=4, total_env_steps=48)
-    assert dm.total_updates == 4
     L.Trainer(**trainer_kwargs()).fit(A2C(hidden=(8,)), datamodule=dm)
-    assert dm.env_steps == 48
+    assert dm.env_steps == 48 and dm.updates_done == 4
 
 
 def test_torchrl_env() -> None:
@@ -229,4 +227,4 @@ def test_torchrl_env() -> None:
     assert shapes["action"] == (8, 2)
     assert shapes[("next", "reward")] == (8, 2, 1)
     assert shapes[("next", "state_value")] == (8, 2, 1)
-    assert model.policy_lags == [0, 0, 0]
+    assert dm.lags.histogram == {0: 3}  # every rollout collected with the current weights

@@ -99,7 +99,7 @@ SCRIPT = textwrap.dedent(
                 "logged_episodes": [row["episodes"] for row in mem.rows if "episodes" in row],
                 "local_episodes": rec.local_episodes,
                 "updates": dm.updates_done,
-                "policy_lags": model.policy_lags,
+                "policy_lags": dict(dm.lags.histogram),
                 "global_step": trainer.global_step,
             }},
             os.path.join(out, f"rank{{trainer.global_rank}}.pt"),
@@ -136,7 +136,7 @@ def test_both_ranks_ran_the_same_updates(ddp_run) -> None:
         assert r["rank"] == rank and r["world_size"] == 2
         # the budget is over both ranks: total / (T * B * world_size) updates each
         assert r["updates"] == UPDATES
-        assert r["policy_lags"] == [0] * UPDATES
+        assert r["policy_lags"] == {0: UPDATES}
         assert r["global_step"] == UPDATES * 2 * (NUM_ENVS * ROLLOUT // 32)
 
 

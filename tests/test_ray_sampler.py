@@ -30,7 +30,7 @@ class _KeepHandles(L.Callback):
         self.actors: list = []
 
     def on_train_batch_end(self, trainer, pl_module, *args) -> None:
-        runner = trainer.datamodule.runner
+        runner = trainer.datamodule.source
         if not self.actors and runner is not None:
             self.actors = [*runner.actors, runner.coord, runner.table.actor]
 
@@ -73,8 +73,8 @@ def test_ray_dqn_fit_finishes_its_budget_and_leaves_no_actor() -> None:
     # the limiter holds the ratio: (inserted - learning_starts) * ratio / batch updates, up to the error band
     expected = (3000 - 200) * 4.0 / 32
     assert abs(model.policy_version - expected) <= 32 / 4 + 2, model.policy_version
-    assert dm.tracker.episodes > 0 and model.policy_lags  # episodes came back; lags were recorded
-    assert dm.runner is None and len(keep.actors) == 2 + 2
+    assert dm.tracker.episodes > 0 and dm.lags.batches  # episodes came back; lags were recorded
+    assert dm.closed and len(keep.actors) == 2 + 2
     assert all(_dead(a) for a in keep.actors)
 
 
@@ -91,7 +91,7 @@ class _KillSampler(_KeepHandles):
     def on_train_batch_end(self, trainer, pl_module, *args) -> None:
         super().on_train_batch_end(trainer, pl_module, *args)
         if pl_module.policy_version == 20:
-            ray.kill(trainer.datamodule.runner.actors[0])
+            ray.kill(trainer.datamodule.source.actors[0])
 
 
 def test_killed_sampler_actor_fails_the_run_with_one_line() -> None:
@@ -115,7 +115,7 @@ def test_killed_sampler_actor_fails_the_run_with_one_line() -> None:
     with pytest.raises(SamplerProcessError, match=r"^ray sampler actor 0 of rank 0 failed \(") as info:
         trainer.fit(DQN(hidden=[16]), datamodule=dm)
     assert "\n" not in str(info.value), str(info.value)
-    assert dm.runner is None and all(_dead(a) for a in kill.actors)
+    assert dm.closed and all(_dead(a) for a in kill.actors)
 
 
 class _SaveAt(L.Callback):
@@ -126,7 +126,7 @@ class _SaveAt(L.Callback):
         self.path, self.at, self.first_state = path, at, None
 
     def on_train_batch_end(self, trainer, pl_module, *args) -> None:
-        runner = trainer.datamodule.runner
+        runner = trainer.datamodule.source
         if self.first_state is None and runner is not None:
             self.first_state = runner.table.state_dict()
         if self.at is not None and pl_module.policy_version == self.at:
@@ -186,7 +186,7 @@ class _KillAt(L.Callback):
         self.versions, self.actors, self.killed = list(versions), set(), set()
 
     def on_train_batch_end(self, trainer, pl_module, *args) -> None:
-        runner = trainer.datamodule.runner
+        runner = trainer.datamodule.source
         if runner is None:
             return
         self.actors |= {*runner.actors, runner.coord, runner.table.actor}
@@ -199,7 +199,7 @@ class _KillAt(L.Callback):
 
 def test_killed_sampler_actor_is_replaced_and_the_run_finishes() -> None:
     model, dm, kill = _restart_fit([20], restarts=1, budget=3000)
-    assert dm.sampler_restart_count == 1 and not kill.versions
+    assert dm.source.restarts == 1 and not kill.versions
     # the replacement went on with the dead actor's env-step count: the budget ends the run as usual
     assert 3000 <= dm.env_steps < 3000 + 2 * 2
     expected = (3000 - 200) * 4.0 / 32  # and the limiter held the ratio (the dead actor's last step is lost)

@@ -26,6 +26,7 @@ class FakeAgent:
 
     def __init__(self, with_value: bool = True) -> None:
         self.policy_version = 0
+        self.env_steps = 0
         self.with_value = with_value
         self.act_calls = 0
         self.value_calls = 0
@@ -40,6 +41,9 @@ class FakeAgent:
         if self.with_value:
             out["state_value"] = value_fn(observation)
         return out
+
+    def set_env_steps(self, env_steps: int, total_env_steps: int) -> None:
+        self.env_steps = env_steps
 
     def value(self, observation: torch.Tensor) -> torch.Tensor:
         self.value_calls += 1
@@ -246,17 +250,25 @@ def test_policy_version_is_recorded() -> None:
     agent.policy_version = 8
     assert (s.collect(agent)["policy_version"] == 8).all()
     s.close()
-    # an agent without the attribute records version 0
-    s = sampler()
 
-    class NoVersion(FakeAgent):
-        def __getattribute__(self, name):
-            if name == "policy_version":
-                raise AttributeError(name)
-            return super().__getattribute__(name)
 
-    assert (s.collect(NoVersion())["policy_version"] == 0).all()
-    s.close()
+def test_agent_contract() -> None:
+    """The agent protocol declares everything samplers call: act, value (actor-critics), version, env steps."""
+    from lightning_accelrl import DQN, PPO
+    from lightning_accelrl.sampling.agent import Agent, ValueAgent
+
+    assert isinstance(FakeAgent(), ValueAgent)
+    assert isinstance(DQN(), Agent) and not isinstance(DQN(), ValueAgent)  # no state values to bootstrap
+    assert isinstance(PPO(), ValueAgent)
+
+    class NoEnvSteps:  # what a sampler process would need to drive its schedules is missing
+        device = torch.device("cpu")
+        policy_version = 0
+
+        def act(self, observation: torch.Tensor) -> dict[str, torch.Tensor]:
+            return {"action": torch.zeros(observation.shape[0], dtype=torch.int64)}
+
+    assert not isinstance(NoEnvSteps(), Agent)
 
 
 def test_sampler_with_cartpole_and_torch_agent() -> None:

@@ -26,6 +26,7 @@ from lightning_accelrl.data.source import ExperienceSource, SourceContext, Sourc
 from lightning_accelrl.data.sources import source_factory
 from lightning_accelrl.data.statistics import LagMeter, reduced_statistics
 from lightning_accelrl.envs import EnvSpec, make_env
+from lightning_accelrl.errors import ConfigError
 from lightning_accelrl.sampling import EpisodeTracker
 
 
@@ -190,6 +191,10 @@ class ExperienceDataModule(LightningDataModule):
         self._consumer = consumer
 
     def train_dataloader(self) -> _BatchStream:
+        if self.source is None:
+            raise ConfigError(
+                "ExperienceDataModule streams batches inside Trainer.fit (setup builds its source)"
+            )
         if not self._started:
             self.source.start(self._consumer)
             self._started = True
@@ -210,6 +215,11 @@ class ExperienceDataModule(LightningDataModule):
         if self.source is not None and not self._closed:
             self._closed = True
             self.source.close()
+
+    @property
+    def closed(self) -> bool:
+        """The source was built and has been closed (its counts and episode window stay readable)."""
+        return self._closed
 
     def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
         """TensorDicts move as a whole (Lightning's generic collection walk costs ~0.2 ms per batch)."""

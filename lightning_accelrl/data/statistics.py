@@ -84,7 +84,7 @@ def reduced_statistics(
     }
     stats.update(extra)
     if restarts:
-        stats["sampler_restarts"] = restarts  # over all ranks
+        stats["async/sampler_restarts"] = restarts  # over all ranks
     lag = lags.take_mean()
     if lag is not None:
         stats["train/policy_lag"] = lag

@@ -60,7 +60,7 @@ def test_fit_one_update_per_rollout_with_zero_policy_lag() -> None:
     assert dm.updates_done == updates
     assert trainer.global_step == updates  # exactly one optimizer step per rollout
     assert model.policy_version == updates
-    assert model.policy_lags == [0] * updates
+    assert dm.lags.histogram == {0: updates}
     assert len(model.act_log) == updates * T
     assert sorted({v for v, _ in model.act_log}) == list(range(updates))
     for version, params in model.act_log:
@@ -157,7 +157,7 @@ def test_continuous_actions(cls: type) -> None:
     assert batch["action"].shape == (16, 2, 1) and batch["action"].dtype == torch.float32
     assert batch["action"].abs().max() > 0  # sampled, not all zero
     assert batch["next", "reward"].max() <= 0  # Pendulum's rewards are costs
-    assert model.policy_lags == [0, 0, 0]
+    assert dm.lags.histogram == {0: 3}
 
 
 class StopAtReturn(L.Callback):
@@ -167,7 +167,7 @@ class StopAtReturn(L.Callback):
         self.best = float("-inf")
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        stats = trainer.datamodule.rank_reduced_stats()
+        stats = trainer.datamodule.statistics()
         mean = stats.get("episode_return_mean", float("-inf"))
         self.best = max(self.best, mean)
         if mean >= self.target:

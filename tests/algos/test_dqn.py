@@ -176,10 +176,10 @@ def test_replay_mode_never_deadlocks_and_holds_the_ratio(ratio: float, batch: in
         replay_ratio=ratio,
         learning_starts=200,
     )
-    info = dm.feeder.table.info()
+    info = dm.source.table.info()
     assert dm.env_steps >= 1200 and dm.env_steps < 1200 + envs
     achieved = info["samples"] / info["inserts"]
-    lim = dm.feeder.table.rate_limiter
+    lim = dm.source.table.rate_limiter
     # the limiter's band: I*spi - S stays within [min_diff - batch, max_diff]
     assert lim.min_diff - batch <= info["inserts"] * ratio - info["samples"] <= lim.max_diff
     assert dm.updates_done == info["samples"] // batch
@@ -192,8 +192,8 @@ def test_prioritized_updates_reach_the_table_and_n_step_is_passed_through() -> N
     dm = fit_replay(
         model, num_envs=2, total_env_steps=600, batch_size=16, replay_ratio=2.0, learning_starts=100
     )
-    assert dm.feeder.writer.n == 3 and dm.feeder.writer.gamma == 0.9
-    table = dm.feeder.table
+    assert dm.source.producer.writer.n == 3 and dm.source.producer.writer.gamma == 0.9
+    table = dm.source.table
     assert type(table.sampler).__name__ == "Prioritized"
     state = table.state_dict()
     sampled = state["times_sampled"] > 0
@@ -213,7 +213,7 @@ def test_n_step_transitions_in_the_table_match_a_hand_computation() -> None:
         replay_ratio=0.5,
         learning_starts=8,
     )
-    batch = dm.feeder.table.storage.read(torch.arange(dm.feeder.table.size))
+    batch = dm.source.table.storage.read(torch.arange(dm.source.table.size))
     assert len(batch) >= 30
     for i in range(len(batch)):
         t = float(batch["observation"][i, 0])

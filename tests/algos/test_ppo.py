@@ -78,7 +78,7 @@ def test_fit_stops_at_budget_with_zero_policy_lag() -> None:
     assert dm.updates_done == updates
     assert dm.env_steps == updates * T * B
     assert model.policy_version == updates
-    assert model.policy_lags == [0] * updates
+    assert dm.lags.histogram == {0: updates}
     assert after.versions == list(range(1, updates + 1))
     # two minibatches of 32 per epoch of 64 transitions, two epochs per update
     assert trainer.global_step == updates * 2 * 2
@@ -259,7 +259,7 @@ def test_checkpoint_resume_restores_counters_and_optimizer(tmp_path) -> None:
     # and training went on to the budget from there
     assert dm2.updates_done == 10
     assert model2.policy_version == 10
-    assert model2.policy_lags == [0] * 6
+    assert dm2.lags.histogram == {0: 6}
 
 
 class StopAtReturn(L.Callback):
@@ -271,7 +271,7 @@ class StopAtReturn(L.Callback):
         self.best = float("-inf")
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        stats = trainer.datamodule.rank_reduced_stats()
+        stats = trainer.datamodule.statistics()
         mean = stats.get("episode_return_mean", float("-inf"))
         self.best = max(self.best, mean)
         if mean >= self.target:

@@ -69,7 +69,7 @@ def test_datamodule_reports_episode_score_mean_only_for_games() -> None:
     for _ in range(5):
         sampler.collect(RandomAgent(6))
     dm.tracker = sampler.tracker
-    stats = dm.rank_reduced_stats()
+    stats = dm.statistics()
     tr = sampler.tracker
     assert stats["episode_score_mean"] == sum(tr.recent_scores) / len(tr.recent_scores)
     assert stats["episode_score_mean"] > stats["episode_return_mean"]
@@ -77,5 +77,5 @@ def test_datamodule_reports_episode_score_mean_only_for_games() -> None:
     cartpole = SyncSampler(make_env("CartPole-v1", num_envs=4, seed=0), 64)
     cartpole.collect(RandomAgent(2))
     dm.tracker = cartpole.tracker
-    assert "episode_score_mean" not in dm.rank_reduced_stats()  # no game score where rewards are not clipped
+    assert "episode_score_mean" not in dm.statistics()  # no game score where rewards are not clipped
     cartpole.close()
