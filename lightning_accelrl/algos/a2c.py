@@ -16,6 +16,8 @@ from lightning_accelrl.algos.actor_critic import ActorCriticModule
 from lightning_accelrl.algos.base import anneal
 from lightning_accelrl.algos.returns import gae
 from lightning_accelrl.errors import check
+from lightning_accelrl.nets.factory import network_argument
+from lightning_accelrl.nets.interfaces import NetworkArg
 
 
 class A2C(ActorCriticModule):
@@ -34,7 +36,7 @@ class A2C(ActorCriticModule):
         optimizer: Literal["rmsprop", "adam"] = "rmsprop",
         rmsprop_alpha: float = 0.99,
         eps: float = 1e-5,
-        network: str = "auto",
+        network: NetworkArg = "auto",
         hidden: Sequence[int] = (64, 64),
         activation: str = "tanh",
         shared_trunk: bool = False,
@@ -48,6 +50,7 @@ class A2C(ActorCriticModule):
         check(0 <= gae_lambda <= 1, f"gae_lambda must be in [0, 1], got {gae_lambda}")
         check(max_grad_norm > 0, f"max_grad_norm must be > 0, got {max_grad_norm}")
         check(optimizer in ("rmsprop", "adam"), f"optimizer must be 'rmsprop' or 'adam', got {optimizer!r}")
+        network, self.net = network_argument(network)  # hyper-parameters hold plain data only
         self.save_hyperparameters()
 
     def configure_optimizers(self) -> torch.optim.Optimizer:

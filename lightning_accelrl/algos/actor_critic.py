@@ -6,6 +6,7 @@ Each algorithm file keeps its own hyper-parameters, optimizer and loss; acting i
 from __future__ import annotations
 
 import torch
+from torch import nn
 
 from lightning_accelrl.algos.base import RLModule
 from lightning_accelrl.envs.base import EnvSpec
@@ -15,10 +16,21 @@ from lightning_accelrl.nets.factory import build_actor_critic
 
 class ActorCriticModule(RLModule):
     """An :class:`RLModule` with ``self.net`` (policy and value) built from the hyper-parameters ``network``,
-    ``hidden``, ``activation``, ``shared_trunk`` and, for CNNs, ``channels_last`` and ``compile_network``."""
+    ``hidden``, ``activation``, ``shared_trunk`` and, for CNNs, ``channels_last`` and ``compile_network``.
+
+    ``network`` may also be a user's actor-critic (an ``nn.Module``, or a class path with ``init_args``): see
+    :class:`~lightning_accelrl.nets.interfaces.ActorCriticNetwork` for what it must return.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net: nn.Module | None = None  # built in configure_model unless given as network=
 
     def build_networks(self, spec: EnvSpec) -> None:
         hp = self.hparams
+        self.action_spec = spec  # how to read the policy parameters (see ActionDist.from_params)
+        if self.net is not None:
+            return
         self.net = build_actor_critic(
             spec,
             hp.network,
@@ -30,7 +42,7 @@ class ActorCriticModule(RLModule):
         )
 
     def dist(self, params: torch.Tensor) -> ActionDist:
-        return ActionDist(params, None if self.net.spec.discrete else self.net.log_std)
+        return ActionDist.from_params(params, self.action_spec)
 
     def act(self, observation: torch.Tensor) -> dict[str, torch.Tensor]:
         """One batched forward for all envs: sampled actions, their log-probabilities and the state values."""

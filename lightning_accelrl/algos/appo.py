@@ -28,6 +28,8 @@ from tensordict import TensorDict
 from lightning_accelrl.algos.actor_critic import ActorCriticModule
 from lightning_accelrl.algos.base import anneal
 from lightning_accelrl.errors import check
+from lightning_accelrl.nets.factory import network_argument
+from lightning_accelrl.nets.interfaces import NetworkArg
 
 
 def vtrace(
@@ -96,7 +98,7 @@ class APPO(ActorCriticModule):
         normalize_advantage: bool = True,
         anneal_lr: bool = True,
         adam_eps: float = 1e-5,
-        network: str = "auto",
+        network: NetworkArg = "auto",
         hidden: Sequence[int] = (64, 64),
         activation: str = "tanh",
         shared_trunk: bool = False,
@@ -111,6 +113,7 @@ class APPO(ActorCriticModule):
         check(update_epochs >= 1, f"update_epochs must be >= 1, got {update_epochs}")
         check(minibatch_size >= 1, f"minibatch_size must be >= 1, got {minibatch_size}")
         check(max_grad_norm > 0, f"max_grad_norm must be > 0, got {max_grad_norm}")
+        network, self.net = network_argument(network)  # hyper-parameters hold plain data only
         self.save_hyperparameters()
 
     def experience_spec(self) -> dict[str, Any]:

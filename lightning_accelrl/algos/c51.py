@@ -12,10 +12,12 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from tensordict import TensorDict
+from torch import nn
 
 from lightning_accelrl.algos.dqn import DQN
 from lightning_accelrl.envs.base import EnvSpec
 from lightning_accelrl.errors import check
+from lightning_accelrl.nets.factory import build_user_network
 from lightning_accelrl.nets.q import QNetwork
 
 
@@ -49,11 +51,15 @@ class CategoricalDQN(DQN):
         check(num_atoms >= 2, f"num_atoms must be >= 2, got {num_atoms}")
         check(v_max > v_min, f"v_max must be > v_min, got v_min={v_min}, v_max={v_max}")
         super().__init__(**kwargs)
+        kwargs["network"] = self.hparams.network  # the plain form DQN stored, never a module
         self.save_hyperparameters()
         self.register_buffer("support", torch.linspace(v_min, v_max, num_atoms), persistent=False)
 
-    def make_q_network(self, spec: EnvSpec) -> QNetwork:
+    def make_q_network(self, spec: EnvSpec) -> nn.Module:
+        """The built-in QNetwork, or the user's class path (``forward(obs) -> logits [N, num_actions, num_atoms]``)."""
         hp = self.hparams
+        if isinstance(hp.network, dict):
+            return build_user_network(hp.network, spec, num_atoms=hp.num_atoms)
         return QNetwork(
             spec, hp.network, hp.hidden, hp.activation, dueling=hp.dueling, num_atoms=hp.num_atoms
         )

@@ -8,16 +8,20 @@ selector with annealed importance weights and |TD-error| priority updates. Each 
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from tensordict import TensorDict
+from torch import nn
 
 from lightning_accelrl.algos.base import RLModule, anneal
 from lightning_accelrl.envs.base import EnvSpec
 from lightning_accelrl.errors import check
+from lightning_accelrl.nets.factory import build_user_network, network_argument
+from lightning_accelrl.nets.interfaces import NetworkArg
 from lightning_accelrl.nets.q import QNetwork
 
 
@@ -29,7 +33,11 @@ def linear_schedule(start: float, end: float, fraction: float, progress: float) 
 
 
 class DQN(RLModule):
-    """DQN family on replay tables: double, dueling, n-step, prioritized (rlpyt's "Rainbow minus noisy nets" with C51)."""
+    """DQN family on replay tables: double, dueling, n-step, prioritized (rlpyt's "Rainbow minus noisy nets" with C51).
+
+    ``network``: ``"auto"``/``"mlp"``/``"nature_cnn"``/``"impala_cnn"``/``"small_cnn"``, an ``nn.Module`` or a
+    class path with ``init_args`` (``forward(obs) -> Q [N, num_actions]``; see ``lightning_accelrl.nets.interfaces``).
+    """
 
     def __init__(
         self,
@@ -52,7 +60,7 @@ class DQN(RLModule):
         importance_beta_initial: float = 0.4,
         importance_beta_final: float = 1.0,
         priority_epsilon: float = 1e-6,
-        network: str = "auto",
+        network: NetworkArg = "auto",
         hidden: Sequence[int] = (256, 256),
         activation: str = "relu",
         env_spec: dict | None = None,
@@ -69,6 +77,7 @@ class DQN(RLModule):
         )
         check(max_grad_norm > 0, f"max_grad_norm must be > 0, got {max_grad_norm}")
         check(priority_exponent >= 0, f"priority_exponent must be >= 0, got {priority_exponent}")
+        network, self.q = network_argument(network)  # hyper-parameters hold plain data only
         self.save_hyperparameters()
         self.updates = 0
 
@@ -86,13 +95,17 @@ class DQN(RLModule):
 
     def build_networks(self, spec: EnvSpec) -> None:
         self.num_actions = spec.num_actions
-        self.q = self.make_q_network(spec)
-        self.q_target = self.make_q_network(spec)
+        given = self.q  # an nn.Module passed as network=, else None
+        self.q = self.make_q_network(spec) if given is None else given
+        self.q_target = self.make_q_network(spec) if given is None else copy.deepcopy(given)
         self.q_target.load_state_dict(self.q.state_dict())
         self.q_target.requires_grad_(False)
 
-    def make_q_network(self, spec: EnvSpec) -> QNetwork:
+    def make_q_network(self, spec: EnvSpec) -> nn.Module:
+        """The built-in QNetwork, or the user's class path (``forward(obs) -> Q [N, num_actions]``)."""
         hp = self.hparams
+        if isinstance(hp.network, dict):
+            return build_user_network(hp.network, spec)
         return QNetwork(spec, hp.network, hp.hidden, hp.activation, dueling=hp.dueling)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:

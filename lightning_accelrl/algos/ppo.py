@@ -15,6 +15,8 @@ from lightning_accelrl.algos.actor_critic import ActorCriticModule
 from lightning_accelrl.algos.base import anneal
 from lightning_accelrl.algos.returns import gae
 from lightning_accelrl.errors import check
+from lightning_accelrl.nets.factory import network_argument
+from lightning_accelrl.nets.interfaces import NetworkArg
 
 
 class PPO(ActorCriticModule):
@@ -37,7 +39,7 @@ class PPO(ActorCriticModule):
         anneal_clip: bool = False,
         target_kl: float | None = None,
         adam_eps: float = 1e-5,
-        network: str = "auto",
+        network: NetworkArg = "auto",
         hidden: Sequence[int] = (64, 64),
         activation: str = "tanh",
         shared_trunk: bool = False,
@@ -53,6 +55,7 @@ class PPO(ActorCriticModule):
         check(update_epochs >= 1, f"update_epochs must be >= 1, got {update_epochs}")
         check(minibatch_size >= 1, f"minibatch_size must be >= 1, got {minibatch_size}")
         check(max_grad_norm > 0, f"max_grad_norm must be > 0, got {max_grad_norm}")
+        network, self.net = network_argument(network)  # hyper-parameters hold plain data only
         self.save_hyperparameters()
 
     def configure_optimizers(self) -> torch.optim.Optimizer:

@@ -4,7 +4,8 @@ one tensor per step (the samplers preallocate one ``observation`` tensor of ``sp
 - ``Box`` (any dtype: bool, uint8, float...) passes through; float64 becomes float32.
 - ``Discrete`` becomes a one-hot float vector; ``MultiDiscrete`` one one-hot block per dimension; ``MultiBinary``
   a float vector.
-- ``Dict`` (nested too) becomes one float vector, its keys in the space's order (nested keys joined by ".");
+- ``Dict`` (nested too) becomes one float vector, its keys in the space's order (Gymnasium sorts a
+  dict's keys; nested keys are joined by ".");
   ``spec.observation_parts`` records each key's slice, shape and dtype, so networks can split it back.
 
 Actions: ``Discrete``, ``MultiDiscrete`` and 1-D ``Box``.

@@ -1,47 +1,123 @@
-"""Pick the actor-critic network for an env: MLP for vector observations, a CNN for image observations."""
+"""The ``network`` argument of the algorithms: built-in names chosen by observation, or a user's network
+(an ``nn.Module`` instance, or a class path with ``init_args``: see :mod:`lightning_accelrl.nets.interfaces`)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from torch import nn
 
 from lightning_accelrl.envs.base import EnvSpec
 from lightning_accelrl.errors import ConfigError
 from lightning_accelrl.nets.actor_critic import ActorCriticMLP
+from lightning_accelrl.nets.interfaces import NetworkArg, RecordsInitArgs
+from lightning_accelrl.nets.observations import dict_encoder
+from lightning_accelrl.trusted import class_path, resolve_class
 
-NETWORKS = ("auto", "mlp", "nature_cnn", "impala_cnn")
+NETWORKS = ("auto", "mlp", "nature_cnn", "impala_cnn", "small_cnn")
 
 
 def is_image(spec: EnvSpec) -> bool:
-    """Stacked frames [C, H, W] (e.g. 4x84x84 uint8 from Atari)."""
-    return len(spec.observation_shape) == 3
+    """Image observations (3-D, either channel layout), which get a CNN."""
+    return spec.is_image
 
 
+def choose_network(spec: EnvSpec) -> str:
+    """What ``auto`` means for ``spec``: the Nature CNN for Atari-sized frames, the small CNN for small images
+    (e.g. 10x10 grids), else an MLP (Dict observations with image keys: an MLP over per-key encoders)."""
+    if not spec.is_image:
+        return "mlp"
+    from lightning_accelrl.nets.cnn import auto_encoder
+
+    return f"{auto_encoder(spec.observation_shape, spec.layout)}_cnn"
+
+
+def check_builtin(network: str, spec: EnvSpec) -> str:
+    """The built-in name to build (``auto`` resolved); one-line errors for unknown names or non-images."""
+    if network not in NETWORKS:
+        raise ConfigError(
+            f"unknown network {network!r}; choose one of {', '.join(NETWORKS)}, an nn.Module, or "
+            "{'class_path': ..., 'init_args': {...}}"
+        )
+    if network == "auto":
+        return choose_network(spec)
+    if network != "mlp" and not spec.is_image:
+        raise ConfigError(
+            f"network {network!r} needs image observations ([C, H, W] or [H, W, C]), got shape "
+            f"{spec.observation_shape}"
+        )
+    return network
+
+
+# ----- user networks ------------------------------------------------------------------------------------------
+def network_argument(network: NetworkArg) -> tuple[str | dict[str, Any], nn.Module | None]:
+    """(the plain form stored in hyper-parameters, the instance given in Python or None).
+
+    An instance is stored as its class path, with its ``init_args`` if it records them
+    (:class:`~lightning_accelrl.nets.interfaces.RecordsInitArgs`), else marked as given as an object.
+    """
+    if isinstance(network, nn.Module):
+        stored: dict[str, Any] = {"class_path": class_path(type(network))}
+        if isinstance(network, RecordsInitArgs):
+            stored["init_args"] = dict(network.init_args)
+        else:
+            stored["given_as_object"] = True
+        return stored, network
+    if isinstance(network, str):
+        return network, None
+    if isinstance(network, dict) and isinstance(network.get("class_path"), str):
+        unknown = set(network) - {"class_path", "init_args", "given_as_object"}
+        init_args = network.get("init_args") or {}
+        if unknown or not isinstance(init_args, dict):
+            raise ConfigError(
+                f"network {network!r}: give {{'class_path': 'pkg.Module', 'init_args': {{...}}}} (plain data)"
+            )
+        return {**network, "init_args": dict(init_args)} if "init_args" in network else dict(network), None
+    raise ConfigError(
+        f"network must be a name ({', '.join(NETWORKS)}), an nn.Module or {{'class_path': ..., 'init_args': "
+        f"{{...}}}}, got {type(network).__name__}"
+    )
+
+
+def build_user_network(network: dict[str, Any], spec: EnvSpec, **library_args: Any) -> nn.Module:
+    """``cls(spec=spec, **library_args, **init_args)`` for a stored class path; the class must be loaded."""
+    path = network["class_path"]
+    if network.get("given_as_object"):
+        raise ConfigError(
+            f"the network {path} was given as an object whose constructor arguments are not recorded: pass "
+            "network=... again (e.g. to load_from_checkpoint), or give it as {'class_path': ..., 'init_args': ...}"
+        )
+    cls = resolve_class(path, nn.Module, "network")
+    try:
+        return cls(spec=spec, **library_args, **network.get("init_args", {}))
+    except TypeError as exc:
+        raise ConfigError(
+            f"network {path}: {exc} (it is built as {cls.__name__}(spec=EnvSpec, "
+            f"{''.join(f'{k}=..., ' for k in library_args)}**init_args))"
+        ) from None
+
+
+# ----- actor-critic ------------------------------------------------------------------------------------------
 def build_actor_critic(
     spec: EnvSpec,
-    network: str = "auto",
+    network: str | dict[str, Any] = "auto",
     hidden: Sequence[int] = (64, 64),
     activation: str = "tanh",
     shared_trunk: bool = False,
     channels_last: bool = False,
     compile: bool = False,
 ) -> nn.Module:
-    """An actor-critic module with ``forward(obs) -> (policy params, value)``, ``value(obs)`` and ``spec``.
+    """An actor-critic module with ``forward(obs) -> (policy params, value)`` and ``value(obs)``.
 
-    ``auto``: the Nature CNN for image observations ([C, H, W], e.g. Atari's 4x84x84 uint8), else an MLP.
-    ``hidden``/``activation``/``shared_trunk`` apply to the MLP; ``channels_last``/``compile`` to the CNNs.
+    ``auto``: see :func:`choose_network`. ``hidden``/``activation``/``shared_trunk`` apply to the MLP;
+    ``channels_last`` (memory format) and ``compile`` to the CNNs. A dict is a user network's class path.
     """
-    if network not in NETWORKS:
-        raise ConfigError(f"unknown network {network!r}; choose one of {', '.join(NETWORKS)}")
-    if network == "auto":
-        network = "nature_cnn" if is_image(spec) else "mlp"
+    if isinstance(network, dict):
+        return build_user_network(network, spec)
+    network = check_builtin(network, spec)
     if network == "mlp":
-        return ActorCriticMLP(spec, hidden, activation, shared_trunk)
-    if not is_image(spec):
-        raise ConfigError(
-            f"network {network!r} needs image observations [C, H, W], got shape {spec.observation_shape}"
-        )
+        return ActorCriticMLP(spec, hidden, activation, shared_trunk, dict_encoder(spec, channels_last))
     from lightning_accelrl.nets.cnn import ActorCriticCNN
 
     return ActorCriticCNN(spec, network.removesuffix("_cnn"), channels_last=channels_last, compile=compile)

@@ -44,3 +44,9 @@ class MLP(nn.Sequential):
 def flatten_obs(obs: torch.Tensor, obs_ndim: int) -> torch.Tensor:
     """Flatten the observation dims, keeping the batch dims, and cast to float."""
     return obs.reshape(*obs.shape[: obs.dim() - obs_ndim], -1).float()
+
+
+def policy_params(head: torch.Tensor, log_std: torch.Tensor | None) -> torch.Tensor:
+    """What an actor-critic returns as policy parameters: the logits (``log_std`` None), or for continuous
+    actions the mean and the log-std side by side ``[..., 2 * action_dim]``."""
+    return head if log_std is None else torch.cat([head, log_std.expand_as(head)], -1)

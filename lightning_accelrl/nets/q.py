@@ -3,14 +3,18 @@ Bellemare et al., 2017) heads over an MLP, Nature CNN or IMPALA CNN encoder."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
 from torch import nn
 
 from lightning_accelrl.envs.base import EnvSpec
+from lightning_accelrl.errors import ConfigError
 from lightning_accelrl.nets.cnn import build_encoder, encode
+from lightning_accelrl.nets.factory import check_builtin
 from lightning_accelrl.nets.mlp import MLP, flatten_obs
+from lightning_accelrl.nets.observations import dict_encoder
 
 
 class QNetwork(nn.Module):
@@ -18,9 +22,9 @@ class QNetwork(nn.Module):
 
     Args:
         spec: a discrete-action env spec.
-        encoder: ``"mlp"`` (vector observations), ``"nature"`` or ``"impala"`` (stacked frames, uint8 ok);
-            ``"auto"``: nature for [C, H, W] observations, else mlp. The factory names ``"nature_cnn"`` and
-            ``"impala_cnn"`` are accepted too.
+        encoder: ``"mlp"`` (vectors; Dict observations with images get per-key encoders first), ``"nature"``,
+            ``"impala"`` or ``"small"`` (images, either layout; uint8 ok); ``"auto"``: by observation (see
+            :func:`~lightning_accelrl.nets.factory.choose_network`). ``"nature_cnn"`` etc. are accepted too.
         hidden: hidden widths of the MLP encoder (ignored by the CNN encoders, which end in their own
             linear layer: 512 for Nature, 256 for IMPALA).
         head_hidden: hidden widths inside each head stream (e.g. ``(512,)`` for the dueling paper's streams).
@@ -40,8 +44,11 @@ class QNetwork(nn.Module):
         channels_last: bool = False,
     ) -> None:
         super().__init__()
-        if not spec.discrete:
-            raise ValueError("QNetwork needs a discrete action space")
+        if not spec.discrete or spec.action_nvec:
+            raise ConfigError(
+                f"Q-networks need a Discrete action space, got {spec.action_shape or 'a'} "
+                f"{'MultiDiscrete' if spec.action_nvec else 'Box'} one: use PPO, A2C or APPO"
+            )
         if num_atoms < 1:
             raise ValueError(f"num_atoms must be >= 1, got {num_atoms}")
         self.spec = spec
@@ -49,17 +56,16 @@ class QNetwork(nn.Module):
         self.num_actions = spec.num_actions
         self.num_atoms = num_atoms
         self.dueling = dueling
-        key = encoder.removesuffix("_cnn")
-        if key == "auto":
-            key = "nature" if len(spec.observation_shape) == 3 else "mlp"
+        key = check_builtin(encoder if encoder.endswith(("auto", "mlp", "_cnn")) else f"{encoder}_cnn", spec)
         if key == "mlp":
-            in_dim = 1
-            for d in spec.observation_shape:
-                in_dim *= d
-            self.encoder: nn.Module = MLP(in_dim, hidden, activation=activation)
+            inputs = dict_encoder(spec, channels_last)
+            in_dim = math.prod(spec.observation_shape) if inputs is None else inputs.out_dim
+            mlp = MLP(in_dim, hidden, activation=activation)
+            self.encoder: nn.Module = mlp if inputs is None else nn.Sequential(inputs, mlp)
+            self.encoder.out_dim = mlp.out_dim
             self._cnn = False
         else:
-            self.encoder = build_encoder(key, spec.observation_shape, channels_last)
+            self.encoder = build_encoder(key, spec.observation_shape, channels_last, spec.layout)
             self._cnn = True
         width = self.encoder.out_dim
         self.advantage = MLP(width, head_hidden, self.num_actions * num_atoms, activation, out_gain=1.0)

@@ -7,8 +7,8 @@ import torch
 
 from lightning_accelrl.envs.base import EnvSpec
 from lightning_accelrl.errors import ConfigError
-from lightning_accelrl.nets.cnn import ActorCriticCNN, ImpalaCNN, NatureCNN
-from lightning_accelrl.nets.factory import NETWORKS, build_actor_critic
+from lightning_accelrl.nets.cnn import ActorCriticCNN, ImpalaCNN, NatureCNN, SmallCNN, build_encoder
+from lightning_accelrl.nets.factory import NETWORKS, build_actor_critic, choose_network
 from lightning_accelrl.nets.q import QNetwork
 
 ATARI = EnvSpec((4, 84, 84), torch.uint8, discrete=True, num_actions=6)
@@ -52,8 +52,12 @@ def test_continuous_actions_have_log_std() -> None:
         (3, 84, 84), torch.uint8, discrete=False, action_dim=2, action_low=(-1, -1), action_high=(1, 1)
     )
     net = ActorCriticCNN(spec, "nature")
-    mean, value = net(torch.zeros(5, 3, 84, 84, dtype=torch.uint8))
-    assert mean.shape == (5, 2) and value.shape == (5, 1) and net.log_std.shape == (2,)
+    params, value = net(torch.zeros(5, 3, 84, 84, dtype=torch.uint8))
+    # the policy parameters are the mean and the log-std side by side
+    assert params.shape == (5, 4) and value.shape == (5, 1) and net.log_std.shape == (2,)
+    with torch.no_grad():
+        net.log_std.fill_(-0.5)
+    assert torch.equal(net(torch.zeros(5, 3, 84, 84, dtype=torch.uint8))[0][:, 2:], torch.full((5, 2), -0.5))
 
 
 def test_channels_last_and_compile_flags_keep_outputs_and_state_dict() -> None:
@@ -104,12 +108,14 @@ def test_q_network_auto_and_positional_call() -> None:
     # the DQN module's call: QNetwork(spec, network, hidden, activation, dueling=...)
     assert isinstance(QNetwork(ATARI, "auto", (256,), "relu", dueling=True).encoder, NatureCNN)
     assert QNetwork(VECTOR, "auto", (16, 16), "tanh")(torch.zeros(2, 4)).shape == (2, 2)
-    with pytest.raises(ValueError, match="discrete"):
+    with pytest.raises(ConfigError, match="Discrete action space.*PPO"):
         QNetwork(EnvSpec((3,), torch.float32, discrete=False, action_dim=1))
+    with pytest.raises(ConfigError, match="MultiDiscrete"):
+        QNetwork(EnvSpec((3,), torch.float32, discrete=True, num_actions=5, action_nvec=(2, 3)))
 
 
 def test_factory() -> None:
-    assert NETWORKS == ("auto", "mlp", "nature_cnn", "impala_cnn")
+    assert NETWORKS == ("auto", "mlp", "nature_cnn", "impala_cnn", "small_cnn")
     assert isinstance(build_actor_critic(ATARI, "auto"), ActorCriticCNN)
     assert isinstance(build_actor_critic(ATARI, "impala_cnn").encoder, ImpalaCNN)
     assert not isinstance(build_actor_critic(VECTOR, "auto"), ActorCriticCNN)
@@ -117,3 +123,45 @@ def test_factory() -> None:
         build_actor_critic(VECTOR, "nature_cnn")
     with pytest.raises(ConfigError, match="unknown network"):
         build_actor_critic(ATARI, "resnet")
+
+
+MINATAR = EnvSpec((10, 10, 4), torch.bool, discrete=True, num_actions=3, image_layout="HWC")
+
+
+def test_auto_chooses_by_observation() -> None:
+    assert choose_network(VECTOR) == "mlp"
+    assert choose_network(ATARI) == "nature_cnn"  # 84 px frames
+    assert choose_network(MINATAR) == "small_cnn"  # 10x10 grid, channels last
+    assert choose_network(EnvSpec((36, 36, 3), torch.uint8, True, 2, image_layout="HWC")) == "nature_cnn"
+    assert choose_network(EnvSpec((3, 35, 64), torch.uint8, True, 2, image_layout="CHW")) == "small_cnn"
+    net = build_actor_critic(MINATAR, "auto")
+    assert isinstance(net.encoder, SmallCNN)
+    assert isinstance(QNetwork(MINATAR, "auto").encoder, SmallCNN)
+
+
+@pytest.mark.parametrize("encoder", ["small", "nature", "impala"])
+def test_channels_last_observations_are_permuted_in_the_network(encoder: str) -> None:
+    """An HWC encoder on [N, H, W, C] equals the CHW encoder with the same weights on [N, C, H, W]."""
+    size = 10 if encoder == "small" else 40
+    torch.manual_seed(0)
+    hwc = build_encoder(encoder, (size, size, 4), layout="HWC")
+    chw_enc = build_encoder(encoder, (4, size, size), layout="CHW")
+    chw_enc.load_state_dict(hwc.state_dict())
+    obs = torch.rand(3, size, size, 4) > 0.5  # bool grid, MinAtar-style
+    torch.testing.assert_close(hwc(obs), chw_enc(obs.permute(0, 3, 1, 2)))
+    assert hwc(obs).shape == (3, hwc.out_dim)
+
+
+def test_small_images_fail_clearly_with_the_nature_cnn() -> None:
+    with pytest.raises(ConfigError, match="needs image observations"):
+        build_actor_critic(VECTOR, "small_cnn")
+    with pytest.raises(ValueError, match="3-D image"):
+        build_encoder("small", (10, 10))
+
+
+def test_encoder_normalises_uint8_bool_and_float_alike() -> None:
+    torch.manual_seed(0)
+    enc = SmallCNN((2, 5, 5))
+    bits = torch.rand(4, 2, 5, 5) > 0.5
+    torch.testing.assert_close(enc(bits), enc(bits.float()))
+    torch.testing.assert_close(enc(bits.to(torch.uint8) * 255), enc(bits.float()))
