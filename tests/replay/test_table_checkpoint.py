@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
+import tempfile
 
 import pytest
 import torch
 from tensordict import TensorDict
 
-from lightning_accelrl.replay import Table, TensorStorage, rate_limiters, selectors
+from lightning_accelrl.replay import Table, TableServer, TensorStorage, rate_limiters, selectors
 
 
 def make(n: int, start: int = 0) -> TensorDict:
@@ -150,3 +151,61 @@ def test_restore_into_given_storage_and_shared(tmp_path):
     assert r.storage.capacity == 8 and r.storage.is_shared()
     assert all(buf.is_shared() for buf in r.storage._buffers)
     assert drain(r, 1) == [0.0]
+
+
+def _prioritized(seed: int | None = 0) -> Table:
+    return Table(
+        "p", selectors.Prioritized(0.6), selectors.Uniform(), 50, rate_limiters.MinSize(1), seed=seed
+    )
+
+
+def _draws(t: Table, rounds: int = 20) -> list[list[int]]:
+    return [t.sample(8, timeout=0)["key"].tolist() for _ in range(rounds)]
+
+
+def test_restored_tables_draw_the_samples_the_original_draws_next(tmp_path):
+    """Exact resume: the sampling generator's state travels with the table (state_dict, checkpoint, served)."""
+    t = _prioritized()
+    t.insert(make(80), priority=torch.rand(80, generator=torch.Generator().manual_seed(1)) + 0.1)
+    _draws(t, 5)
+    state = t.state_dict()
+    path = t.checkpoint(tmp_path / "t.ckpt")
+    straight = _draws(t)
+    loaded = _prioritized(seed=123)  # another seed: the state's generator replaces it
+    loaded.load_state_dict(state)
+    assert _draws(loaded) == straight
+    assert _draws(Table.restore(path)) == straight
+    assert _draws(Table.from_state(state)) == straight
+    assert _draws(Table.restore(path, seed=5)) != straight  # an explicit seed starts a new sequence
+    restored = Table.restore(path)
+    with TableServer(restored, start_method="fork") as server:
+        served = server.client().state_dict()
+    assert _draws(Table.from_state(served)) == straight
+
+
+def test_served_state_dict_equals_the_table_state_and_leaves_no_file(tmp_path):
+    t = Table("q", selectors.Fifo(), selectors.Fifo(), 20, rate_limiters.MinSize(1))
+    t.insert(make(12))
+    t.sample(3)
+    before = set(os.listdir(tempfile.gettempdir()))
+    with TableServer(t, start_method="spawn") as server:  # the table travels by shared memory, not a file
+        served = server.client().state_dict()
+    assert set(os.listdir(tempfile.gettempdir())) - before == set()
+    direct = t.state_dict()
+    assert served.keys() == direct.keys()
+    for key, value in direct.items():
+        if isinstance(value, torch.Tensor):
+            assert torch.equal(served[key], value), key
+    assert served["config"] == direct["config"] and served["rng"] == direct["rng"]
+    Table.from_state(served)  # and it loads
+
+
+def test_restore_refuses_storage_classes_it_does_not_know(tmp_path):
+    t = Table("q", selectors.Fifo(), selectors.Fifo(), 4, rate_limiters.MinSize(1))
+    t.insert(make(2))
+    state = t.state_dict()
+    for name in ("os:_exit", "posix:system", "lightning_accelrl.replay.table:Table", None):
+        with pytest.raises(ValueError, match="not one of"):
+            Table.from_state({**state, "storage_class": name})
+    with pytest.raises(ValueError, match="unknown dtype"):
+        Table.from_state({**state, "fields": [[["x"], "__class__", []]]})

@@ -150,6 +150,11 @@ class TableServer:
                 os.rmdir(self._tmpdir)
             self._tmpdir = None
 
+    @property
+    def address(self) -> Any:
+        """The server's Unix socket address (a name in Linux's abstract namespace, starting with NUL)."""
+        return self._address
+
     def is_alive(self) -> bool:
         return self._process is not None and self._process.is_alive()
 
