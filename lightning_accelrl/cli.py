@@ -330,9 +330,10 @@ def cmd_plot(args: Sequence[str]) -> int:
     )
     parser.add_argument(
         "--group-by",
-        choices=("name", "config", "none"),
-        default="name",
-        help="runs drawn as one mean curve with a band: same logger name (recipe), same config up to seeds, or none",
+        choices=("config", "name", "none"),
+        default="config",
+        help="runs drawn as one mean curve with a band: same config up to seeds (default), same logger folder "
+        "name, or none",
     )
     parser.add_argument("--spread", choices=("minmax", "std"), default="minmax")
     parser.add_argument("--title", default=None)

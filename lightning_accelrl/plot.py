@@ -4,9 +4,12 @@ A *run* is a logger version folder holding ``metrics.csv`` (``runs/NAME/version_
 folder or any folder above it (``runs/NAME``, ``runs``): every ``metrics.csv`` below it is a run.
 
 What is drawn: ``episode_return_mean`` (mean of the last ``episode_window`` finished episodes; ``--y
-episode_score_mean``: the unclipped game score of Atari runs) against env steps and against wall-clock seconds. Runs of one group (by default the same logger name, e.g. one recipe trained with
-several seeds) are drawn as their mean with a min–max band (``--spread std``: ±1 std); a group of one run is its
-own curve. A resumed run (its ``config.yaml`` names a ``ckpt_path`` inside another given run) is joined to the
+episode_score_mean``: the unclipped game score of Atari runs) against env steps and against wall-clock seconds.
+Runs of one group are drawn as their mean with a min–max band (``--spread std``: ±1 std); a group of one run is
+its own curve. By default a group is one config up to seeds: the ``config_id`` that ``accelrl fit`` writes to
+``summary.json``, else the same identity computed from the run's ``config.yaml``
+(:func:`lightning_accelrl.run_name.config_id`), so runs of one recipe with another env are never averaged
+together; ``--group-by name`` groups by logger folder name instead. A resumed run (its ``config.yaml`` names a ``ckpt_path`` inside another given run) is joined to the
 run it continues, so the pair is one curve.
 
 Wall time of a logged row is ``env_steps / env_steps_per_s`` (both logged together; the throughput is computed
@@ -20,7 +23,6 @@ No torch import: this module stays fast (matplotlib with the Agg back-end).
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import math
 import os
@@ -31,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from lightning_accelrl.errors import ConfigError
+from lightning_accelrl.run_name import config_id, identity_items
 
 Y_KEY = "episode_return_mean"
 #: what ``--y`` may draw, with its axis label
@@ -52,6 +55,7 @@ class Run:
     wall_time: np.ndarray | None
     wall_time_exact: bool = True
     config: dict[str, Any] = field(default_factory=dict)
+    config_id: str | None = None  # the config up to seeds (None: no config.yaml or summary.json tells it)
 
     @property
     def label(self) -> str:
@@ -109,13 +113,22 @@ def read_run(run_dir: Path, y: str = Y_KEY) -> Run:
         wall, exact = _wall_from_summary(run_dir, step), False
     config = _read_config(run_dir)
     name = run_dir.parent.name if run_dir.name.startswith("version_") else run_dir.name
-    return Run(run_dir, name, env_steps, returns, wall, exact, config)
+    identity = _summary(run_dir).get("config_id") or (config_id(config) if identity_items(config) else None)
+    return Run(run_dir, name, env_steps, returns, wall, exact, config, identity)
+
+
+def _summary(run_dir: Path) -> dict[str, Any]:
+    try:
+        summary = json.loads((run_dir / "summary.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return summary if isinstance(summary, dict) else {}
 
 
 def _wall_from_summary(run_dir: Path, step: np.ndarray) -> np.ndarray | None:
     try:
-        total = float(json.loads((run_dir / "summary.json").read_text())["wall_time_s"])
-    except (OSError, ValueError, KeyError, TypeError):
+        total = float(_summary(run_dir)["wall_time_s"])
+    except (ValueError, KeyError, TypeError):
         return None
     if not np.isfinite(step).all():
         step = np.arange(len(step), dtype=np.float64)
@@ -206,42 +219,38 @@ def join_resumed(runs: list[Run]) -> list[Run]:
                 walls,
                 joined.wall_time_exact and nxt.wall_time_exact,
                 nxt.config,
+                nxt.config_id,
             )
         out.append(joined)
     return out
 
 
 # ----- groups ------------------------------------------------------------------------------------------------------
-_SEED_KEYS = ("seed_everything", "ckpt_path")
-
-
-def _config_key(cfg: dict[str, Any]) -> str:
-    cfg = {k: v for k, v in cfg.items() if k not in _SEED_KEYS}
-    data = dict(cfg.get("data") or {})
-    if isinstance(data.get("init_args"), dict):
-        data["init_args"] = {k: v for k, v in data["init_args"].items() if k != "seed"}
-    data.pop("seed", None)
-    cfg["data"] = data
-    trainer = {k: v for k, v in (cfg.get("trainer") or {}).items() if k not in ("logger", "default_root_dir")}
-    cfg["trainer"] = trainer
-    return hashlib.sha1(json.dumps(cfg, sort_keys=True, default=str).encode()).hexdigest()[:8]
-
-
-def group_runs(runs: list[Run], group_by: str = "name") -> dict[str, list[Run]]:
-    """``name``: same logger name (recipe); ``config``: same config.yaml up to seeds; ``none``: every run alone."""
-    groups: dict[str, list[Run]] = {}
+def group_runs(runs: list[Run], group_by: str = "config") -> dict[str, list[Run]]:
+    """``config``: same config up to seeds (labelled by folder name, plus the identity where names repeat);
+    ``name``: same logger folder name; ``none``: every run alone."""
+    if group_by not in ("config", "name", "none"):
+        raise ConfigError(f"--group-by must be config, name or none, got {group_by!r}")
+    keyed: dict[Any, list[Run]] = {}
     for run in runs:
-        if group_by == "name":
-            key = run.name
-        elif group_by == "config":
-            key = f"{run.name} [{_config_key(run.config)}]" if run.config else run.label
-        elif group_by == "none":
-            key = run.label
+        if group_by == "config":
+            key: Any = ("id", run.config_id) if run.config_id else ("name", run.name)
         else:
-            raise ConfigError(f"--group-by must be name, config or none, got {group_by!r}")
-        groups.setdefault(key, []).append(run)
-    if group_by == "none" and len(groups) < len(runs):  # same labels from different folders
-        groups = {f"{r.label} ({i})": [r] for i, r in enumerate(runs)}
+            key = run.name if group_by == "name" else run.label
+        keyed.setdefault(key, []).append(run)
+    if group_by == "none":
+        if len(keyed) < len(runs):  # same labels from different folders
+            return {f"{r.label} ({i})": [r] for i, r in enumerate(runs)}
+        return {str(k): v for k, v in keyed.items()}
+    if group_by == "name":
+        return {str(k): v for k, v in keyed.items()}
+    names: dict[str, int] = {}
+    for members in keyed.values():
+        names[members[0].name] = names.get(members[0].name, 0) + 1
+    groups: dict[str, list[Run]] = {}
+    for (kind, value), members in keyed.items():
+        name = members[0].name
+        groups[name if names[name] == 1 or kind == "name" else f"{name} [{value}]"] = members
     return groups
 
 
@@ -280,7 +289,7 @@ def plot_runs(
     paths: list[str | Path],
     out: str | Path,
     x: str = "both",
-    group_by: str = "name",
+    group_by: str = "config",
     spread: str = "minmax",
     title: str | None = None,
     y: str = Y_KEY,

@@ -78,6 +78,10 @@ def test_runs_wall_time_groups_and_resumed_runs(tmp_path: Path) -> None:
     a2c = runs["a2c/version_0"]  # no throughput column: summary's total spread over the logged steps
     assert not a2c.wall_time_exact and a2c.wall_time.tolist() == [8.0 * 2 / 3, 8.0]
     assert {k: len(v) for k, v in group_runs(list(runs.values()), "name").items()} == {"ppo": 2, "a2c": 1}
+    assert {k: len(v) for k, v in group_runs(list(runs.values())).items()} == {
+        "ppo": 2,
+        "a2c": 1,
+    }  # no configs
     assert len(group_runs(list(runs.values()), "none")) == 3
 
     # a run resumed from version_0's checkpoint continues its curve: one run, points after the checkpoint replaced
@@ -95,6 +99,39 @@ def test_runs_wall_time_groups_and_resumed_runs(tmp_path: Path) -> None:
     out = tmp_path / "curve.png"
     drawn = plot_runs([tmp_path / "runs"], out, spread="std")
     assert out.read_bytes().startswith(PNG) and drawn["groups"] == {"ppo": 2, "a2c": 1}
+
+
+def test_runs_are_grouped_by_config_up_to_seeds(tmp_path: Path) -> None:
+    """Runs in one folder name with another env are two groups; seeds of one config are one group."""
+    recipe = {
+        "seed_everything": 0,
+        "trainer": {"logger": [{"init_args": {"name": "ppo-cartpole"}}], "max_epochs": -1},
+        "model": {"class_path": "lightning_accelrl.algos.PPO", "init_args": {"lr": 0.002}},
+        "data": {"env": "CartPole-v1", "num_envs": 16, "seed": None},
+    }
+    acrobot = {**recipe, "data": {**recipe["data"], "env": "Acrobot-v1"}}
+    seed_1 = {**recipe, "seed_everything": 1, "data": {**recipe["data"], "seed": 7}}
+    write_run(tmp_path / "runs/ppo-cartpole/version_0", [100, 200], [10, 20], config=recipe)
+    write_run(tmp_path / "runs/ppo-cartpole/version_1", [100, 200], [12, 22], config=seed_1)
+    write_run(tmp_path / "runs/ppo-cartpole/version_2", [100, 200], [-500, -400], config=acrobot)
+    runs = find_runs([tmp_path / "runs"])
+    groups = {k: sorted(r.path.name for r in v) for k, v in group_runs(runs).items()}
+    ids = {r.path.name: r.config_id for r in runs}
+    assert ids["version_0"] == ids["version_1"] != ids["version_2"]
+    assert groups == {
+        f"ppo-cartpole [{ids['version_0']}]": ["version_0", "version_1"],
+        f"ppo-cartpole [{ids['version_2']}]": ["version_2"],
+    }
+    assert (
+        len(group_runs(runs, "name")) == 1
+    )  # grouping by folder name alone would average CartPole with Acrobot
+
+    # summary.json's config_id (written by accelrl fit) decides over config.yaml
+    write_run(
+        tmp_path / "more/x/version_0", [100], [1], config=acrobot, summary={"config_id": ids["version_0"]}
+    )
+    (more,) = find_runs([tmp_path / "more"])
+    assert more.config_id == ids["version_0"]
 
 
 def test_game_scores_are_drawn_with_y(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -140,34 +177,42 @@ def test_bad_input_is_one_line_and_exit_code_2(tmp_path: Path, capsys: pytest.Ca
     assert not (tmp_path / "c.png").exists()
 
 
-def test_two_real_runs_of_one_recipe_plot_as_mean_and_band(
+def test_real_runs_group_by_recipe_and_overrides_not_by_seed(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:
+    """Two seeds of one config share a folder and a curve; the same recipe on CartPole-v0 is its own folder and curve."""
+    import yaml
+
+    from lightning_accelrl.run_name import config_id
+
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys, "argv", ["accelrl"])
     monkeypatch.setenv("PYTHONWARNINGS", "ignore::DeprecationWarning")  # fit sets it; restored after the test
-    for seed in ("0", "1"):
-        budget = [
-            "--data.total_env_steps",
-            "2048",
-            "--data.updates_per_epoch",
-            "4",
-            "--seed_everything",
-            seed,
-        ]
-        assert cli.main(["fit", "--recipe", "ppo-cartpole", *budget, *QUIET]) == 0
+    budget = ["--data.total_env_steps", "2048", "--data.updates_per_epoch", "4"]
+    for extra in (["--seed_everything", "0"], ["--seed_everything", "1"], ["--data.env", "CartPole-v0"]):
+        assert cli.main(["fit", "--recipe", "ppo-cartpole", *budget, *extra, *QUIET]) == 0
     torch.set_num_threads(
         1
     )  # fit set --torch_threads for this process already; keep the test session's value
-    ckpt = torch.load(tmp_path / "runs/ppo-cartpole/version_0/checkpoints/last.ckpt", weights_only=True)
+    cartpole = "ppo-cartpole+data.total_env_steps=2048+data.updates_per_epoch=4"
+    other_env = "ppo-cartpole+data.env=CartPole-v0+data.total_env_steps=2048+data.updates_per_epoch=4"
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == [other_env, cartpole]
+    assert sorted(p.name for p in (tmp_path / "runs" / cartpole).iterdir()) == ["version_0", "version_1"]
+    ckpt = torch.load(tmp_path / "runs" / cartpole / "version_0/checkpoints/last.ckpt", weights_only=True)
     assert any("RNGState" in key for key in ckpt["callbacks"])  # full resume is on by default in accelrl fit
+    for run in (tmp_path / "runs").glob(
+        "*/version_*"
+    ):  # the identity fit records is the one config.yaml gives
+        summary = json.loads((run / "summary.json").read_text())
+        assert summary["config_id"] == config_id(yaml.safe_load((run / "config.yaml").read_text()))
 
     capsys.readouterr()
-    assert cli.main(["plot", "runs/ppo-cartpole", "--out", "curve.png"]) == 0
-    assert "ppo-cartpole (2 runs)" in capsys.readouterr().out
+    assert cli.main(["plot", "runs", "--out", "curve.png"]) == 0
+    out = capsys.readouterr().out
+    assert f"{cartpole} (2 runs)" in out and f"{other_env} (1 run)" in out
     assert (tmp_path / "curve.png").read_bytes().startswith(PNG)
     runs = find_runs([tmp_path / "runs"])
-    assert len(runs) == 2 and all(r.env_steps[-1] == 2048 and r.wall_time_exact for r in runs)
+    assert len(runs) == 3 and all(r.env_steps[-1] == 2048 and r.wall_time_exact for r in runs)
     assert all(np.all(np.diff(r.wall_time) > 0) for r in runs)  # wall time grows with env steps
 
     # the plot command itself needs no torch (fast start)
