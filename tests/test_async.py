@@ -23,7 +23,8 @@ from process_helpers import group_alive, run_in_own_group, shm_segments
 
 from lightning_accelrl.algos.appo import vtrace
 from lightning_accelrl.algos.returns import gae
-from lightning_accelrl.data.async_runner import SharedWeights, sampler_stream, stream_seed
+from lightning_accelrl.data.shared_weights import SharedWeights
+from lightning_accelrl.data.supervision import sampler_stream, stream_seed
 
 # ----- V-trace -------------------------------------------------------------------------------------------------
 

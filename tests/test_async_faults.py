@@ -19,7 +19,7 @@ import torch
 from process_helpers import run_in_own_group, shm_segments
 from test_async import APPO_CFG, SMALL_DQN_CFG, run_script
 
-from lightning_accelrl.data.async_runner import sampler_stream
+from lightning_accelrl.data.supervision import sampler_stream
 
 
 def test_restarted_samplers_take_env_streams_no_sampler_used() -> None:
@@ -95,7 +95,7 @@ def test_a_death_beyond_sampler_restarts_fails_fast_with_a_clear_message(tmp_pat
     assert code != 0 and result is None
     assert ended - killed < 10, ended - killed
     assert "restarting it (restart 1 of 1)" in text, text[-3000:]
-    line = next(x for x in text.splitlines() if x.startswith("lightning_accelrl.data.async_runner.Sampler"))
+    line = next(x for x in text.splitlines() if x.startswith("lightning_accelrl.data.supervision.Sampler"))
     assert "SamplerProcessError: async sampler process 0 of rank 0" in line
     assert "was killed by signal 9 after 1 restart(s) (sampler_restarts=1); stopping the run" in line
     _all_gone(tmp_path)

@@ -43,6 +43,7 @@ SCRIPT = textwrap.dedent(
     from lightning_accelrl import ExperienceDataModule
     from lightning_accelrl.algos import DQN
     from lightning_accelrl.data.async_runner import AsyncRunner
+    from lightning_accelrl.data.replay import ReplaySource
 
 
     class TinyFrames(gym.Env):
@@ -67,7 +68,7 @@ SCRIPT = textwrap.dedent(
 
 
     def summary(dm):
-        table = dm.feeder.table
+        table = dm.source.table
         state, info = table.state_dict(), table.info()
         obs = table.storage.read(state["slots"])["observation"] if info["size"] else torch.zeros(1)
         return {
@@ -76,7 +77,7 @@ SCRIPT = textwrap.dedent(
             "keys": state["keys"].clone(),
             "priorities": state["priorities"].clone(),
             "obs_sum": float(obs.double().sum()),
-            "env_steps": dm.feeder.env_steps,
+            "env_steps": dm.source.env_steps,
         }
 
 
@@ -93,7 +94,7 @@ SCRIPT = textwrap.dedent(
 
     ASYNC = {"saved": None, "given": None}  # async: what this rank's runner saved last / was given to resume
     _state_dict = AsyncRunner.state_dict
-    _start_async = ExperienceDataModule.start_async
+    _start = AsyncRunner.start
 
 
     def recording_state_dict(self):
@@ -102,13 +103,13 @@ SCRIPT = textwrap.dedent(
         return state
 
 
-    def recording_start_async(self, module):
-        ASYNC["given"] = None if self._pending_async_state is None else async_summary(self._pending_async_state)
-        _start_async(self, module)
+    def recording_start(self, agent):
+        ASYNC["given"] = None if self._resume is None else async_summary(self._resume)
+        _start(self, agent)
 
 
     AsyncRunner.state_dict = recording_state_dict
-    ExperienceDataModule.start_async = recording_start_async
+    AsyncRunner.start = recording_start
 
 
     class Snap(L.Callback):
@@ -116,11 +117,11 @@ SCRIPT = textwrap.dedent(
             self.saved = self.started = None
 
         def on_save_checkpoint(self, trainer, pl_module, checkpoint):
-            if trainer.datamodule.feeder is not None:
+            if isinstance(trainer.datamodule.source, ReplaySource):
                 self.saved = summary(trainer.datamodule)
 
         def on_train_start(self, trainer, pl_module):
-            if trainer.datamodule.feeder is not None:
+            if isinstance(trainer.datamodule.source, ReplaySource):
                 self.started = summary(trainer.datamodule)
 
 
@@ -270,9 +271,9 @@ def test_checkpoint_holds_every_rank_and_refuses_another_world_size(ddp_resume) 
     ckpt = torch.load(ddp_resume["root"] / "cartpole" / "ckpt" / "last.ckpt", weights_only=False)
     state = ckpt["ExperienceDataModule"]
     assert state["world_size"] == 2 and len(state["ranks"]) == 2
-    assert all(r["replay"]["table"]["keys"].numel() == 300 for r in state["ranks"])
+    assert all(r["source"]["table"]["keys"].numel() == 300 for r in state["ranks"])
     dm = ExperienceDataModule("CartPole-v1")
-    with pytest.raises(ConfigError, match="replay tables of 2 ranks, but this run has 1") as err:
+    with pytest.raises(ConfigError, match=r"replay tables of 2 rank\(s\), but this run has 1") as err:
         dm.load_state_dict(state)
     assert "\n" not in str(err.value) and dm.updates_done == 0
 
@@ -280,11 +281,11 @@ def test_checkpoint_holds_every_rank_and_refuses_another_world_size(ddp_resume) 
 def test_single_process_checkpoint_refused_by_several_ranks() -> None:
     dm = ExperienceDataModule("CartPole-v1")
     dm._world_size = 2  # as set up by a 2-rank trainer (rank 0)
-    flat = {"updates_done": 3, "wall_time": 1.0, "tracker": None, "replay": {"table": {}}}
-    with pytest.raises(ConfigError, match="holds one replay table .* but this run has 2 ranks"):
-        dm.load_state_dict(flat)
-    # rollout mode (episode windows only): another world size resumes; missing ranks start a fresh window
+    one = {"updates_done": 3, "wall_time": 1.0, "world_size": 1, "ranks": [{"source": {"table": {}}}]}
+    with pytest.raises(ConfigError, match=r"replay tables of 1 rank\(s\), but this run has 2"):
+        dm.load_state_dict(one)
+    # rollouts (no tables): another world size resumes; ranks beyond the saved ones continue rank r mod saved
     dm.load_state_dict(
-        {"updates_done": 3, "wall_time": 1.0, "world_size": 3, "ranks": [{"tracker": None}] * 3}
+        {"updates_done": 3, "wall_time": 1.0, "world_size": 3, "ranks": [{"source": None}] * 3}
     )
     assert dm.updates_done == 3

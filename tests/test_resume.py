@@ -122,7 +122,7 @@ class _Capture(L.Callback):
     """Records the replay table as the resumed run starts (before any new insert or sample)."""
 
     def on_train_start(self, trainer, pl_module) -> None:  # noqa: ANN001
-        table = trainer.datamodule.feeder.table
+        table = trainer.datamodule.source.table
         self.info = table.info()
         self.state = table.state_dict()
 
@@ -154,7 +154,7 @@ def dqn_fit(root: Path, max_epochs: int, ckpt_path: str | None = None, extra: li
 
 def test_dqn_resume_restores_table_priorities_and_limiter_counters(tmp_path: Path) -> None:
     _, dm = dqn_fit(tmp_path / "first", max_epochs=3)  # 60 updates: the table is full and has been evicting
-    table = dm.feeder.table
+    table = dm.source.table
     saved_info, saved = table.info(), table.state_dict()
     assert saved_info["size"] == 64 and saved_info["deletes"] > 0 and saved_info["samples"] > 0
     assert len(set(saved["priorities"].tolist())) > 1  # TD-error priorities were written back
