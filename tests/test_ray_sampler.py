@@ -1,7 +1,7 @@
 """``sampler: ray``: a DQN fit whose samplers are Ray actors feeding a RayTable.
 
 Skipped without Ray. One ``ray.init`` for the module, bound to loopback, with a small object store and a short temp
-folder (NOTES.md); the data module then uses that connection (as it would a cluster's). Never ``ray stop``.
+folder (Unix socket paths are limited to 107 bytes); the data module then uses that connection (as it would a cluster's). Never ``ray stop``.
 """
 
 from __future__ import annotations

@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> dict:
     )
     p.add_argument("--eval-episodes", type=int, default=10, help="DQN greedy evaluation episodes (0: none)")
     p.add_argument(
-        "--threads", type=int, default=1, help="torch.set_num_threads (BENCHMARKS.md peer figures: 1)"
+        "--threads", type=int, default=1, help="torch.set_num_threads (the peer figures use 1)"
     )
     args = p.parse_args(argv)
 
