@@ -100,7 +100,6 @@ def run_one(name: str, seed: int, target: float = TARGET) -> dict:
 
         def on_train_batch_end(self, trainer, pl_module, *args) -> None:
             dm = trainer.datamodule
-            dm._drain_episodes() if dm.runner is not None else None
             tr = dm.tracker
             if tr is None or len(tr.recent_returns) < tr.recent_returns.maxlen:
                 return
@@ -138,7 +137,7 @@ def run_one(name: str, seed: int, target: float = TARGET) -> dict:
         "env_steps": dm.env_steps,
         "updates": model.policy_version,
         "fit_wall_s": process_s,
-        "policy_lags": model.policy_lags,
+        "policy_lags": [lag for lag, n in sorted(dm.lags.histogram.items()) for _ in range(n)],
     }
 
 
