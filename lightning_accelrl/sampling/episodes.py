@@ -119,7 +119,7 @@ class EpisodeTracker:
         self.recent_lengths.clear()
         self.recent_lengths.extend(state["recent_lengths"])
         self.recent_scores.clear()
-        self.recent_scores.extend(state.get("recent_scores", ()))  # absent in checkpoints of older versions
+        self.recent_scores.extend(state["recent_scores"])
         self.episodes = int(state["episodes"])
 
 
