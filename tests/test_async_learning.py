@@ -87,7 +87,7 @@ def test_recipe_is_async_dqn_with_a_stated_budget() -> None:
 @pytest.mark.slow
 def test_async_dqn_reaches_475_on_cartpole(tmp_path: Path) -> None:
     # Seed 0 of the recipe (budget 200k env steps). Measured on 2 cores, 2-3 runs at once: 475 at 60.5k-78.6k env
-    # steps in 9 runs of seed 0; 30 of 30 runs over 18 seeds by 117k (recipe header). An async run is not bit-reproducible
+    # steps in 9 runs of seed 0; 30 of 30 runs over 18 seeds by 117k (benchmarks/RESULTS.md). An async run is not bit-reproducible
     # (timing decides what each sample sees), hence the margin in the budget.
     cfg = recipe_config(0)
     script, out = tmp_path / "run.py", tmp_path / "result.json"

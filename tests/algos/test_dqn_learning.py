@@ -36,7 +36,7 @@ def fit_recipe(recipe: str, cwd: Path, *overrides: str) -> dict:
 # Measured, seed 0, full 50k budget: dqn-cartpole trains in ~30 s (summary.json wall_time_s; ~45 s with start-up
 # and evaluation) on a 2-core machine at load ~3, several times that at load 10; c51-cartpole does the same number
 # of updates, ~10% slower per update. Replay is seeded, so seed 0 is one fixed run: eval 500 for both recipes (each
-# recipe's header lists the other seeds measured: dqn-cartpole 500 / 495.3 / 500 / 500, c51-cartpole 500 x 5).
+# benchmarks/RESULTS.md lists the other seeds measured: dqn-cartpole 500 / 495.3 / 500 / 500, c51-cartpole 500 x 5).
 @pytest.mark.slow
 @pytest.mark.parametrize("recipe", ["dqn-cartpole", "c51-cartpole"])
 def test_recipe_solves_cartpole_in_50k_steps(recipe: str, tmp_path: Path) -> None:
