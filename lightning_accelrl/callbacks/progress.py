@@ -32,8 +32,8 @@ def si(value: float) -> str:
 
 
 def describe(env_steps: int, total: int, metrics: dict[str, Any]) -> str:
-    """The bar's text: env steps of the budget, then speed and recent return when logged."""
-    parts = [f"{env_steps:,}/{total:,} env steps"]
+    """The bar's text: env steps of the budget (when known), then speed and recent return when logged."""
+    parts = [f"{env_steps:,}/{total:,} env steps" if total > 0 else f"{env_steps:,} env steps"]
     speed = _finite(metrics.get("env_steps_per_s"))
     if speed is not None:
         parts.append(f"{si(speed)} steps/s")
@@ -100,8 +100,8 @@ class EnvStepProgressBar(TQDMProgressBar):
         if bar.disable or (not force and now - self._drawn_at < self.min_interval_s):
             return
         self._drawn_at = now
-        total, steps = max(int(module.total_env_steps), 1), int(module.env_steps)
-        bar.total = total
-        bar.n = min(steps, total)
+        total, steps = int(module.total_env_steps), int(module.env_steps)
+        bar.total = total if total > 0 else None  # not pushed yet: a count without a bar
+        bar.n = min(steps, total) if total > 0 else steps
         bar.set_description_str(describe(steps, total, trainer.progress_bar_metrics), refresh=False)
         bar.refresh()
