@@ -1,0 +1,145 @@
+"""Bring your own network: an ``nn.Module`` or a class path with ``init_args``, trained, checkpointed, reloaded
+(``load_from_checkpoint``, ``accelrl evaluate``) and evaluated; checkpoints hold plain data and import nothing."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from foundation_helpers import trainer_kwargs
+from lightning.pytorch.callbacks import ModelCheckpoint
+from user_networks import RecordedActorCritic, TinyActorCritic, TinyQ
+
+from lightning_accelrl import DQN, PPO, CategoricalDQN, ExperienceDataModule
+from lightning_accelrl.envs import make_env, probe_spec
+from lightning_accelrl.errors import ConfigError
+from lightning_accelrl.evaluation import evaluate_policy
+
+TESTS = Path(__file__).parent
+CARTPOLE = probe_spec("CartPole-v1")
+TINY = {"class_path": "user_networks.TinyActorCritic", "init_args": {"hidden": 32}}
+
+
+def fit_with_checkpoint(model: L.LightningModule, tmp_path: Path, **data) -> Path:
+    L.seed_everything(0, verbose=False)
+    dm = ExperienceDataModule("CartPole-v1", **data)
+    ckpt = ModelCheckpoint(dirpath=tmp_path, save_last=True)
+    trainer = L.Trainer(**trainer_kwargs(max_epochs=-1, enable_checkpointing=True, callbacks=[ckpt]))
+    trainer.fit(model, datamodule=dm)
+    return tmp_path / "last.ckpt"
+
+
+def ppo_fit(network, tmp_path: Path, steps: int = 2_048) -> tuple[PPO, Path]:
+    model = PPO(network=network, lr=1e-3, update_epochs=4, minibatch_size=128)
+    path = fit_with_checkpoint(
+        model, tmp_path, num_envs=4, rollout_steps=64, total_env_steps=steps, updates_per_epoch=4
+    )
+    return model, path
+
+
+def same_outputs(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    obs = torch.randn(5, 4, generator=torch.Generator().manual_seed(1))
+    return all(torch.equal(x, y) for x, y in zip(a(obs), b(obs), strict=True))
+
+
+def test_class_path_network_trains_checkpoints_reloads_and_evaluates(tmp_path: Path) -> None:
+    model, path = ppo_fit(TINY, tmp_path, steps=12_288)
+    assert isinstance(model.net, TinyActorCritic) and model.net.trunk[0].out_features == 32
+    raw = torch.load(path, weights_only=True)  # plain data only: no module pickled into the checkpoint
+    assert raw["hyper_parameters"]["network"] == TINY
+    loaded = PPO.load_from_checkpoint(path)
+    assert isinstance(loaded.net, TinyActorCritic) and same_outputs(loaded.net, model.net)
+    with make_env("CartPole-v1", 4, seed=99) as env:
+        result = evaluate_policy(loaded, env, 8)
+    assert result["return_mean"] > 100  # learned (random play: ~22)
+
+
+def test_module_instance_must_be_given_again_unless_it_records_its_arguments(tmp_path: Path) -> None:
+    model, path = ppo_fit(TinyActorCritic(CARTPOLE, hidden=8), tmp_path / "plain")
+    stored = torch.load(path, weights_only=True)["hyper_parameters"]["network"]
+    assert stored == {"class_path": "user_networks.TinyActorCritic", "given_as_object": True}
+    with pytest.raises(ConfigError, match="given as an object.*pass network=") as err:
+        PPO.load_from_checkpoint(path)
+    assert "\n" not in str(err.value)
+    loaded = PPO.load_from_checkpoint(path, network=TinyActorCritic(CARTPOLE, hidden=8))
+    assert same_outputs(loaded.net, model.net)
+
+    model, path = ppo_fit(RecordedActorCritic(CARTPOLE, hidden=8), tmp_path / "recorded")
+    loaded = PPO.load_from_checkpoint(path)  # rebuilt from its class path and recorded init_args
+    assert isinstance(loaded.net, RecordedActorCritic) and same_outputs(loaded.net, model.net)
+
+
+def test_q_networks_from_class_paths(tmp_path: Path) -> None:
+    common = {
+        "num_envs": 4,
+        "total_env_steps": 600,
+        "learning_starts": 200,
+        "batch_size": 32,
+        "replay_ratio": 1.0,
+    }
+    dqn = DQN(network={"class_path": "user_networks.TinyQ", "init_args": {"hidden": 16}})
+    path = fit_with_checkpoint(dqn, tmp_path / "dqn", **common)
+    assert isinstance(dqn.q, TinyQ) and isinstance(dqn.q_target, TinyQ) and dqn.updates > 0
+    assert torch.equal(DQN.load_from_checkpoint(path).q(torch.ones(2, 4)), dqn.q(torch.ones(2, 4)))
+    c51 = CategoricalDQN(num_atoms=11, network={"class_path": "user_networks.TinyQ"})  # gets num_atoms=11
+    fit_with_checkpoint(c51, tmp_path / "c51", **common)
+    assert c51.q(torch.ones(2, 4)).shape == (2, 2, 11) and c51.q_values(torch.ones(2, 4)).shape == (2, 2)
+    dqn = DQN(network=TinyQ(CARTPOLE, hidden=8))  # an instance: the target network is its copy
+    fit_with_checkpoint(dqn, tmp_path / "instance", **common)
+    assert dqn.q_target is not dqn.q and isinstance(dqn.q_target, TinyQ)
+
+
+def test_class_paths_are_never_imported() -> None:
+    model = PPO(network={"class_path": "user_nets_never_imported.Net"}, env_spec=CARTPOLE.to_dict())
+    with pytest.raises(ConfigError, match="not loaded: import its module first"):
+        model.configure_model()
+    assert "user_nets_never_imported" not in sys.modules
+    with pytest.raises(ConfigError, match="not a Module subclass"):
+        PPO(
+            network={"class_path": "lightning_accelrl.errors.ConfigError"}, env_spec=CARTPOLE.to_dict()
+        ).configure_model()
+    with pytest.raises(ConfigError, match="network must be a name"):
+        PPO(network=3)
+    with pytest.raises(ConfigError, match="unknown network 'resnet'"):
+        PPO(network="resnet", env_spec=CARTPOLE.to_dict()).configure_model()
+
+
+def run_cli(code: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}
+    return subprocess.run(
+        [sys.executable, "-c", code], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
+    )
+
+
+def test_cli_fit_with_a_class_path_network_then_evaluate(tmp_path: Path) -> None:
+    """``accelrl fit --model.network '{"class_path": ...}'`` (jsonargparse takes the dict), then ``accelrl evaluate
+    --import`` with the module that defines the network."""
+    args = [
+        "fit", "--recipe", "ppo-cartpole", "--model.init_args.network", json.dumps(TINY),
+        "--data.total_env_steps", "1024", "--data.updates_per_epoch", "2",
+        "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
+    ]  # fmt: skip
+    # the user's module is imported by the user's own program, as `accelrl fit` of a project would
+    proc = run_cli(
+        f"import sys, user_networks\nfrom lightning_accelrl.cli import main\nsys.exit(main({args!r}))",
+        tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ckpt = next(tmp_path.rglob("last.ckpt"))
+    assert torch.load(ckpt, weights_only=True)["hyper_parameters"]["network"] == TINY
+    evaluate = ["evaluate", "--ckpt", str(ckpt), "--episodes", "2"]
+    code = (
+        "import sys\nfrom lightning_accelrl.cli import main\n"
+        f"assert main({evaluate!r}) == 2\n"  # the checkpoint imports nothing: the network's module is not loaded
+        f"sys.exit(main({[*evaluate, '--import', 'user_networks']!r}))\n"
+    )
+    proc = run_cli(code, tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "--import user_networks" in proc.stderr
+    assert json.loads(proc.stdout.strip().splitlines()[-1])["episodes"] == 2
