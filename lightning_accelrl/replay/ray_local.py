@@ -54,10 +54,8 @@ def start_local_ray(**kwargs: Any) -> bool:
     ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` (listen on 127.0.0.1), ``RAY_AUTH_MODE=token`` with a random
     ``RAY_AUTH_TOKEN``, and ``RAY_USAGE_STATS_ENABLED=0``.
     """
-    imported = "ray" in sys.modules
-    import ray
-
-    if ray.is_initialized():
+    imported = sys.modules.get("ray")
+    if imported is not None and imported.is_initialized():
         return False
     if "address" in kwargs:
         raise ValueError(
@@ -67,7 +65,9 @@ def start_local_ray(**kwargs: Any) -> bool:
     os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
     os.environ["RAY_AUTH_MODE"] = "token"
     os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(32))
-    if imported:  # Ray read these when it was imported: refresh both places it keeps them
+    import ray
+
+    if imported is not None:  # Ray read these when it was imported: refresh both places it keeps them
         from ray._private import ray_constants
         from ray._raylet import Config
 

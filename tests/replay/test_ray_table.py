@@ -1,12 +1,16 @@
 """The table as a Ray actor: the Table API through RayTableClient, blocking, tasks as producer and consumer.
 
 Skipped without Ray (``pip install -e '.[ray]'``). One ``ray.init`` for the module, bound to loopback, with a small
-object store and a short temp folder (NOTES.md); never ``ray stop``.
+object store, started as the library starts it (``start_local_ray``); never ``ray stop``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import ipaddress
+import math
+import os
 import sys
 import threading
 import time
@@ -133,4 +137,74 @@ def test_producer_task_and_consumer_hold_the_ratio():
     assert ray.get(producer) == n and len(keys) == 2 * n - 5
     info = c.info()
     assert (info["inserts"], info["samples"]) == (n, 2 * n - 5)
+    c.kill()
+
+
+def _listening(pids: set[int]) -> list[tuple[int, ipaddress._BaseAddress, int]]:
+    """(pid, address, port) of every listening TCP socket of these processes, from /proc."""
+    owner: dict[str, int] = {}
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                with contextlib.suppress(OSError):
+                    link = os.readlink(f"/proc/{pid}/fd/{fd}")
+                    if link.startswith("socket:["):
+                        owner[link[8:-1]] = pid
+    out = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as f:
+            for line in f.readlines()[1:]:
+                parts = line.split()
+                if parts[3] != "0A" or parts[9] not in owner:  # 0A: LISTEN
+                    continue
+                host, port = parts[1].split(":")
+                raw = bytes.fromhex(host)
+                raw = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))  # little-endian words
+                out.append((owner[parts[9]], ipaddress.ip_address(raw), int(port, 16)))
+    return out
+
+
+def _ray_pids() -> set[int]:
+    """This process and every process started with this Ray's token in its environment."""
+    token = f"RAY_AUTH_TOKEN={os.environ['RAY_AUTH_TOKEN']}".encode()
+    pids = {os.getpid()}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError), open(f"/proc/{entry}/environ", "rb") as f:
+                if token in f.read().split(b"\0"):
+                    pids.add(int(entry))
+    return pids
+
+
+def _loopback(address: ipaddress._BaseAddress) -> bool:
+    mapped = getattr(address, "ipv4_mapped", None)
+    return address.is_loopback or (mapped is not None and mapped.is_loopback)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_ray_started_by_the_library_listens_on_loopback_only():
+    client = RayTable.queue("q", 2, actor_options=NO_CPU)  # a worker process too
+    assert client.size == 0
+    pids = _ray_pids()
+    assert len(pids) >= 3  # driver, gcs_server, raylet, workers...
+    sockets = _listening(pids)
+    assert sockets, "no listening socket found"
+    assert [s for s in sockets if not _loopback(s[1])] == []
+    assert os.environ["RAY_AUTH_MODE"] == "token"
+    client.kill()
+
+
+def test_ray_client_rejects_bad_timeouts_counts_and_keys():
+    c = RayTable.create(
+        "u", selectors.Uniform(), selectors.Fifo(), 10, rate_limiters.MinSize(1), actor_options=NO_CPU
+    )
+    c.insert(make(3))
+    for timeout in (math.nan, -1.0):
+        with pytest.raises(ValueError, match="timeout must be None"):
+            c.sample(1, timeout=timeout)
+    with pytest.raises(ValueError, match="num_samples must be an integer"):
+        c.sample(2.7)
+    with pytest.raises(ValueError, match="keys must be integers"):
+        c.update_priorities([1.9], [1.0])
+    assert c.sample(1, timeout=math.inf)["x"].numel() == 1  # inf: wait as long as it takes
     c.kill()
