@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import os
+import re
+import socket
+import subprocess
+import sys
 import tempfile
 
 import pytest
@@ -187,10 +191,11 @@ def test_served_state_dict_equals_the_table_state_and_leaves_no_file(tmp_path):
     t = Table("q", selectors.Fifo(), selectors.Fifo(), 20, rate_limiters.MinSize(1))
     t.insert(make(12))
     t.sample(3)
-    before = set(os.listdir(tempfile.gettempdir()))
+    folders = (tempfile.gettempdir(), "/dev/shm")
+    before = {d: set(os.listdir(d)) for d in folders}
     with TableServer(t, start_method="spawn") as server:  # the table travels by shared memory, not a file
         served = server.client().state_dict()
-    assert set(os.listdir(tempfile.gettempdir())) - before == set()
+        assert {d: set(os.listdir(d)) - before[d] for d in folders} == {d: set() for d in folders}
     direct = t.state_dict()
     assert served.keys() == direct.keys()
     for key, value in direct.items():
@@ -209,3 +214,17 @@ def test_restore_refuses_storage_classes_it_does_not_know(tmp_path):
             Table.from_state({**state, "storage_class": name})
     with pytest.raises(ValueError, match="unknown dtype"):
         Table.from_state({**state, "fields": [[["x"], "__class__", []]]})
+
+
+def test_served_checkpoint_is_written_beside_its_destination_and_sweeps_a_dead_writers_temp_file(tmp_path):
+    t = Table("q", selectors.Fifo(), selectors.Fifo(), 20, rate_limiters.MinSize(1))
+    t.insert(make(5))
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # a pid that no longer runs
+    host = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname())[:64]  # as atomic_write names its temp files
+    stale = tmp_path / f".t.ckpt.{dead.pid}@{host}.abc123.tmp"
+    stale.write_bytes(b"half a checkpoint")
+    with TableServer(t, start_method="fork") as server:
+        path = server.client().checkpoint(tmp_path / "t.ckpt")
+    assert sorted(os.listdir(tmp_path)) == ["t.ckpt"]
+    assert Table.restore(path).size == 5
