@@ -143,3 +143,13 @@ def test_cli_fit_with_a_class_path_network_then_evaluate(tmp_path: Path) -> None
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "--import user_networks" in proc.stderr
     assert json.loads(proc.stdout.strip().splitlines()[-1])["episodes"] == 2
+
+
+def test_fit_configs_may_import_the_network_module() -> None:
+    """For configs the user wrote (``accelrl fit``), the class path's module is imported; a missing one is one line."""
+    from lightning_accelrl.nets.factory import import_network_module
+
+    import_network_module(TINY)
+    import_network_module("auto")  # built-in names: nothing to import
+    with pytest.raises(ConfigError, match="cannot import module 'no_such_nets'"):
+        import_network_module({"class_path": "no_such_nets.Net"})

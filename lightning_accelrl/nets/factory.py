@@ -80,6 +80,22 @@ def network_argument(network: NetworkArg) -> tuple[str | dict[str, Any], nn.Modu
     )
 
 
+def import_network_module(network: object) -> None:
+    """Import the module of a user network's class path, for configs the user wrote (``accelrl fit``): trusted
+    input. Checkpoints never come here: their class paths resolve among loaded classes only."""
+    if not isinstance(network, dict) or not isinstance(network.get("class_path"), str):
+        return
+    import importlib
+
+    module = network["class_path"].replace(":", ".").rpartition(".")[0]
+    try:
+        importlib.import_module(module)
+    except ImportError as exc:
+        raise ConfigError(
+            f"network {network['class_path']!r}: cannot import module {module!r} ({exc})"
+        ) from None
+
+
 def build_user_network(network: dict[str, Any], spec: EnvSpec, **library_args: Any) -> nn.Module:
     """``cls(spec=spec, **library_args, **init_args)`` for a stored class path; the class must be loaded."""
     path = network["class_path"]
