@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import inspect
 import pickle
-import sys
 import warnings
 from pathlib import Path
 from typing import Any
@@ -113,15 +112,12 @@ def check_env_id(env: Any, path: str | Path) -> str:
     """The checkpoint's env id, if it names an env already known (registered, or its module already imported)."""
     if not isinstance(env, str) or not env:
         raise ConfigError(f"checkpoint {str(path)!r} does not record a Gymnasium env id to evaluate on")
-    module, sep, _ = env.partition(":")
-    if sep and module not in sys.modules:
-        raise ConfigError(
-            f"checkpoint {str(path)!r} names env {env!r}: import its module first (--import {module})"
-        )
-    if not sep:
-        from lightning_accelrl.envs.gym import check_env_id as check_registered
+    from lightning_accelrl.envs.gym import check_env_id as check_known
 
-        check_registered(env)
+    try:
+        check_known(env, allow_import=False)
+    except ConfigError as exc:
+        raise ConfigError(f"checkpoint {str(path)!r}: {exc}") from None
     return env
 
 
