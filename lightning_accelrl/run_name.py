@@ -15,8 +15,10 @@ import json
 import re
 from typing import Any
 
-#: config keys (and key prefixes) that do not change what a run learns: seeds, resumption, logging and display
+#: config keys (and key prefixes) that do not change what a run learns: seeds, resumption, logging and display,
+#: and the env spec (derived from the env; a resumed run takes it from its checkpoint)
 IGNORED = (
+    "model.init_args.env_spec",
     "seed_everything",
     "data.seed",
     "data.init_args.seed",

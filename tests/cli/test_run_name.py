@@ -50,6 +50,13 @@ def test_seeds_logging_and_resumption_are_not_part_of_the_identity() -> None:
     )
     assert overrides(RECIPE, cfg) == []
     assert config_id(cfg) == config_id(RECIPE)
+    resumed = changed(
+        model={
+            "class_path": "lightning_accelrl.algos.PPO",
+            "init_args": {"lr": 0.002, "hidden": [64, 64], "env_spec": {"obs_shape": [4]}},
+        }
+    )
+    assert overrides(RECIPE, resumed) == []  # the env spec a resumed run takes from its checkpoint
     assert config_id(changed(data={"num_envs": 8})) != config_id(RECIPE)
     assert config_id(changed(trainer={"devices": 2})) != config_id(RECIPE)
 
