@@ -1,8 +1,9 @@
 """The replay :class:`Table`: Reverb's table semantics over TensorDict items, in one process, thread-safe.
 
 A table composes a sampler and a remover (selectors), a maximum size, a rate limiter and a storage. See
-``docs/replay.md`` for the rules; each is stated by a test in ``tests/replay``. Its state and checkpoint
-methods live in :mod:`lightning_accelrl.replay.table_state`.
+``docs/replay.md`` for the rules; each is stated by a test in ``tests/replay``. Its sampling methods live in
+:mod:`lightning_accelrl.replay.table_sampling`, its state and checkpoint methods in
+:mod:`lightning_accelrl.replay.table_state`.
 """
 
 from __future__ import annotations
@@ -12,26 +13,24 @@ import math
 import threading
 import time
 import warnings
-from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 import torch
-from tensordict import TensorDict, TensorDictBase
+from tensordict import TensorDictBase
 
 from lightning_accelrl.replay.rate_limiters import Queue, RateLimiter, Stack
 from lightning_accelrl.replay.selectors import Fifo, Lifo, Selector
 from lightning_accelrl.replay.storage import (
     Leaves,
-    NestedKey,
     Storage,
     TensorStorage,
     describe_mismatch,
     field_leaves,
-    new_tensordict,
 )
+from lightning_accelrl.replay.table_sampling import TableSampling
 from lightning_accelrl.replay.table_state import TableState
-from lightning_accelrl.replay.validation import as_keys, check_count, check_timeout
+from lightning_accelrl.replay.validation import as_keys, check_priorities, check_timeout
 
 __all__ = ["SAMPLE_INFO_KEYS", "Table"]
 
@@ -39,7 +38,7 @@ __all__ = ["SAMPLE_INFO_KEYS", "Table"]
 SAMPLE_INFO_KEYS = ("key", "priority", "probability", "times_sampled", "table_size")
 
 
-class Table(TableState):
+class Table(TableSampling, TableState):
     """A replay table: insert TensorDict items with priorities, sample them as a selector picks, evict as a remover
     picks when full, and block (or time out) whenever the rate limiter says so.
 
@@ -180,32 +179,6 @@ class Table(TableState):
         return self
 
     # -- validation helpers ----------------------------------------------------------------------------------
-    def _check_priorities(self, priority: Any, n: int) -> np.ndarray:
-        if isinstance(priority, (int, float)):
-            value = float(priority)
-            if 0 <= value <= self._max_priority:  # NaN fails
-                return np.full(n, value)
-            p = np.array([value])
-        else:
-            if isinstance(priority, torch.Tensor):
-                priority = priority.detach().cpu().numpy()
-            p = np.asarray(priority, dtype=np.float64).reshape(-1)
-            if p.size == 1 and n != 1:
-                p = np.full(n, p[0])
-            elif p.size != n:
-                raise ValueError(f"got {p.size} priorities for {n} items")
-        bad = ~((p >= 0) & (p <= self._max_priority))
-        if bad.any():
-            limit = (
-                ""
-                if self._max_priority == math.inf
-                else (
-                    f" and <= {self._max_priority:.6g} (so that p ** priority_exponent and their sum stay finite)"
-                )
-            )
-            raise ValueError(f"priorities must be >= 0{limit}, got {p[bad][:5].tolist()}")
-        return p
-
     def _check_fields(self, items: TensorDictBase) -> Leaves | None:
         """The first insert fixes the fields; later inserts must match (checked before anything changes).
         Returns the items' fields when they come in the table's field order (so the storage can skip its own
@@ -253,7 +226,7 @@ class Table(TableState):
                 return key
             items = items.unsqueeze(0)
         n = int(items.batch_size[0])
-        priorities = self._check_priorities(priority, n)
+        priorities = check_priorities(priority, n, self._max_priority)
         keys = np.empty(n, dtype=np.int64)
         done = 0
         with self._cond:
@@ -290,7 +263,7 @@ class Table(TableState):
         if type(priority) is float and 0 <= priority <= self._max_priority:
             prio = priority
         else:
-            prio = float(self._check_priorities(priority, 1)[0])
+            prio = float(check_priorities(priority, 1, self._max_priority)[0])
         leaves = field_leaves(item)
         signature = tuple([(k, v.dtype, v.shape) for k, v in leaves])
         with self._cond:
@@ -491,124 +464,6 @@ class Table(TableState):
         self._sum_times -= int(self._times[arr].sum())
         self._free.extend(slots)
 
-    # -- sample ----------------------------------------------------------------------------------------------
-    def sample(
-        self,
-        num_samples: int,
-        timeout: float | None = None,
-        out: Mapping[NestedKey, torch.Tensor] | None = None,
-    ) -> TensorDict:
-        """Sample ``num_samples`` items (with replacement) once the limiter admits them all.
-
-        Returns a TensorDict [num_samples] with the item fields plus ``key`` (int64), ``priority`` and
-        ``probability`` (float64), ``times_sampled`` (int64, this sample included) and ``table_size`` (int64).
-        ``out``: tensors of ``num_samples`` rows by field that the storage may gather the item fields into.
-        """
-        n = check_count(num_samples)
-        lim = self._limiter
-        if n > lim.max_sample_batch():
-            raise ValueError(
-                f"sample({n}) can never be admitted by {lim!r}: n > max_diff - min_diff = {lim.max_sample_batch():g}"
-            )
-        if self.max_times_sampled and n > self.max_size * self.max_times_sampled:
-            raise ValueError(
-                f"sample({n}) can never be supplied: at most max_size * max_times_sampled = "
-                f"{self.max_size * self.max_times_sampled} samples are ever available at once"
-            )
-        deadline = self._deadline(timeout)
-        with self._cond:
-            while not (lim.can_sample(n) and self._can_supply(n)):
-                if not self._wait(deadline, False):
-                    raise TimeoutError(
-                        f"table {self.name!r}: sample({n}) timed out after {timeout} s; nothing was sampled "
-                        f"(size {len(self._slot_of)}, limiter {self._limiter.counts()})"
-                    )
-            batch = self._sample_now(n, out)
-            self._notify()
-        return batch
-
-    def _can_supply(self, n: int) -> bool:
-        size = len(self._slot_of)
-        if not self.max_times_sampled:
-            return size > 0
-        return size * self.max_times_sampled - self._sum_times >= n
-
-    def _sample_now(self, n: int, out: Mapping[NestedKey, torch.Tensor] | None) -> TensorDict:
-        lim = self._limiter
-        size = len(self._slot_of)
-        exhausted: list[int] = []
-        if not self.max_times_sampled:
-            slots, probs = self.sampler.sample(n, self._rng)
-            times = self._times
-            if n == 1:
-                times[slots] += 1
-                counts = times[slots]
-            else:
-                # How often each slot occurs in this sample (a scratch counter, zeroed again after)
-                mark = self._mark
-                np.add.at(mark, slots, 1)
-                repeats = mark[slots]
-                mark[slots] = 0
-                before = times[slots]
-                times[slots] = (
-                    before + repeats
-                )  # a repeated slot gets the same total at each of its positions
-                counts = before + 1
-                multi = np.flatnonzero(repeats > 1)
-                if len(multi) > 64:
-                    counts += _occurrence(slots)[0]
-                elif len(multi):  # the k-th occurrence of a slot in this sample counts k - 1 earlier ones
-                    seen: dict[int, int] = {}
-                    for i, slot in zip(multi.tolist(), slots[multi].tolist()):
-                        k = seen.get(slot, 0)
-                        counts[i] += k
-                        seen[slot] = k + 1
-            self._sum_times += n
-            keys = self._key[slots]
-            priorities = self._priority[slots]
-            sizes = np.full(n, size, dtype=np.int64)
-        else:
-            slots = np.empty(n, dtype=np.int64)
-            probs = np.empty(n, dtype=np.float64)
-            counts = np.empty(n, dtype=np.int64)
-            keys = np.empty(n, dtype=np.int64)
-            priorities = np.empty(n, dtype=np.float64)
-            sizes = np.empty(n, dtype=np.int64)
-            times, mts = self._times, self.max_times_sampled
-            for i in range(n):
-                slot, prob = self.sampler.select(self._rng)
-                count = int(times[slot]) + 1
-                times[slot] = count
-                slots[i], probs[i], counts[i], sizes[i] = slot, prob, count, size
-                keys[i], priorities[i] = self._key[slot], self._priority[slot]
-                self._sum_times += 1
-                if count >= mts:
-                    self._remove_item(slot)
-                    exhausted.append(slot)
-                    size -= 1
-        data = self.storage.read(torch.from_numpy(slots), out)
-        if exhausted:
-            lim.deletes += len(exhausted)
-            self.storage.release(exhausted)
-        lim.samples += n
-        info = {
-            "key": torch.from_numpy(keys),
-            "priority": torch.from_numpy(priorities),
-            "probability": torch.from_numpy(np.asarray(probs, dtype=np.float64)),
-            "times_sampled": torch.from_numpy(counts),
-            "table_size": torch.from_numpy(sizes),
-        }
-        device = data.device if type(data) is TensorDict else False
-        if (
-            (device is None or (device and device.type == "cpu"))
-            and not data.is_locked
-            and getattr(data, "_td_dim_names", None) is None
-        ):
-            # one construction with every field, instead of validating each info field on its way in
-            return new_tensordict({**data._tensordict, **info}, n, device)
-        data.update(info)
-        return data
-
     # -- priorities, deletes, reset --------------------------------------------------------------------------
     def _slots_of(self, keys: list[int]) -> tuple[np.ndarray, np.ndarray]:
         """Slots of the present keys among ``keys`` and a mask of which keys were present."""
@@ -622,7 +477,7 @@ class Table(TableState):
         """Set new priorities (sampler and remover both see them; heaps re-order). Unknown keys are ignored; a
         negative or NaN priority is a ``ValueError`` and nothing changes. For repeated keys the last one wins."""
         key_list = as_keys(keys).tolist()
-        p = self._check_priorities(priorities, len(key_list))
+        p = check_priorities(priorities, len(key_list), self._max_priority)
         if len(set(key_list)) != len(key_list):  # keep the last occurrence of each key, in batch order
             keep = sorted({k: i for i, k in enumerate(key_list)}.values())
             key_list, p = [key_list[i] for i in keep], p[keep]
@@ -667,20 +522,3 @@ class Table(TableState):
         self._slot_of.clear()
         self._free = list(range(self.max_size - 1, -1, -1))
         self._sum_times = 0
-
-
-def _occurrence(slots: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """For each position, how many earlier positions hold the same slot; plus the distinct slots and their counts
-    (one stable sort serves both, cheaper than ``np.add.at``)."""
-    n = len(slots)
-    order = np.argsort(slots, kind="stable")
-    ranked = slots[order]
-    starts = np.empty(n, dtype=bool)
-    starts[0] = True
-    np.not_equal(ranked[1:], ranked[:-1], out=starts[1:])
-    first = np.flatnonzero(starts)
-    idx = np.arange(n)
-    group_start = np.repeat(first, np.diff(np.append(first, n)))
-    out = np.empty(n, dtype=np.int64)
-    out[order] = idx - group_start
-    return out, ranked[first], np.diff(np.append(first, n))

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["as_keys", "check_count", "check_timeout"]
+__all__ = ["as_keys", "check_count", "check_priorities", "check_timeout"]
 
 
 def check_timeout(timeout: Any) -> float | None:
@@ -46,3 +46,30 @@ def as_keys(keys: Any) -> np.ndarray:
     if arr.size and not np.issubdtype(arr.dtype, np.integer):
         raise ValueError(f"keys must be integers (the int64 keys insert returned), got {arr.dtype} values")
     return arr.astype(np.int64, copy=False).reshape(-1)
+
+
+def check_priorities(priority: Any, n: int, max_priority: float = math.inf) -> np.ndarray:
+    """``n`` priorities (one number for all, or one each) as float64; each must be >= 0 and <= ``max_priority``
+    (a selector's bound; NaN is refused)."""
+    if isinstance(priority, (int, float)):
+        value = float(priority)
+        if 0 <= value <= max_priority:  # NaN fails
+            return np.full(n, value)
+        p = np.array([value])
+    else:
+        if isinstance(priority, torch.Tensor):
+            priority = priority.detach().cpu().numpy()
+        p = np.asarray(priority, dtype=np.float64).reshape(-1)
+        if p.size == 1 and n != 1:
+            p = np.full(n, p[0])
+        elif p.size != n:
+            raise ValueError(f"got {p.size} priorities for {n} items")
+    bad = ~((p >= 0) & (p <= max_priority))
+    if bad.any():
+        limit = (
+            ""
+            if max_priority == math.inf
+            else (f" and <= {max_priority:.6g} (so that p ** priority_exponent and their sum stay finite)")
+        )
+        raise ValueError(f"priorities must be >= 0{limit}, got {p[bad][:5].tolist()}")
+    return p
