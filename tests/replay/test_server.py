@@ -1,7 +1,7 @@
 """The table server: the Table API through TableClient in other processes, blocking, faults and clean shutdown.
 
-Servers and children use ``fork`` for speed (they call ``torch.set_num_threads(1)`` first, as NOTES.md asks);
-one test covers ``spawn`` for both the server and a client process.
+Servers and children use ``fork`` for speed (they call ``torch.set_num_threads(1)`` first, as a forked child of a
+process that used torch must); one test covers ``spawn`` for both the server and a client process.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Table semantics as REVERB_SEMANTICS.md states them (non-blocking parts; see test_table_blocking.py for waits)."""
+"""Table semantics as docs/replay.md states them (non-blocking parts; see test_table_blocking.py for waits)."""
 
 from __future__ import annotations
 
