@@ -68,12 +68,24 @@ def algorithm_class(ckpt: dict[str, Any], path: str | Path) -> type:
 
     try:
         cls = resolve_class(algorithm_of(ckpt, path), RLModule, "algorithm")
-        recorded = (ckpt.get("hyper_parameters") or {}).get("_class_path")
-        if recorded is not None:
-            resolve_class(recorded, RLModule, "algorithm")
+        hparams = ckpt.get("hyper_parameters") or {}
+        if hparams.get("_class_path") is not None:
+            resolve_class(hparams["_class_path"], RLModule, "algorithm")
+        for name in _class_paths(hparams):  # e.g. a user network: only resolved later, but never imported
+            resolve_class(name, object, "class")
     except ConfigError as exc:
         raise ConfigError(f"checkpoint {str(path)!r}: {exc}") from None
     return cls
+
+
+def _class_paths(value: Any) -> list[Any]:
+    """Every ``class_path`` value nested in ``value`` (dicts and lists), ``_class_path`` excluded."""
+    if isinstance(value, dict):
+        found = [value["class_path"]] if "class_path" in value else []
+        return found + [p for v in value.values() for p in _class_paths(v)]
+    if isinstance(value, (list, tuple)):
+        return [p for v in value for p in _class_paths(v)]
+    return []
 
 
 def accepted_hparams(cls: type, ckpt: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:

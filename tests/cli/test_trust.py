@@ -85,13 +85,33 @@ def test_checkpoint_naming_a_non_algorithm_callable_runs_nothing(
     assert not marker.exists()
 
 
-def test_checkpoint_env_id_of_an_unimported_module_is_refused(tmp_path: Path, trained: Path) -> None:
+@pytest.mark.parametrize(
+    ("command", "where"),
+    [("evaluate", "algorithm"), ("evaluate", "network"), ("fit", "network"), ("evaluate", "env")],
+)
+def test_names_of_modules_that_are_not_loaded_are_never_imported(
+    tmp_path: Path, trained: Path, command: str, where: str
+) -> None:
+    """``evil_mod`` (importable from the working directory) writes a marker when imported: it never is."""
+    marker = tmp_path / "imported"
+    (tmp_path / "evil_mod.py").write_text(f"open({str(marker)!r}, 'w').close()\nclass Net: pass\n")
     ckpt = torch.load(trained, weights_only=True)
-    ckpt["datamodule_hyper_parameters"]["env"] = "antigravity:Fly-v0"  # importing it would open a browser
-    forged = tmp_path / "env.ckpt"
+    if where == "algorithm":
+        ckpt["accelrl"]["algorithm"] = ckpt["hyper_parameters"]["_class_path"] = "evil_mod.Net"
+    elif where == "network":
+        ckpt["hyper_parameters"]["network"] = {"class_path": "evil_mod.Net", "init_args": {}}
+    else:
+        ckpt["datamodule_hyper_parameters"]["env"] = "evil_mod:Fly-v0"
+    forged = tmp_path / "forged.ckpt"
     torch.save(ckpt, forged)
-    proc = accelrl("evaluate", "--ckpt", str(forged), "--episodes", "1", cwd=tmp_path)
-    assert_one_line_error(proc, "import its module first (--import antigravity)")
+    if command == "evaluate":
+        proc = accelrl("evaluate", "--ckpt", str(forged), "--episodes", "1", cwd=tmp_path)
+    else:
+        proc = accelrl(
+            "fit", "--recipe", "ppo-cartpole", *TINY, "--ckpt_path", str(forged), *QUIET, cwd=tmp_path
+        )
+    assert_one_line_error(proc, "--import evil_mod")
+    assert not marker.exists()
 
 
 @pytest.fixture(scope="module")
