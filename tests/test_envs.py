@@ -275,3 +275,59 @@ def test_env_spec_round_trip() -> None:
     d = spec.to_dict()
     assert d["observation_dtype"] == "float32" and d["num_actions"] == 2
     assert EnvSpec.from_dict(d) == spec
+
+
+def test_env_spec_round_trip_of_new_fields_and_older_dicts(tmp_path) -> None:
+    """Dict parts, MultiDiscrete, layout and frame stack survive to_dict/from_dict and a weights_only load; dicts
+    written before these fields existed still load (as CHW, no parts, no nvec)."""
+    from lightning_accelrl.envs import EnvSpec, ObservationPart
+
+    spec = EnvSpec(
+        (77,),
+        torch.float32,
+        discrete=True,
+        num_actions=5,
+        action_nvec=(3, 2),
+        observation_parts=(
+            ObservationPart("cue", (3,), torch.float32),
+            ObservationPart("grid", (6, 6, 2), torch.uint8, "HWC"),
+        ),
+    )
+    torch.save({"spec": spec.to_dict()}, tmp_path / "spec.pt")
+    loaded = torch.load(tmp_path / "spec.pt", weights_only=True)["spec"]
+    assert EnvSpec.from_dict(loaded) == spec
+    old = {
+        "observation_shape": [4, 84, 84],
+        "observation_dtype": "uint8",
+        "discrete": True,
+        "num_actions": 6,
+        "action_dim": 0,
+        "action_low": [],
+        "action_high": [],
+    }
+    atari = EnvSpec.from_dict(old)
+    assert atari.layout == "CHW" and atari.is_image and not atari.action_nvec and atari.action_shape == ()
+    with pytest.raises(ValueError, match="not a torch dtype"):
+        EnvSpec.from_dict({**old, "observation_dtype": "Tensor"})
+
+
+def test_image_layout_rule() -> None:
+    from lightning_accelrl.envs.base import image_layout
+
+    assert image_layout((4, 84, 84)) == "CHW" and image_layout((3, 64, 64)) == "CHW"
+    assert image_layout((10, 10, 4)) == "HWC" and image_layout((84, 84, 3)) == "HWC"
+    assert image_layout((10, 10, 10)) == "HWC"  # ties: Gymnasium's image convention
+    assert image_layout((4,)) == ""
+
+
+def test_env_factories_pickle_into_sampler_processes() -> None:
+    """The samplers receive functools.partial(make_env, env, ...) and call it with a stream: it must pickle."""
+    import functools
+    import pickle
+
+    from user_envs import make_cartpole
+
+    factory = functools.partial(make_env, make_cartpole, 2, 7, vectorization="auto", env_kwargs={})
+    with pickle.loads(pickle.dumps(factory))(3) as env:  # stream 3: seeds 7 + 3 * 2 + i
+        obs = env.reset()
+    np.testing.assert_array_equal(obs[1].numpy(), single_reset_obs("CartPole-v1", 14))

@@ -230,11 +230,6 @@ class ActorCriticCNN(nn.Module):
         return self.value_head(self.features(obs))
 
 
-def conv_out_dim(observation_shape: Sequence[int], encoder: str) -> int:
-    """Feature width of an encoder for a given observation shape (for tests and docs)."""
-    return build_encoder(encoder, observation_shape).out_dim
-
-
 __all__ = [
     "ActorCriticCNN",
     "ImpalaCNN",
@@ -242,6 +237,5 @@ __all__ = [
     "SmallCNN",
     "auto_encoder",
     "build_encoder",
-    "conv_out_dim",
     "encode",
 ]

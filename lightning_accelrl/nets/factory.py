@@ -18,11 +18,6 @@ from lightning_accelrl.trusted import class_path, resolve_class
 NETWORKS = ("auto", "mlp", "nature_cnn", "impala_cnn", "small_cnn")
 
 
-def is_image(spec: EnvSpec) -> bool:
-    """Image observations (3-D, either channel layout), which get a CNN."""
-    return spec.is_image
-
-
 def choose_network(spec: EnvSpec) -> str:
     """What ``auto`` means for ``spec``: the Nature CNN for Atari-sized frames, the small CNN for small images
     (e.g. 10x10 grids), else an MLP (Dict observations with image keys: an MLP over per-key encoders)."""
