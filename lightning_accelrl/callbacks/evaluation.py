@@ -10,7 +10,14 @@ import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_warn
 
+from lightning_accelrl.algos.base import RLModule
+from lightning_accelrl.data.datamodule import ExperienceDataModule
 from lightning_accelrl.errors import check
+
+
+def _env_steps(module: LightningModule) -> int:
+    """Env steps so far, as the experience source pushed them to the algorithm (0 for other modules)."""
+    return int(module.env_steps) if isinstance(module, RLModule) else 0
 
 
 class VideoEvaluation(Callback):
@@ -57,8 +64,7 @@ class VideoEvaluation(Callback):
         self.last_at = state_dict.get("last_at")
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, *args: Any) -> None:
-        dm = trainer.datamodule
-        steps = int(getattr(dm, "env_steps", 0))
+        steps = _env_steps(pl_module)
         if self.next_at is None:
             self.next_at = (steps // self.every_n_env_steps + 1) * self.every_n_env_steps
         if steps >= self.next_at:
@@ -66,7 +72,7 @@ class VideoEvaluation(Callback):
             self.evaluate(trainer, pl_module, steps)
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        steps = int(getattr(trainer.datamodule, "env_steps", 0))
+        steps = _env_steps(pl_module)
         if self.at_fit_end and self.last_at != steps and steps > 0:
             self.evaluate(trainer, pl_module, steps)
 
@@ -97,7 +103,7 @@ class VideoEvaluation(Callback):
         return result
 
     def _run(self, trainer: Trainer, pl_module: LightningModule, dm: Any, env_steps: int) -> dict[str, Any]:
-        if not isinstance(getattr(dm, "env", None), str):
+        if not isinstance(dm, ExperienceDataModule) or not isinstance(dm.env, str):
             # an env object given to the data module is the training env itself: playing on it would disturb training
             rank_zero_warn("VideoEvaluation needs a data module built from an env id; skipping evaluation")
             return {"episodes": 0, "return_mean": math.nan, "return_std": math.nan, "length_mean": math.nan}
@@ -114,7 +120,7 @@ class VideoEvaluation(Callback):
                 root / f"env_steps_{env_steps}",
                 seed=self.seed,
                 deterministic=self.deterministic,
-                env_kwargs=getattr(dm, "env_kwargs", None),
+                env_kwargs=dm.env_kwargs,
                 max_steps=self.max_episode_steps,
             )
         from lightning_accelrl.evaluation import evaluate_policy
