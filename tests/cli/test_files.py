@@ -173,11 +173,11 @@ def test_num_envs_counts_sampler_processes_and_local_ranks(monkeypatch: pytest.M
 
 @pytest.fixture
 def tiny_tmpfs(tmp_path: Path):  # noqa: ANN201
-    """A 256 KiB tmpfs (needs mount rights, e.g. root in a container; skipped elsewhere)."""
+    """A 32 KiB tmpfs (needs mount rights, e.g. root in a container; skipped elsewhere)."""
     mount = tmp_path / "tiny"
     mount.mkdir()
     proc = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount)], capture_output=True, check=False
+        ["mount", "-t", "tmpfs", "-o", "size=32k", "tmpfs", str(mount)], capture_output=True, check=False
     )
     if proc.returncode != 0:
         pytest.skip("cannot mount a tmpfs here")
@@ -189,7 +189,33 @@ def test_a_really_full_disk_is_one_line_and_leaves_nothing(tiny_tmpfs: Path) -> 
     path = tiny_tmpfs / "checkpoints" / "last.ckpt"
     atomic_torch_save({"w": torch.zeros(1000)}, path)  # 4 KB: fits
     with pytest.raises(ConfigError) as err:
-        atomic_torch_save({"w": torch.zeros(1_000_000)}, path)  # 4 MB: does not
+        atomic_torch_save({"w": torch.zeros(100_000)}, path)  # 400 KB: does not
     assert str(err.value) == f"no space left on device: {path}"
     assert torch.load(path, weights_only=True)["w"].shape == (1000,)
     assert [p.name for p in path.parent.iterdir()] == ["last.ckpt"]
+
+
+def test_fit_on_a_full_disk_is_one_line(tiny_tmpfs: Path, tmp_path: Path) -> None:
+    from test_cli import assert_one_line_error
+
+    budget = ["--data.total_env_steps", "512", "--data.updates_per_epoch", "1", "--data.num_envs", "4"]
+    checkpoints = ["--trainer.callbacks+=ModelCheckpoint", "--trainer.callbacks.dirpath", str(tiny_tmpfs)]
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "lightning_accelrl.cli",
+            "fit",
+            "--recipe",
+            "ppo-cartpole",
+            *budget,
+            *checkpoints,
+        ]
+        + ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert_one_line_error(proc, f"no space left on device: {tiny_tmpfs}/epoch=")
+    assert list(tiny_tmpfs.iterdir()) == []  # no torn checkpoint, no temp file
