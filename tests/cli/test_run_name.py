@@ -62,7 +62,7 @@ def test_seeds_logging_and_resumption_are_not_part_of_the_identity() -> None:
 
 
 def test_long_override_lists_are_named_by_a_stable_hash() -> None:
-    cfg = changed(data={f"option_{i}": i for i in range(20)})
+    cfg = changed(data={f"option_{i}": i for i in range(40)})
     name = run_name("ppo-cartpole", overrides(RECIPE, cfg))
     assert (
         len(name) <= MAX_NAME and name.startswith("ppo-cartpole+") and len(name) == len("ppo-cartpole+") + 8
