@@ -170,8 +170,8 @@ def _run_phase(tmp_path: Path, phase: str) -> torch.Tensor:
 def test_async_dqn_resumes_with_its_table_priorities_and_limiter_counters(tmp_path: Path) -> None:
     first = _run_phase(tmp_path, "first")
     assert first["policy_version"] == 100
-    ckpt = torch.load(tmp_path / "mid.ckpt", weights_only=False)
-    saved = ckpt["ExperienceDataModule"]["async"]
+    ckpt = torch.load(tmp_path / "mid.ckpt", weights_only=True)
+    saved = ckpt["ExperienceDataModule"]["ranks"][0]["source"]
     table = saved["table"]
     lim = table["rate_limiter"]
     assert len(table["keys"]) == 600 and lim["deletes"] > 0 and lim["samples"] > 0  # full, evicting, sampled

@@ -160,7 +160,7 @@ def test_ray_dqn_resumes_with_its_table_and_limiter_counters(tmp_path) -> None:
 
     ckpt = tmp_path / "mid.ckpt"
     _ray_fit(ckpt, save_at=150)
-    saved = torch.load(ckpt, weights_only=False)["ExperienceDataModule"]["async"]
+    saved = torch.load(ckpt, weights_only=True)["ExperienceDataModule"]["ranks"][0]["source"]
     table, lim = saved["table"], saved["table"]["rate_limiter"]
     assert len(table["keys"]) == 600 and lim["deletes"] > 0 and lim["samples"] > 0  # full, evicting, sampled
     assert len(set(table["priorities"].tolist())) > 1  # TD-error priorities came back from the learner
