@@ -178,7 +178,7 @@ def _quiet_lightning() -> None:
 
 
 # ----- evaluate -----------------------------------------------------------------------------------------------------
-def cmd_evaluate(args: Sequence[str]) -> int:
+def _evaluate_parser() -> Any:
     import argparse
 
     parser = argparse.ArgumentParser(prog="accelrl evaluate", description="Play episodes with a checkpoint.")
@@ -210,7 +210,11 @@ def cmd_evaluate(args: Sequence[str]) -> int:
     parser.add_argument(
         "--max-episode-steps", type=int, default=None, help="with --video: cut episodes after this many steps"
     )
-    ns = _parse(parser, args)
+    return parser
+
+
+def cmd_evaluate(args: Sequence[str]) -> int:
+    ns = _parse(_evaluate_parser(), args)
     if ns.episodes < 1:
         raise UsageError(f"--episodes must be >= 1, got {ns.episodes}")
     if ns.num_envs is not None and ns.num_envs < 1:

@@ -34,7 +34,9 @@ IGNORED = (
     "trainer.enable_checkpointing",
     "trainer.log_every_n_steps",
 )
-MAX_NAME = 160  # longer override lists are named by a hash (ppo-cartpole+3f2a9c1d); file names may hold 255 bytes
+MAX_NAME = (
+    160  # longer override lists are named by a hash (ppo-cartpole+3f2a9c1d); file names may hold 255 bytes
+)
 _UNSAFE = re.compile(r"[^A-Za-z0-9._=+,-]")
 
 
