@@ -12,6 +12,7 @@ import os
 import pickle
 import socket
 import struct
+import time
 
 import msgpack
 import pytest
@@ -170,3 +171,19 @@ def test_client_refuses_a_server_with_another_pid(server):
 def test_token_has_a_fixed_size():
     with pytest.raises(ValueError, match="32 bytes"):
         TableClient("\0nowhere", b"short", 1, "q", 1)
+
+
+def test_a_stalled_peer_does_not_stall_the_server(server):
+    sock = _connect(server)
+    sock.sendall(_token(server) + wire.encode(["size"])[:3])  # half a header, then silence
+    start = time.monotonic()
+    _still_serving(server)
+    assert time.monotonic() - start < 2.0
+    sock.close()
+
+
+def test_a_connection_without_its_token_is_dropped_after_a_few_seconds(server):
+    sock = _connect(server)
+    start = time.monotonic()
+    assert _closed_by_server(sock)  # recv returns end-of-file once the server gives up on it
+    assert 4.0 < time.monotonic() - start < 8.0

@@ -80,6 +80,7 @@ class _Server:
         self.sel.register(listener, selectors.EVENT_READ, "listener")
         self.sel.register(control.fileno(), selectors.EVENT_READ, "control")
         self.conns: set[_Conn] = set()
+        self.unauthenticated: set[_Conn] = set()
         self.parked: list[_Request] = []
         self.blocked_s = {"insert": 0.0, "sample": 0.0}
         self.ppid = os.getppid()
@@ -133,12 +134,14 @@ class _Server:
         sock.setblocking(False)
         conn = _Conn(sock)
         self.conns.add(conn)
+        self.unauthenticated.add(conn)
         self.sel.register(sock, selectors.EVENT_READ, conn)
 
     def _drop(self, conn: _Conn) -> None:
         if conn not in self.conns:
             return
         self.conns.discard(conn)
+        self.unauthenticated.discard(conn)
         if conn.parked is not None:
             self._unpark(conn.parked)
         with contextlib.suppress(Exception):
@@ -173,6 +176,7 @@ class _Server:
                     return
                 if not hmac.compare_digest(token, self.token):
                     raise wire.ProtocolError("wrong token")
+                self.unauthenticated.discard(conn)
             while conn in self.conns and (msg := conn.reader.next_message()) is not None:
                 if conn.parked is not None:
                     raise wire.ProtocolError("a request while another is pending")
@@ -354,8 +358,8 @@ class _Server:
         for req in list(self.parked):
             if req.deadline is not None and now >= req.deadline:
                 self._timeout(req)
-        for conn in list(self.conns):  # connections that never authenticated
-            if conn.reader.token_pending and now - conn.accepted_at > _AUTH_TIMEOUT_S:
+        for conn in list(self.unauthenticated):  # connections that did not send their token in time
+            if now - conn.accepted_at > _AUTH_TIMEOUT_S:
                 self._drop(conn)
 
 
