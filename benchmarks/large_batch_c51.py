@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import math
 import os
 import platform
 import re
@@ -43,15 +42,18 @@ BEGIN, END = "<!-- BEGIN large-batch -->", "<!-- END large-batch -->"
 
 
 def scaled_lr(base_lr: float, base_batch: int, batch: int, rule: str) -> float:
-    """The learning-rate scaling rule: ``linear`` (the default: measured best here), ``sqrt`` or ``none``."""
-    k = batch / base_batch
-    return base_lr * {"sqrt": math.sqrt(k), "linear": k, "none": 1.0}[rule]
+    """The learning-rate rule of ``DQN(lr_scaling=...)``: ``linear`` (measured best here), ``sqrt`` or ``none``."""
+    from lightning_accelrl.algos.large_batch import scaled_lr as rule_lr
+
+    return rule_lr(base_lr, batch, base_batch, rule)
 
 
 def scaled_tau(base_tau: float, base_batch: int, batch: int, rule: str) -> float:
-    """Polyak rate per update. ``steps``: the target's time constant is kept in env steps (with the replay ratio
-    kept, batch k·32 makes k× fewer updates, so ``1 − (1 − τ)^k``); ``updates``: the same τ per update."""
-    return 1 - (1 - base_tau) ** (batch / base_batch) if rule == "steps" else base_tau
+    """Polyak rate per update. ``steps``: the target's time constant is kept in env steps (what ``DQN(lr_scaling=...)``
+    does); ``updates``: the same τ per update."""
+    from lightning_accelrl.algos.large_batch import scaled_tau as rule_tau
+
+    return rule_tau(base_tau, batch, base_batch) if rule == "steps" else base_tau
 
 
 def run_one(seed: int, batch: int, lr: float, args: argparse.Namespace) -> dict:

@@ -16,8 +16,11 @@ import torch
 import torch.nn.functional as F
 from tensordict import TensorDict
 from torch import nn
+from typing_extensions import override
 
 from lightning_accelrl.algos.base import RLModule, anneal
+from lightning_accelrl.algos.large_batch import LrScaling, scaled_lr, scaled_period, scaled_tau
+from lightning_accelrl.data.needs import ExperienceNeeds
 from lightning_accelrl.envs.base import EnvSpec
 from lightning_accelrl.errors import check
 from lightning_accelrl.nets.factory import build_user_network, network_argument
@@ -60,6 +63,8 @@ class DQN(RLModule):
         importance_beta_initial: float = 0.4,
         importance_beta_final: float = 1.0,
         priority_epsilon: float = 1e-6,
+        lr_scaling: LrScaling = "none",
+        reference_batch_size: int = 32,
         network: NetworkArg = "auto",
         hidden: Sequence[int] = (256, 256),
         activation: str = "relu",
@@ -72,6 +77,11 @@ class DQN(RLModule):
         check(target_update_period >= 1, f"target_update_period must be >= 1, got {target_update_period}")
         check(0 < target_tau <= 1, f"target_tau must be in (0, 1], got {target_tau}")
         check(
+            lr_scaling in ("none", "linear", "sqrt"),
+            f"lr_scaling must be none, linear or sqrt, got {lr_scaling!r}",
+        )
+        check(reference_batch_size >= 1, f"reference_batch_size must be >= 1, got {reference_batch_size}")
+        check(
             0 <= exploration_final <= 1 and 0 <= exploration_initial <= 1,
             "exploration rates must be in [0, 1]",
         )
@@ -82,16 +92,18 @@ class DQN(RLModule):
         self.updates = 0
 
     # ----- what the data module must provide ------------------------------------------------------------
-    def experience_spec(self) -> dict[str, Any]:
-        """Replay of n-step transitions, prioritized when asked (read by ``ExperienceDataModule``)."""
+    @override
+    def experience_needs(self) -> ExperienceNeeds:
+        """Replay of n-step transitions of a discrete-action env, prioritized when asked."""
         hp = self.hparams
-        return {
-            "kind": "replay",
-            "n_step": hp.n_step,
-            "gamma": hp.gamma,
-            "prioritized": hp.prioritized,
-            "priority_exponent": hp.priority_exponent,
-        }
+        return ExperienceNeeds(
+            kind="replay",
+            n_step=hp.n_step,
+            gamma=hp.gamma,
+            prioritized=hp.prioritized,
+            priority_exponent=hp.priority_exponent,
+            actions="discrete",
+        )
 
     def build_networks(self, spec: EnvSpec) -> None:
         self.num_actions = spec.num_actions
@@ -186,7 +198,7 @@ class DQN(RLModule):
     def training_step(self, batch: TensorDict, batch_idx: int) -> None:
         hp = self.hparams
         opt = self.optimizers()
-        lr = anneal(opt.optimizer, hp.lr, self.progress, hp.anneal_lr)
+        lr = anneal(opt.optimizer, self.base_lr(batch.batch_size[0]), self.progress, hp.anneal_lr)
         losses, td_abs = self.td_loss(batch)
         weights = self.importance_weights(batch)
         loss = (weights * losses).mean()
@@ -200,7 +212,7 @@ class DQN(RLModule):
 
         if hp.prioritized:
             self.update_priorities(batch["key"], td_abs + hp.priority_epsilon)
-        self.update_target()
+        self.update_target(batch.batch_size[0])
         self.log_rollout_stats(
             {
                 "train/loss": loss.detach(),
@@ -210,18 +222,28 @@ class DQN(RLModule):
             }
         )
 
-    def update_priorities(self, keys: torch.Tensor, priorities: torch.Tensor) -> None:
-        dm = self._datamodule()
-        if dm is not None and hasattr(dm, "update_priorities"):
-            dm.update_priorities(keys, priorities)
-
     @torch.no_grad()
-    def update_target(self) -> None:
-        """Hard copy every ``target_update_period`` updates, or Polyak averaging with ``target_tau < 1`` every update."""
+    def base_lr(self, batch_size: int) -> float:
+        """``lr``, scaled by the large-batch rule when ``lr_scaling`` is set (``lr`` is tuned at the reference)."""
         hp = self.hparams
+        if hp.lr_scaling == "none":
+            return hp.lr
+        return scaled_lr(hp.lr, batch_size, hp.reference_batch_size, hp.lr_scaling)
+
+    def update_target(self, batch_size: int) -> None:
+        """Hard copy every ``target_update_period`` updates, or Polyak averaging with ``target_tau < 1`` every update.
+
+        With ``lr_scaling`` set, both keep their time constant in env steps (see ``algos/large_batch.py``)."""
+        hp = self.hparams
+        scale = hp.lr_scaling != "none"
         if hp.target_tau < 1.0:
-            torch._foreach_lerp_(list(self.q_target.parameters()), list(self.q.parameters()), hp.target_tau)
-        elif self.updates % hp.target_update_period == 0:
+            tau = scaled_tau(hp.target_tau, batch_size, hp.reference_batch_size) if scale else hp.target_tau
+            torch._foreach_lerp_(list(self.q_target.parameters()), list(self.q.parameters()), tau)
+            return
+        period = hp.target_update_period
+        if scale:
+            period = scaled_period(period, batch_size, hp.reference_batch_size)
+        if self.updates % period == 0:
             self.q_target.load_state_dict(self.q.state_dict())
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
