@@ -116,6 +116,13 @@ def test_env_factory_with_the_async_sampler() -> None:
     assert dm.env_steps >= 600 and model.updates > 0
 
 
+def test_env_factory_with_the_alternating_sampler() -> None:
+    """The alternating sampler splits the factory's vector env into two groups that keep their seeds."""
+    model = PPO(hidden=(16,), update_epochs=1)
+    dm = fit(model, make_cartpole, sampler="alternating", num_envs=4, rollout_steps=8, total_env_steps=96)
+    assert dm.updates_done == 3 and model.policy_version == 3
+
+
 # ----- TorchRL ------------------------------------------------------------------------------------------------
 def torchrl_cartpole():
     from torchrl.envs import GymEnv
