@@ -222,9 +222,12 @@ class ExperienceDataModule(LightningDataModule):
         return self._closed
 
     def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
-        """TensorDicts move as a whole (Lightning's generic collection walk costs ~0.2 ms per batch)."""
+        """TensorDicts move as a whole (Lightning's generic collection walk costs ~0.2 ms per batch); host batches
+        (sources produce them on the CPU unless they set a device) stay as they are for a CPU learner."""
         if isinstance(batch, TensorDict):
-            return batch.to(device, non_blocking=True) if batch.device != device else batch
+            if batch.device == device or (batch.device is None and device.type == "cpu"):
+                return batch
+            return batch.to(device, non_blocking=True)
         return super().transfer_batch_to_device(batch, device, dataloader_idx)
 
     # ----- driving the source -----------------------------------------------------------------------------
