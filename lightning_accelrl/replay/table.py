@@ -392,7 +392,13 @@ class Table(TableSampling, TableState):
             lim.inserts += k
             return
 
-        # General path, item by item: the remover may pick any item, including one of the new ones.
+        self._insert_evicting(chunk, k, first_key, first_rec, prios)
+
+    def _insert_evicting(
+        self, chunk: TensorDictBase, k: int, first_key: int, first_rec: int, prios: np.ndarray
+    ) -> None:
+        """Insert a full table's chunk item by item: the remover may pick any item, including a new one."""
+        lim = self._limiter
         pending: dict[int, int] = {}  # slot -> index in chunk, for new items still present (insertion order)
         released: list[int] = []
         scratch = self._scratch
