@@ -153,3 +153,25 @@ def test_fit_configs_may_import_the_network_module() -> None:
     import_network_module("auto")  # built-in names: nothing to import
     with pytest.raises(ConfigError, match="cannot import module 'no_such_nets'"):
         import_network_module({"class_path": "no_such_nets.Net"})
+
+
+def test_a_network_of_the_wrong_family_fails_in_one_line() -> None:
+    spec = CARTPOLE.to_dict()
+    with pytest.raises(ConfigError, match=r"TinyQ returns shapes \(\(2, 2\),\).*needs \(\(2, 2\), \(2, 1\)\)"):
+        PPO(network={"class_path": "user_networks.TinyQ"}, env_spec=spec).configure_model()
+    with pytest.raises(ConfigError, match="CategoricalDQN needs \\(\\(2, 2, 51\\),\\)"):
+        CategoricalDQN(network=TinyQ(CARTPOLE), env_spec=spec).configure_model()
+    with pytest.raises(ConfigError, match="DQN needs"):
+        DQN(network=TinyActorCritic(CARTPOLE), env_spec=spec).configure_model()
+
+
+def test_a_subclass_passing_the_network_through_kwargs_stores_plain_data() -> None:
+    class MyPPO(PPO):
+        def __init__(self, **kw) -> None:
+            super().__init__(**kw)
+
+    model = MyPPO(network=TinyActorCritic(CARTPOLE), lr=1e-3)
+    assert model.hparams.network == {"class_path": "user_networks.TinyActorCritic", "given_as_object": True}
+    assert model.hparams.lr == 1e-3 and isinstance(model.net, TinyActorCritic)
+    c51 = CategoricalDQN(network=TinyQ(CARTPOLE, num_atoms=51))
+    assert c51.hparams.network == {"class_path": "user_networks.TinyQ", "given_as_object": True}

@@ -50,8 +50,9 @@ class A2C(ActorCriticModule):
         check(0 <= gae_lambda <= 1, f"gae_lambda must be in [0, 1], got {gae_lambda}")
         check(max_grad_norm > 0, f"max_grad_norm must be > 0, got {max_grad_norm}")
         check(optimizer in ("rmsprop", "adam"), f"optimizer must be 'rmsprop' or 'adam', got {optimizer!r}")
-        network, self.net = network_argument(network)  # hyper-parameters hold plain data only
-        self.save_hyperparameters()
+        network, self.net = network_argument(network)
+        self.save_hyperparameters(ignore=["network"])  # a module never goes into the hyper-parameters (nor
+        self.hparams["network"] = network  # a subclass's **kwargs): its plain form, a name or a class path
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         hp = self.hparams

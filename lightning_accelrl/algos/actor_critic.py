@@ -11,7 +11,7 @@ from torch import nn
 from lightning_accelrl.algos.base import RLModule
 from lightning_accelrl.envs.base import EnvSpec
 from lightning_accelrl.nets.actor_critic import ActionDist
-from lightning_accelrl.nets.factory import build_actor_critic
+from lightning_accelrl.nets.factory import build_actor_critic, check_outputs
 
 
 class ActorCriticModule(RLModule):
@@ -29,9 +29,15 @@ class ActorCriticModule(RLModule):
     def build_networks(self, spec: EnvSpec) -> None:
         hp = self.hparams
         self.action_spec = spec  # how to read the policy parameters (see ActionDist.from_params)
-        if self.net is not None:
-            return
-        self.net = build_actor_critic(
+        if self.net is None:
+            self.net = self.make_actor_critic(spec)
+        if isinstance(hp.network, dict):  # a user's network: check its outputs now, in one line
+            width = spec.num_actions if spec.discrete else 2 * spec.action_dim
+            check_outputs(self.net, spec, "an actor-critic", ((2, width), (2, 1)))
+
+    def make_actor_critic(self, spec: EnvSpec) -> nn.Module:
+        hp = self.hparams
+        return build_actor_critic(
             spec,
             hp.network,
             hp.hidden,

@@ -113,8 +113,9 @@ class APPO(ActorCriticModule):
         check(update_epochs >= 1, f"update_epochs must be >= 1, got {update_epochs}")
         check(minibatch_size >= 1, f"minibatch_size must be >= 1, got {minibatch_size}")
         check(max_grad_norm > 0, f"max_grad_norm must be > 0, got {max_grad_norm}")
-        network, self.net = network_argument(network)  # hyper-parameters hold plain data only
-        self.save_hyperparameters()
+        network, self.net = network_argument(network)
+        self.save_hyperparameters(ignore=["network"])  # a module never goes into the hyper-parameters (nor
+        self.hparams["network"] = network  # a subclass's **kwargs): its plain form, a name or a class path
 
     def experience_spec(self) -> dict[str, Any]:
         """Rollout segments with the next observations (values are recomputed with the current network)."""

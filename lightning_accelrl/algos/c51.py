@@ -51,8 +51,9 @@ class CategoricalDQN(DQN):
         check(num_atoms >= 2, f"num_atoms must be >= 2, got {num_atoms}")
         check(v_max > v_min, f"v_max must be > v_min, got v_min={v_min}, v_max={v_max}")
         super().__init__(**kwargs)
-        kwargs["network"] = self.hparams.network  # the plain form DQN stored, never a module
-        self.save_hyperparameters()
+        network = self.hparams.network  # the plain form DQN stored, never a module
+        self.save_hyperparameters(ignore=["network"])
+        self.hparams["network"] = network
         self.register_buffer("support", torch.linspace(v_min, v_max, num_atoms), persistent=False)
 
     def make_q_network(self, spec: EnvSpec) -> nn.Module:
@@ -63,6 +64,10 @@ class CategoricalDQN(DQN):
         return QNetwork(
             spec, hp.network, hp.hidden, hp.activation, dueling=hp.dueling, num_atoms=hp.num_atoms
         )
+
+    def q_output_shape(self, spec: EnvSpec) -> tuple[int, ...]:
+        """Logits over the support per action."""
+        return (spec.num_actions, self.hparams.num_atoms)
 
     def q_values(self, observation: torch.Tensor) -> torch.Tensor:
         """Expected returns: Σ_z softmax(logits)·z."""

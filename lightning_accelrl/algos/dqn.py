@@ -23,7 +23,7 @@ from lightning_accelrl.algos.large_batch import LrScaling, scaled_lr, scaled_per
 from lightning_accelrl.data.needs import ExperienceNeeds
 from lightning_accelrl.envs.base import EnvSpec
 from lightning_accelrl.errors import check
-from lightning_accelrl.nets.factory import build_user_network, network_argument
+from lightning_accelrl.nets.factory import build_user_network, check_outputs, network_argument
 from lightning_accelrl.nets.interfaces import NetworkArg
 from lightning_accelrl.nets.q import QNetwork
 
@@ -87,8 +87,9 @@ class DQN(RLModule):
         )
         check(max_grad_norm > 0, f"max_grad_norm must be > 0, got {max_grad_norm}")
         check(priority_exponent >= 0, f"priority_exponent must be >= 0, got {priority_exponent}")
-        network, self.q = network_argument(network)  # hyper-parameters hold plain data only
-        self.save_hyperparameters()
+        network, self.q = network_argument(network)
+        self.save_hyperparameters(ignore=["network"])  # a module never goes into the hyper-parameters (nor
+        self.hparams["network"] = network  # a subclass's **kwargs): its plain form, a name or a class path
         self.updates = 0
 
     # ----- what the data module must provide ------------------------------------------------------------
@@ -112,6 +113,12 @@ class DQN(RLModule):
         self.q_target = self.make_q_network(spec) if given is None else copy.deepcopy(given)
         self.q_target.load_state_dict(self.q.state_dict())
         self.q_target.requires_grad_(False)
+        if isinstance(self.hparams.network, dict):  # a user's network: check its outputs now, in one line
+            check_outputs(self.q, spec, type(self).__name__, ((2, *self.q_output_shape(spec)),))
+
+    def q_output_shape(self, spec: EnvSpec) -> tuple[int, ...]:
+        """What the Q-network returns per observation: a Q-value per action."""
+        return (spec.num_actions,)
 
     def make_q_network(self, spec: EnvSpec) -> nn.Module:
         """The built-in QNetwork, or the user's class path (``forward(obs) -> Q [N, num_actions]``)."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import torch
 from torch import nn
 
 from lightning_accelrl.envs.base import EnvSpec
@@ -107,6 +108,19 @@ def build_user_network(network: dict[str, Any], spec: EnvSpec, **library_args: A
             f"network {path}: {exc} (it is built as {cls.__name__}(spec=EnvSpec, "
             f"{''.join(f'{k}=..., ' for k in library_args)}**init_args))"
         ) from None
+
+
+def check_outputs(net: nn.Module, spec: EnvSpec, family: str, expected: tuple[tuple[int, ...], ...]) -> None:
+    """One forward of two zero observations; a one-line error when the shapes are not the family's contract."""
+    obs = torch.zeros(2, *spec.observation_shape, dtype=spec.observation_dtype)
+    with torch.no_grad():
+        out = net(obs)
+    got = tuple(tuple(o.shape) for o in (out if isinstance(out, tuple) else (out,)))
+    if got != expected:
+        raise ConfigError(
+            f"network {type(net).__name__} returns shapes {got} for 2 observations, but {family} needs "
+            f"{expected} (see lightning_accelrl.nets.interfaces)"
+        )
 
 
 # ----- actor-critic ------------------------------------------------------------------------------------------
