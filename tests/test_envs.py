@@ -331,3 +331,18 @@ def test_env_factories_pickle_into_sampler_processes() -> None:
     with pickle.loads(pickle.dumps(factory))(3) as env:  # stream 3: seeds 7 + 3 * 2 + i
         obs = env.reset()
     np.testing.assert_array_equal(obs[1].numpy(), single_reset_obs("CartPole-v1", 14))
+
+
+def test_env_factory_in_env_processes_matches_in_process() -> None:
+    """``vectorization="async"``: the factory runs in one process per env (Gymnasium's AsyncVectorEnv)."""
+    from user_envs import make_cartpole
+
+    runs = []
+    for mode in ("sync", "async"):
+        with make_env(make_cartpole, num_envs=2, seed=5, vectorization=mode) as env:
+            assert isinstance(env.env, gym.vector.AsyncVectorEnv) == (mode == "async")
+            obs = [env.reset().clone()]
+            for _ in range(20):
+                obs.append(env.step(torch.tensor([1, 0])).next_observation.clone())
+        runs.append(torch.stack(obs))
+    torch.testing.assert_close(runs[0], runs[1], rtol=0, atol=0)
