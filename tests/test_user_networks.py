@@ -157,7 +157,9 @@ def test_fit_configs_may_import_the_network_module() -> None:
 
 def test_a_network_of_the_wrong_family_fails_in_one_line() -> None:
     spec = CARTPOLE.to_dict()
-    with pytest.raises(ConfigError, match=r"TinyQ returns shapes \(\(2, 2\),\).*needs \(\(2, 2\), \(2, 1\)\)"):
+    with pytest.raises(
+        ConfigError, match=r"TinyQ returns shapes \(\(2, 2\),\).*needs \(\(2, 2\), \(2, 1\)\)"
+    ):
         PPO(network={"class_path": "user_networks.TinyQ"}, env_spec=spec).configure_model()
     with pytest.raises(ConfigError, match="CategoricalDQN needs \\(\\(2, 2, 51\\),\\)"):
         CategoricalDQN(network=TinyQ(CARTPOLE), env_spec=spec).configure_model()
