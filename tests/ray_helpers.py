@@ -16,10 +16,15 @@ def local_ray(by_value: ModuleType | None = None) -> Iterator[None]:
 
     from lightning_accelrl.replay.ray_local import start_local_ray
 
-    if by_value is not None:
-        import cloudpickle  # Ray's
+    if (
+        by_value is not None
+    ):  # Ray pickles functions with its own copy of cloudpickle, Ray's libraries with this one
+        import cloudpickle
+        import ray.cloudpickle
 
-        cloudpickle.register_pickle_by_value(by_value)
+        for pickler in (cloudpickle, ray.cloudpickle):
+            if by_value.__name__ not in pickler.list_registry_pickle_by_value():
+                pickler.register_pickle_by_value(by_value)
     started = start_local_ray(num_cpus=2, object_store_memory=100 * 2**20)
     try:
         yield

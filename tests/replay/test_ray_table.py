@@ -208,3 +208,85 @@ def test_ray_client_rejects_bad_timeouts_counts_and_keys():
         c.update_priorities([1.9], [1.0])
     assert c.sample(1, timeout=math.inf)["x"].numel() == 1  # inf: wait as long as it takes
     c.kill()
+
+
+def _threads(fn, count: int, *args) -> list:
+    out: list = [None] * count
+    workers = [threading.Thread(target=lambda i=i: out.__setitem__(i, fn(i, *args))) for i in range(count)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    return out
+
+
+def _produce_items(i: int, table: RayTableClient, start: int, n: int) -> tuple[list, list, float]:
+    keys, xs, overrun, x = [], [], 0.0, start + 1000 * i
+    while x < start + 1000 * i + n:
+        t0 = time.monotonic()
+        try:
+            got = table.insert(TensorDict({"x": torch.tensor([float(x)])}, [1]), timeout=10.0).tolist()
+        except TimeoutError as err:
+            got = err.keys.tolist()
+        overrun = max(overrun, time.monotonic() - t0 - 10.0)
+        keys += got
+        xs += [x] * len(got)
+        x += len(got)
+    return keys, xs, overrun
+
+
+def _consume_items(i: int, table: RayTableClient, total: int) -> tuple[list, list, float]:
+    keys, xs, overrun = [], [], 0.0
+    while True:
+        t0 = time.monotonic()
+        try:
+            batch = table.sample(1 + i % 2, timeout=0.5)
+        except TimeoutError:
+            overrun = max(overrun, time.monotonic() - t0 - 0.5)
+            if table.info()["inserts"] >= total:
+                return keys, xs, overrun
+            continue
+        overrun = max(overrun, time.monotonic() - t0 - 0.5)
+        keys += batch["key"].tolist()
+        xs += batch["x"].tolist()
+
+
+@ray.remote(num_cpus=0)
+def _client_task(role: str, table: RayTableClient, index: int, threads: int, n: int, total: int) -> list:
+    torch.set_num_threads(1)
+    if role == "producer":
+        return _threads(_produce_items, threads, table, 100_000 * index, n)
+    return _threads(_consume_items, threads, table, total)
+
+
+@pytest.mark.slow  # 8 Ray workers start and import torch: ~40 s on two busy cores
+def test_64_concurrent_clients_on_one_ray_table():
+    """8 Ray worker processes x 8 threads: 32 producers and 32 consumers under a sample-to-insert band; every item
+    comes out exactly max_times_sampled times with its own data and no call overruns its timeout."""
+    tasks, threads, per_thread, mts = 4, 8, 10, 3
+    total = tasks * threads * per_thread
+    table = RayTable.create(
+        "s64",
+        selectors.Uniform(),
+        selectors.Fifo(),
+        128,
+        rate_limiters.SampleToInsertRatio(mts, 1, (0, 100)),
+        max_times_sampled=mts,
+        actor_options=NO_CPU,
+    )
+    refs = [_client_task.remote("producer", table, i, threads, per_thread, total) for i in range(tasks)]
+    refs += [_client_task.remote("consumer", table, i, threads, 0, total) for i in range(tasks)]
+    results = [r for ref in ray.get(refs, timeout=300) for r in ref]
+    produced, consumed = results[: tasks * threads], results[tasks * threads :]
+    x_of = {k: x for keys, xs, _ in produced for k, x in zip(keys, xs)}
+    assert len(x_of) == total
+    sampled = [(k, x) for keys, xs, _ in consumed for k, x in zip(keys, xs)]
+    counts: dict[int, int] = {}
+    for k, x in sampled:
+        assert x_of[k] == x  # each sample carries its own item
+        counts[k] = counts.get(k, 0) + 1
+    assert set(counts) == set(x_of) and set(counts.values()) == {mts}
+    info = table.info()
+    assert (info["inserts"], info["samples"], info["size"]) == (total, mts * total, 0)
+    assert max(o for _, _, o in results) < 3.0  # scheduling slack on two busy cores
+    table.kill()
