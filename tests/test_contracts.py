@@ -165,3 +165,11 @@ def test_user_model_checkpoint_monitors_the_episode_return(tmp_path: Path) -> No
     assert float(best.best_model_score) > 0
     restored = PPO.load_from_checkpoint(best.best_model_path)
     assert restored.policy_version > 0 and restored.env_steps > 0  # the pushed progress is checkpointed too
+
+
+def test_a_data_module_fitted_again_starts_a_new_run() -> None:
+    L.seed_everything(0, verbose=False)
+    dm = ExperienceDataModule("CartPole-v1", num_envs=2, rollout_steps=8, total_env_steps=64)
+    for _ in range(2):
+        L.Trainer(**trainer_kwargs(max_epochs=-1)).fit(PPO(hidden=(8,)), datamodule=dm)
+        assert dm.updates_done == 4 and dm.env_steps == 64 and dm.closed

@@ -162,8 +162,10 @@ class ExperienceDataModule(LightningDataModule):
     # ----- Lightning hooks --------------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
         """Check the algorithm's needs against the env, build this rank's source, connect to the algorithm."""
-        if stage != "fit" or self.source is not None:
+        if stage != "fit" or (self.source is not None and not self._closed):
             return
+        if self._closed:  # fitted before: a new fit is a new run (resume from a checkpoint to continue one)
+            self.updates_done, self.lags, self._start, self._elapsed_before = 0, LagMeter(), None, 0.0
         trainer = self.trainer
         consumer = as_consumer(trainer.lightning_module)
         self._rank, self._world_size = trainer.global_rank, trainer.world_size
