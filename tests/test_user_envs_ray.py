@@ -27,11 +27,8 @@ def test_env_factory_with_the_ray_sampler() -> None:
         batch_size=32,
         replay_ratio=1.0,
     )
-    # Ray workers cannot import the tests folder: the factory travels by value, as Ray's cloudpickle allows
-    ray.cloudpickle.register_pickle_by_value(user_envs)
-    try:
-        with local_ray():
-            L.Trainer(**trainer_kwargs(max_epochs=-1)).fit(model, datamodule=dm)
-    finally:
-        ray.cloudpickle.unregister_pickle_by_value(user_envs)
+    with local_ray(
+        by_value=user_envs
+    ):  # Ray workers cannot import the tests folder: the factory goes by value
+        L.Trainer(**trainer_kwargs(max_epochs=-1)).fit(model, datamodule=dm)
     assert dm.env_steps >= 600 and model.policy_version > 0
