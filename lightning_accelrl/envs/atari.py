@@ -195,14 +195,9 @@ class AtariEnv(BatchedEnv):
             **self._backend,
             **{**self.protocol, "reward_clipping": False},  # clipped here, so the raw score can be kept
         )
-        self.spec = EnvSpec(
-            (stack_num, img_height, img_width),
-            torch.uint8,
-            discrete=True,
-            num_actions=int(self.env.single_action_space.n),
-            image_layout="CHW",
-            frame_stack=stack_num,
-        )
+        n = int(self.env.single_action_space.n)
+        shape = (stack_num, img_height, img_width)
+        self.spec = EnvSpec(shape, torch.uint8, True, n, image_layout="CHW", frame_stack=stack_num)
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else bool(pin_memory)
         self._pinned: list[torch.Tensor] = []
         self._flip = 0
