@@ -32,6 +32,7 @@ from lightning_accelrl.checkpoints import (
 )
 from lightning_accelrl.data.datamodule import ExperienceDataModule
 from lightning_accelrl.errors import ConfigError
+from lightning_accelrl.nets.factory import import_network_module
 from lightning_accelrl.trusted import resolve_class
 
 _SYMBOLIC_CKPT = ("last", "best", "hpc", "registry")
@@ -56,6 +57,8 @@ class AccelRLCLI(LightningCLI):
         if threads and threads > 0:
             torch.set_num_threads(threads)
         preflight.check_data(config.get("data"), config.get("trainer"))
+        model = config.get("model") or {}
+        import_network_module((model.get("init_args") or {}).get("network"))  # the user's own config: trusted
         self._name_run()
 
     def _dump(self, config: Any) -> dict[str, Any]:

@@ -34,9 +34,10 @@ class ExperienceDataModule(LightningDataModule):
     """Envs + an experience source, as a Lightning DataModule.
 
     Args:
-        env: a Gymnasium id (``"CartPole-v1"``, ``"mypkg.envs:MyEnv-v0"``), an env factory, a Gymnasium env or
-            vector env, a TorchRL ``EnvBase`` or a :class:`~lightning_accelrl.envs.BatchedEnv`
-            (see ``docs/envs_and_networks.md``).
+        env: a Gymnasium id (``"CartPole-v1"``; ``"mypkg.envs:MyEnv-v0"`` imports ``mypkg.envs`` first), an env
+            factory (a picklable callable returning a ``gym.Env``, a vector env or a TorchRL env; every sampler),
+            or an env object (``gym.Env``, same-step vector env, TorchRL ``EnvBase``, ``BatchedEnv``; sync and
+            alternating samplers): see ``docs/envs_and_networks.md``.
         num_envs: envs per rank (per sampler process with ``sampler="async"``/``"ray"``).
         rollout_steps: steps per env per rollout (T); a batch has ``rollout_steps * num_envs`` transitions.
         total_env_steps: the budget, summed over ranks.

@@ -55,8 +55,9 @@ def replay_limiter(samples_per_insert: float, min_size: int, batch_size: int, er
 
 
 def stores_frames(spec: EnvSpec) -> bool:
-    """Frame stacks (``[C, H, W]`` uint8) go to a frame-deduplicating storage."""
-    return len(spec.observation_shape) == 3 and spec.observation_dtype == torch.uint8
+    """Frame stacks (``[S, H, W]`` uint8 with ``spec.frame_stack`` frames) go to a frame-deduplicating storage;
+    other images (RGB, channels last, single frames) are stored as they are."""
+    return spec.is_frame_stack
 
 
 def check_replay_settings(settings: dict[str, Any]) -> None:

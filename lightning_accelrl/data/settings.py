@@ -6,6 +6,7 @@ import importlib.util
 from typing import Any
 
 from lightning_accelrl.data.needs import ExperienceNeeds
+from lightning_accelrl.envs import env_kind
 from lightning_accelrl.envs.base import EnvSpec
 from lightning_accelrl.errors import ConfigError, check
 
@@ -36,7 +37,7 @@ def check_arguments(args: dict[str, Any]) -> None:
         )
     if sampler in ("async", "ray"):
         check(
-            isinstance(env, str) or callable(env),
+            env_kind(env) != "object",
             f"sampler={sampler!r} builds envs in every sampler process: pass an env id or an env factory "
             f"(a picklable callable returning an env), not a {type(env).__name__} object",
         )
@@ -48,6 +49,11 @@ def check_needs(needs: ExperienceNeeds, spec: EnvSpec, algorithm: str) -> None:
         raise ConfigError(
             f"{algorithm} needs a discrete action space, but the env's actions are continuous "
             f"({spec.action_dim} dimensions): use PPO or A2C for continuous actions"
+        )
+    if needs.actions == "discrete" and spec.action_nvec:
+        raise ConfigError(
+            f"{algorithm} needs one discrete action, but the env's actions are MultiDiscrete "
+            f"{list(spec.action_nvec)}: use PPO, A2C or APPO"
         )
     if needs.kind not in ("rollout", "replay"):
         raise ConfigError(

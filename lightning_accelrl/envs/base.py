@@ -16,6 +16,8 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
+from lightning_accelrl.errors import ConfigError
+
 
 @dataclass(frozen=True)
 class ObservationPart:
@@ -205,6 +207,14 @@ class BatchedEnv(ABC):
 
     def close(self) -> None:  # noqa: B027 - optional for back-ends without resources
         """Release processes or threads held by the back-end."""
+
+    def split(self, num_groups: int) -> list[BatchedEnv]:
+        """``num_groups`` equal groups of these envs (with their seeds), each a batched env of its own, for the
+        alternating sampler; this env is consumed. Back-ends that can rebuild themselves in parts override it."""
+        raise ConfigError(
+            f"the alternating sampler cannot split a {type(self).__name__} into env groups: use an Atari id "
+            "(ale_py vector env) or a Gymnasium id / vector env built from env functions"
+        )
 
     def render(self) -> list:
         """RGB frames of each env, where the back-end supports it."""

@@ -72,7 +72,14 @@ def _register_optional_envs(env_id: str) -> None:
 def probe_spec(env_id: str, env_kwargs: dict[str, Any] | None = None) -> EnvSpec:
     """Spec of ``env_id`` from one throw-away env (cheap next to building the vector env)."""
     check_env_id(env_id)
-    env = gym.make(env_id, **(env_kwargs or {}))
+    try:
+        env = gym.make(env_id, **(env_kwargs or {}))
+    except TypeError as err:  # an argument the env's constructor does not take
+        if not env_kwargs:
+            raise
+        raise ConfigError(
+            f"env_kwargs {sorted(env_kwargs)} are not accepted by {env_id} ({str(err).strip().splitlines()[0]})"
+        ) from None
     try:
         return spec_from_env(env)
     finally:

@@ -30,33 +30,6 @@ from lightning_accelrl.sampling.episodes import EpisodeTracker
 from lightning_accelrl.sampling.sync import SyncSampler
 
 
-def _split_gym(env: BatchedEnv, num_groups: int) -> list[BatchedEnv] | None:
-    """Rebuild a GymVectorEnv's vector env (Sync or Async, from its env functions) as ``num_groups`` halves."""
-    import gymnasium as gym
-
-    from lightning_accelrl.envs.gym import GymVectorEnv
-
-    venv = getattr(env, "env", None)
-    fns = getattr(venv, "env_fns", None)
-    if not isinstance(venv, gym.vector.VectorEnv) or fns is None:
-        return None
-    seeds = list(getattr(env, "_seeds", range(env.num_envs)))
-    size = env.num_envs // num_groups
-    mode = gym.vector.AutoresetMode.SAME_STEP
-    is_async = isinstance(venv, gym.vector.AsyncVectorEnv)
-    venv.close()
-    groups = []
-    for g in range(num_groups):
-        part = fns[g * size : (g + 1) * size]
-        if is_async:
-            # forkserver: torchrl switches the global start method to spawn (24 s start-ups)
-            half = gym.vector.AsyncVectorEnv(part, autoreset_mode=mode, context="forkserver")
-        else:
-            half = gym.vector.SyncVectorEnv(part, autoreset_mode=mode)
-        groups.append(GymVectorEnv(half, seeds=seeds[g * size : (g + 1) * size]))
-    return groups
-
-
 def split_env(env: BatchedEnv, num_groups: int = 2) -> list[BatchedEnv]:
     """``num_groups`` equal groups of ``env``'s envs (batched envs: ``step_async`` lets a group step meanwhile).
 
@@ -66,15 +39,7 @@ def split_env(env: BatchedEnv, num_groups: int = 2) -> list[BatchedEnv]:
         raise ConfigError(
             f"the alternating sampler needs num_envs divisible by {num_groups} (and >= it), got {env.num_envs}"
         )
-    if hasattr(env, "split"):
-        return env.split(num_groups)
-    groups = _split_gym(env, num_groups)
-    if groups is not None:
-        return groups
-    raise ConfigError(
-        f"the alternating sampler cannot split a {type(env).__name__} into env groups: use an Atari id "
-        "(ale_py vector env) or a Gymnasium id / vector env built from env functions"
-    )
+    return env.split(num_groups)
 
 
 class GroupedEnv(BatchedEnv):
