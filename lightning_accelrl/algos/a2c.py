@@ -62,7 +62,6 @@ class A2C(ActorCriticModule):
 
     def training_step(self, batch: TensorDict, batch_idx: int) -> None:
         hp = self.hparams
-        self.track_policy_lag(batch)
         opt = self.optimizers()
         lr = anneal(opt.optimizer, hp.lr, self.progress, hp.anneal_lr)
 

@@ -20,13 +20,14 @@ synchronous sampler APPO is PPO with GAE(λ). **Async A2C** (the A3C spirit, bat
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import torch
 from tensordict import TensorDict
+from typing_extensions import override
 
 from lightning_accelrl.algos.actor_critic import ActorCriticModule
 from lightning_accelrl.algos.base import anneal
+from lightning_accelrl.data.needs import ExperienceNeeds
 from lightning_accelrl.errors import check
 from lightning_accelrl.nets.factory import network_argument
 from lightning_accelrl.nets.interfaces import NetworkArg
@@ -117,9 +118,10 @@ class APPO(ActorCriticModule):
         self.save_hyperparameters(ignore=["network"])  # a module never goes into the hyper-parameters (nor
         self.hparams["network"] = network  # a subclass's **kwargs): its plain form, a name or a class path
 
-    def experience_spec(self) -> dict[str, Any]:
+    @override
+    def experience_needs(self) -> ExperienceNeeds:
         """Rollout segments with the next observations (values are recomputed with the current network)."""
-        return {"kind": "rollout", "next_observation": True}
+        return ExperienceNeeds(kind="rollout", next_observation=True)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.Adam(self.parameters(), lr=self.hparams.lr, eps=self.hparams.adam_eps, fused=True)
@@ -152,7 +154,6 @@ class APPO(ActorCriticModule):
 
     def training_step(self, batch: TensorDict, batch_idx: int) -> None:
         hp = self.hparams
-        self.track_policy_lag(batch)
         opt = self.optimizers()
         lr = anneal(opt.optimizer, hp.lr, self.progress, hp.anneal_lr)
 

@@ -67,7 +67,6 @@ class PPO(ActorCriticModule):
     # ----- learning -----------------------------------------------------------------------------------------
     def training_step(self, batch: TensorDict, batch_idx: int) -> None:
         hp = self.hparams
-        self.track_policy_lag(batch)
         opt = self.optimizers()
         lr = anneal(opt.optimizer, hp.lr, self.progress, hp.anneal_lr)
         clip = hp.clip_coef * (1.0 - self.progress) if hp.anneal_clip else hp.clip_coef
