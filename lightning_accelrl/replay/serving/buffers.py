@@ -111,7 +111,9 @@ def export_state(state: Any) -> tuple[Any, torch.UntypedStorage]:
     storage = _new_storage(total)
     flat = torch.empty(0, dtype=torch.uint8).set_(storage, 0, (max(1, total),))
     for t, offset in zip(tensors, offsets):
-        raw = t.detach().cpu().contiguous().reshape(-1).view(torch.uint8)
+        dense = torch.empty(t.numel(), dtype=t.dtype)  # stride 1 whatever t's strides (size-1 dims may be 0)
+        dense.copy_(t.detach().cpu().reshape(-1))
+        raw = dense.view(torch.uint8)
         flat[offset : offset + raw.numel()].copy_(raw)
     return _refs(tree, tensors, offsets), storage
 
