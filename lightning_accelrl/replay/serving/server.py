@@ -181,7 +181,7 @@ class _Server:
                 if conn.parked is not None:
                     raise wire.ProtocolError("a request while another is pending")
                 self._handle(conn, wire.parse_request(msg))
-        except (EOFError, OSError):  # ProtocolError is a ConnectionError
+        except Exception:  # end of file, a protocol breach, an unmappable buffer: that connection goes, we stay
             self._drop(conn)
 
     # -- requests --------------------------------------------------------------------------------------------------
