@@ -131,6 +131,9 @@ def test_wrong_token_or_garbage_drops_the_connection(server, data):
         wire.encode(["stage", [[["x"], "float32", [1 << 30]]], 1 << 20]),  # absurd buffer
         wire.encode(["update", b"\x01\x02\x03", 1.0]),  # keys not int64 bytes
         wire.encode(["checkpoint", 7]),
+        wire.encode(
+            ["checkpoint", "relative/path.ckpt"]
+        ),  # the server's working directory is nobody's business
     ],
 )
 def test_malformed_requests_drop_only_that_connection(server, tail):

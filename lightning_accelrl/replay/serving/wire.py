@@ -288,8 +288,8 @@ def parse_request(msg: Any) -> Request:
     if op == "delete":
         return Request(op, keys=_int64s(args[0]))
     if op == "checkpoint":
-        if not isinstance(args[0], str) or not args[0] or "\0" in args[0]:
-            raise ProtocolError("a checkpoint path is a non-empty string")
+        if not isinstance(args[0], str) or not os.path.isabs(args[0]) or "\0" in args[0]:
+            raise ProtocolError("a checkpoint path is an absolute path")
         return Request(op, path=args[0])
     return Request(op)
 
