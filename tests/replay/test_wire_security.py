@@ -8,8 +8,10 @@ create does not exist, and a well-behaved client still gets correct answers.
 
 from __future__ import annotations
 
+import math
 import os
 import pickle
+import random
 import socket
 import struct
 import time
@@ -190,3 +192,42 @@ def test_a_connection_without_its_token_is_dropped_after_a_few_seconds(server):
     start = time.monotonic()
     assert _closed_by_server(sock)  # recv returns end-of-file once the server gives up on it
     assert 4.0 < time.monotonic() - start < 8.0
+
+
+def test_random_messages_never_kill_the_server(server, tmp_path):
+    """300 random msgpack messages (any operation name, argument count and type) after the right token."""
+    rng = random.Random(0)
+    atoms = [
+        0,
+        1,
+        -1,
+        2**31,
+        2**63 - 1,
+        -(2**63),
+        1.5,
+        math.nan,
+        math.inf,
+        "",
+        "x",
+        "float32",
+        b"",
+        b"\0" * 8,
+    ]
+    atoms += [None, True, str(tmp_path / "ckpt")]
+
+    def value(depth: int = 0):
+        if depth > 2 or rng.random() < 0.6:
+            return rng.choice(atoms)
+        return [value(depth + 1) for _ in range(rng.randint(0, 3))]
+
+    ops = ["stage", "insert", "sample", "update", "delete", "size", "info", "checkpoint", "state", "?"]
+    token = _token(server)
+    for _ in range(300):
+        sock = _connect(server)
+        try:
+            sock.sendall(token + wire.encode([rng.choice(ops)] + [value() for _ in range(rng.randint(0, 3))]))
+            sock.recv(64)
+        except OSError:
+            pass
+        sock.close()
+    _still_serving(server)
