@@ -54,6 +54,10 @@ def test_record_episodes_cartpole_one_frame_per_step_plus_reset(tmp_path: Path) 
 
 class RandomAgent:
     device = "cpu"
+    policy_version = 0
+
+    def set_env_steps(self, env_steps: int, total_env_steps: int) -> None:
+        pass
 
     def __init__(self, n: int) -> None:
         self.n = n

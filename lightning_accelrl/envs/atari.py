@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import difflib
 import re
-from collections import deque
 from collections.abc import Sequence
 from typing import Any
 
@@ -204,9 +203,6 @@ class AtariEnv(BatchedEnv):
         self._last_ids: np.ndarray | None = None
         self._last_obs: np.ndarray | None = None  # for render()
         self._clip = self.protocol["reward_clipping"]
-        self._score = np.zeros(num_envs, dtype=np.float64)
-        #: raw (unclipped) returns of finished episodes, most recent last; episodes end where the learner's do
-        self.recent_scores: deque[float] = deque(maxlen=100)
 
     # ----- helpers ----------------------------------------------------------------------------------------
     def _obs(self, obs: np.ndarray) -> torch.Tensor:
@@ -232,17 +228,9 @@ class AtariEnv(BatchedEnv):
         observation = self._obs(obs)
         done = terminated | truncated
         reward = reward.astype(np.float32, copy=False)
-        ids = info["env_id"] if self.batch_size != self.num_envs else None
-        if ids is None:
-            self._score += reward
-        else:
-            self._score[ids] += reward
         next_observation = observation
         if np.count_nonzero(done):
             rows = done.nonzero()[0]
-            ended = rows if ids is None else np.asarray(ids)[rows]
-            self.recent_scores.extend(self._score[ended].tolist())
-            self._score[ended] = 0.0
             final = obs.copy()
             final[rows] = info["final_obs"][rows]  # only done rows of final_obs are valid
             next_observation = torch.from_numpy(final)
@@ -261,7 +249,6 @@ class AtariEnv(BatchedEnv):
     # ----- synchronous API (the BatchedEnv contract) -------------------------------------------------------
     def reset(self) -> torch.Tensor:
         self._check_sync("reset")
-        self._score[:] = 0.0
         obs, _ = self.env.reset(seed=np.asarray(self.seeds, dtype=np.int64))
         return self._obs(obs)
 
@@ -284,7 +271,6 @@ class AtariEnv(BatchedEnv):
     # ----- envpool-style async batches (batch_size < num_envs) -----------------------------------------
     def async_reset(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Reset all envs; return the first batch ``(observation [b, ...], env_ids [b])``."""
-        self._score[:] = 0.0
         obs, info = self.env.reset(seed=np.asarray(self.seeds, dtype=np.int64))
         self._last_ids = np.asarray(info["env_id"])
         return self._obs(obs), torch.from_numpy(self._last_ids.astype(np.int64))

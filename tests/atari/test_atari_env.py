@@ -166,18 +166,22 @@ def test_gymnasium_alternative_same_layout() -> None:
 def test_rewards_clipped_for_learning_raw_scores_kept() -> None:
     def run(clip: bool) -> tuple[list[float], list[float]]:
         returns: list[float] = []
+        scores: list[float] = []
         with AtariEnv("Breakout", 2, seed=5, reward_clipping=clip, repeat_action_probability=0.0) as env:
             env.reset()
-            acc = torch.zeros(2)
+            acc, score = np.zeros(2), np.zeros(2)
             gen = torch.Generator().manual_seed(1)
             for _ in range(400):
-                step = env.step(torch.randint(0, 4, (2,), generator=gen))
-                assert step.reward.abs().max() <= (1 if clip else 7)
+                env.step_async(torch.randint(0, 4, (2,), generator=gen))
+                step = env.step_wait_arrays()  # the learner's reward and, beside it, the game's own
+                assert np.abs(step.reward).max() <= (1 if clip else 7)
                 acc += step.reward
-                for i in (step.terminated | step.truncated).nonzero().flatten().tolist():
+                score += step.score_reward
+                for i in (step.terminated | step.truncated).nonzero()[0].tolist():
                     returns.append(float(acc[i]))
-                    acc[i] = 0
-            return returns, list(env.recent_scores)
+                    scores.append(float(score[i]))
+                    acc[i] = score[i] = 0
+            return returns, scores
 
     clipped, scores = run(True)
     raw, raw_scores = run(False)
