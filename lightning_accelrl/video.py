@@ -117,19 +117,20 @@ class _FilmedEnv:
     def __init__(self, env: Any, frame_fn: Any, fps: float) -> None:
         import gymnasium as gym
 
+        from lightning_accelrl.envs.spaces import ObservationEncoder, action_offset
+
         self.env = env
         self.frame = frame_fn
         self.fps = fps
+        self.encoder = ObservationEncoder(env.observation_space)  # as in training: Dict/Discrete encoded
         space = env.action_space
-        self.discrete = isinstance(space, gym.spaces.Discrete)
-        self.offset = int(space.start) if self.discrete else 0
-        self.low = None if self.discrete else np.asarray(space.low, dtype=np.float32)
-        self.high = None if self.discrete else np.asarray(space.high, dtype=np.float32)
+        self.box = isinstance(space, gym.spaces.Box)
+        self.offset = 0 if self.box else action_offset(space)
+        self.low = np.asarray(space.low, dtype=np.float32) if self.box else None
+        self.high = np.asarray(space.high, dtype=np.float32) if self.box else None
 
-    @staticmethod
-    def _obs(obs: Any) -> torch.Tensor:
-        t = torch.from_numpy(np.asarray(obs))
-        return (t.float() if t.dtype == torch.float64 else t).unsqueeze(0)
+    def _obs(self, obs: Any) -> torch.Tensor:
+        return self.encoder.one(obs).unsqueeze(0)
 
     def reset(self, seed: int) -> torch.Tensor:
         obs, _ = self.env.reset(seed=seed)
@@ -137,7 +138,9 @@ class _FilmedEnv:
 
     def step(self, action: torch.Tensor) -> tuple[torch.Tensor, float, bool]:
         a = action.detach().cpu().numpy()[0]
-        a = int(a) + self.offset if self.discrete else np.clip(a, self.low, self.high)
+        a = np.clip(a, self.low, self.high) if self.box else a + self.offset
+        if a.ndim == 0:
+            a = int(a)
         obs, reward, terminated, truncated, _ = self.env.step(a)
         return self._obs(obs), float(reward), bool(terminated or truncated)
 
