@@ -64,7 +64,7 @@ from lightning_accelrl.data.supervision import (
     streams_end,
     watched_sample,
 )
-from lightning_accelrl.replay.server import sigint_blocked
+from lightning_accelrl.replay.serving.processes import sigint_blocked
 from lightning_accelrl.sampling.agent import Agent
 from lightning_accelrl.sampling.episodes import EpisodeTracker
 

@@ -21,7 +21,7 @@ from lightning_accelrl.data.needs import ExperienceNeeds
 from lightning_accelrl.data.replay import TransitionProducer, insert_all
 from lightning_accelrl.data.shared_weights import SharedWeights, parameters_of
 from lightning_accelrl.data.supervision import INSERT_TIMEOUT_S, stream_seed
-from lightning_accelrl.replay.server import child_signals
+from lightning_accelrl.replay.serving.processes import child_signals
 from lightning_accelrl.sampling import SyncSampler
 
 # columns of the per-sampler counters
