@@ -25,6 +25,8 @@ _MARK = "ACCELRL_RAY_RUN"
 # the Ray folder.
 _WATCHDOG = r"""
 import os, shutil, signal, sys
+if os.fork():  # leave at once: the watchdog itself is nobody's child process (init adopts it)
+    os._exit(0)
 signal.signal(signal.SIGINT, signal.SIG_IGN)
 folder = sys.argv[1]
 mark = sys.stdin.buffer.readline().strip()
@@ -100,6 +102,7 @@ def _start_watchdog(folder: str, mark: str) -> None:
     )
     proc.stdin.write(mark.encode() + b"\n")
     proc.stdin.flush()
+    proc.wait()  # the launcher, which exits as soon as it has forked the watchdog
     # Keep our end open for the life of this process (closing it early would start the clean-up). Forked children
     # inherit it too, which only delays the clean-up until the last of them has exited.
     _WATCHDOGS.append(proc)
