@@ -42,12 +42,12 @@ class RLModule(LightningModule):
     def env_spec(self) -> EnvSpec:
         spec = self.hparams.get("env_spec")
         if spec is None:
-            dm = self.trainer.datamodule if self._trainer is not None else None
-            if dm is None or not hasattr(dm, "env_spec"):
+            if self._experience is None:
                 raise ConfigError(
-                    f"{type(self).__name__} needs env_spec=... or a datamodule with an env_spec (e.g. ExperienceDataModule)"
+                    f"{type(self).__name__} needs env_spec=... or an experience source that gives it "
+                    "(fit it with lightning_accelrl.ExperienceDataModule)"
                 )
-            spec = dm.env_spec.to_dict()
+            spec = self._experience.env_spec.to_dict()  # pushed with the connection, at the data module's setup
             self.hparams["env_spec"] = spec
         return EnvSpec.from_dict(spec)
 

@@ -13,6 +13,7 @@ from typing import Any, Literal, Protocol, runtime_checkable
 
 import torch
 
+from lightning_accelrl.envs.base import EnvSpec
 from lightning_accelrl.sampling.agent import Agent
 
 
@@ -55,6 +56,11 @@ class ExperienceLink(Protocol):
 
     def statistics(self) -> dict[str, float]:
         """Run statistics to log (episode returns, env steps/s, replay fill...), reduced over ranks."""
+        ...
+
+    @property
+    def env_spec(self) -> EnvSpec:
+        """The env's observation and action description (networks are built from it)."""
         ...
 
     @property
