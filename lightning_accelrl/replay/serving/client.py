@@ -66,7 +66,7 @@ class _Channel:
     def receive(self) -> Any:
         """The next message from the server (blocking; the caller polled first)."""
         while (msg := self.reader.next_message()) is None:
-            data, fds, _, _ = socket.recv_fds(self.sock, 1 << 16, wire.MAX_FDS)
+            data, fds, _, _ = socket.recv_fds(self.sock, self.reader.wanted(), wire.MAX_FDS)
             self.reader.feed(data, fds)
             if not data:
                 raise EOFError("the server closed the connection")

@@ -44,7 +44,6 @@ __all__ = ["LIVENESS_TICK_S", "serve_main"]
 #: How often a waiting client or an idle server checks that its peer process still exists.
 LIVENESS_TICK_S = 1.0
 _AUTH_TIMEOUT_S = 5.0  # a connection that has not sent its token by then is dropped
-_RECV_BYTES = 1 << 16
 
 
 class _Request:
@@ -160,7 +159,7 @@ class _Server:
     def _readable(self, conn: _Conn) -> None:
         """Read what the peer sent and handle each complete message; any breach of the protocol drops it."""
         try:
-            data, fds, _, _ = socket.recv_fds(conn.sock, _RECV_BYTES, wire.MAX_FDS)
+            data, fds, _, _ = socket.recv_fds(conn.sock, conn.reader.wanted(), wire.MAX_FDS)
         except (BlockingIOError, InterruptedError):
             return
         except OSError:
@@ -181,7 +180,9 @@ class _Server:
                 if conn.parked is not None:
                     raise wire.ProtocolError("a request while another is pending")
                 self._handle(conn, wire.parse_request(msg))
-        except Exception:  # end of file, a protocol breach, an unmappable buffer: that connection goes, we stay
+        except (
+            Exception
+        ):  # end of file, a protocol breach, an unmappable buffer: that connection goes, we stay
             self._drop(conn)
 
     # -- requests --------------------------------------------------------------------------------------------------

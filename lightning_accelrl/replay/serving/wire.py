@@ -142,6 +142,15 @@ class FrameReader:
         if len(self.fds) > MAX_FDS:
             raise ProtocolError(f"more than {MAX_FDS} descriptors pending")
 
+    def wanted(self) -> int:
+        """How many bytes to ask the socket for next: the rest of the message being read, or a small read."""
+        if len(self.buf) >= _LEN.size:
+            (size,) = _LEN.unpack_from(self.buf)
+            rest = _LEN.size + size - len(self.buf)
+            if rest > 0:
+                return min(max(rest, 4096), 1 << 20)
+        return 4096
+
     def token(self) -> bytes | None:
         """The leading token once complete (then removed from the buffer), else None."""
         if len(self.buf) < TOKEN_BYTES:
