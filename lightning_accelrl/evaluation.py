@@ -25,7 +25,7 @@ def evaluate_policy(
     """
     n = env.num_envs
     quota = np.array([episodes // n + (i < episodes % n) for i in range(n)])
-    device = torch.device(getattr(agent, "device", "cpu"))
+    device = torch.device(agent.device)
     returns: list[float] = []
     lengths: list[int] = []
     ret = np.zeros(n)

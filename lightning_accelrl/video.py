@@ -200,7 +200,7 @@ def record_episodes(
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise ConfigError(f"cannot create video directory {str(out)!r}: {exc.strerror or exc}") from None
-    device = torch.device(getattr(agent, "device", "cpu"))
+    device = torch.device(agent.device)
     returns: list[float] = []
     lengths: list[int] = []
     videos: list[str] = []

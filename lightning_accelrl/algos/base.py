@@ -36,6 +36,7 @@ class RLModule(LightningModule):
         self.env_steps = 0  # pushed by the experience source: env steps collected so far (all ranks)
         self.total_env_steps = 0  # the budget those env steps count towards
         self._experience: ExperienceLink | None = None
+        self._built = False  # networks are built once (configure_model, or a checkpoint's on_load_checkpoint)
 
     # ----- env spec and networks -------------------------------------------------------------------------
     @property
@@ -57,7 +58,7 @@ class RLModule(LightningModule):
 
     @override
     def configure_model(self) -> None:
-        if not getattr(self, "_built", False):
+        if not self._built:
             self.build_networks(self.env_spec)
             self._built = True
 

@@ -69,7 +69,7 @@ class RunSummary(Callback):
             "episode_length_mean": stats.get("episode_length_mean", math.nan),
             "wall_time_s": wall,
             "env_steps_per_s": dm.env_steps / wall if wall > 0 else math.nan,
-            "updates": int(getattr(pl_module, "policy_version", 0)),
+            "updates": int(dm.updates_done),
             "policy_lag_max": dm.lags.max,
         }
         if "episode_score_mean" in stats:  # Atari: the unclipped game score next to the clipped return
