@@ -2,8 +2,9 @@
 
 The two learning tests are ``slow``: each trains the full 50,000-env-step budget of its recipe (seed 0) and asserts
 the greedy evaluation over 10 fresh episodes (``summary.json``'s ``eval_return_mean``) reaches 475.
-The smoke test runs the double-dueling and Rainbow recipes for 2,000 env steps: they start, learn a little and
-write ``summary.json`` with an evaluation figure.
+Rainbow's slow test trains its full budget and asserts a greedy evaluation of 400 (learned; it is not tuned to
+475). The smoke test runs the double-dueling and Rainbow recipes for 2,000 env steps: they start, learn a little
+and write ``summary.json`` with an evaluation figure.
 """
 
 from __future__ import annotations
@@ -44,6 +45,14 @@ def test_recipe_solves_cartpole_in_50k_steps(recipe: str, tmp_path: Path) -> Non
     assert summary["env_steps"] == 50_000
     assert summary["eval_episodes"] == 10
     assert summary["eval_return_mean"] >= 475, summary
+
+
+# Seed 0, full 50k budget: greedy eval 466.8 (random play: ~20). Rainbow is not tuned to 475 (benchmarks/RESULTS.md).
+@pytest.mark.slow
+def test_rainbow_learns_cartpole(tmp_path: Path) -> None:
+    summary = fit_recipe("rainbow-cartpole", tmp_path)
+    assert summary["env_steps"] == 50_000
+    assert summary["eval_return_mean"] >= 400, summary
 
 
 @pytest.mark.parametrize("recipe", ["double-dueling-dqn-cartpole", "rainbow-cartpole"])
