@@ -117,6 +117,7 @@ class TensorStorage:
         self._np: list[Any] | None = None  # numpy views of the buffers (None where numpy cannot view one)
         self._signature: tuple[tuple[NestedKey, torch.dtype, torch.Size], ...] | None = None
         self._accepted: Any = None  # a caller's signature object found equal to ours
+        self._into: tuple[Any, Any, list] | None = None  # (read's out mapping, buffers, targets) last seen
         if example is not None:
             if example.batch_dims == 0:
                 example = example.unsqueeze(0)
@@ -244,16 +245,11 @@ class TensorStorage:
         """The gathered rows as a nested dict of fresh tensors (those of ``into`` where dtype and shape fit)."""
         if self._signature is None:
             raise RuntimeError("TensorStorage.read before any write")
+        targets = self._targets(into, slots.shape[0]) if into is not None else None
         out: dict[str, Any] = {}
-        for key, buf in zip(self._keys, self._buffers):
-            dst = None if into is None else into.get(key)
-            if (
-                dst is not None
-                and dst.dtype == buf.dtype
-                and dst.shape[1:] == buf.shape[1:]
-                and len(dst) == len(slots)
-                and dst.device == buf.device
-            ):
+        for i, (key, buf) in enumerate(zip(self._keys, self._buffers)):
+            dst = None if targets is None else targets[i]
+            if dst is not None:
                 value = torch.index_select(buf, 0, slots, out=dst)
             else:
                 value = buf.index_select(0, slots)
@@ -265,6 +261,26 @@ class TensorStorage:
                 node = node.setdefault(part, {})
             node[key[-1]] = value
         return out
+
+    def _targets(self, into: Mapping[NestedKey, torch.Tensor], n: int) -> list[torch.Tensor | None]:
+        """Per buffer, the tensor of ``into`` to gather into (None where dtype, shape or device differ); cached
+        while the caller passes the same mapping (the table server passes one per client and batch size)."""
+        cached = self._into
+        if cached is not None and cached[0] is into and cached[1] is self._buffers:
+            return cached[2]
+        targets: list[torch.Tensor | None] = []
+        for key, buf in zip(self._keys, self._buffers):
+            dst = into.get(key)
+            fits = (
+                dst is not None
+                and dst.dtype == buf.dtype
+                and dst.shape == (n, *buf.shape[1:])
+                and dst.device == buf.device
+                and dst.is_contiguous()
+            )
+            targets.append(dst if fits else None)
+        self._into = (into, self._buffers, targets)
+        return targets
 
     def read(self, slots: torch.Tensor, out: Mapping[NestedKey, torch.Tensor] | None = None) -> TensorDict:
         if out is None:

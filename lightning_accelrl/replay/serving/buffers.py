@@ -54,6 +54,7 @@ class SharedBuffers:
         self.capacity = int(capacity)
         self.keys: list[NestedKey] = [k for k, _, _ in layout]
         self.tensors: list[torch.Tensor] = []
+        self._rows: tuple[int, dict[NestedKey, torch.Tensor]] | None = None
         for i, (_, dtype_name, shape) in enumerate(layout):
             dtype = DTYPES[dtype_name]
             full = (self.capacity, *shape)
@@ -68,9 +69,11 @@ class SharedBuffers:
     def matches(self, layout: Layout, n: int) -> bool:
         return layout == self.layout and n <= self.capacity
 
-    def by_key(self, n: int) -> dict[NestedKey, torch.Tensor]:
-        """The first ``n`` rows of each field, by field."""
-        return {k: t[:n] for k, t in zip(self.keys, self.tensors)}
+    def rows(self, n: int) -> dict[NestedKey, torch.Tensor]:
+        """The first ``n`` rows of each field, by field (the same mapping while ``n`` does not change)."""
+        if self._rows is None or self._rows[0] != n:
+            self._rows = (n, {k: t[:n] for k, t in zip(self.keys, self.tensors)})
+        return self._rows[1]
 
 
 def _numel(shape: tuple[int, ...]) -> int:

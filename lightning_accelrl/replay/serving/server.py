@@ -295,7 +295,7 @@ class _Server:
         if the limiter refuses."""
         try:
             return self.table.sample(
-                n, timeout=0, out=out.by_key(n) if out is not None and n <= out.capacity else None
+                n, timeout=0, out=out.rows(n) if out is not None and n <= out.capacity else None
             )
         except TimeoutError:
             return None
