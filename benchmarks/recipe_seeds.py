@@ -35,6 +35,7 @@ def run(recipe: str, seed: int, root: Path, extra: list[str]) -> dict:
     return {
         "seed": seed,
         "final_return": round(s["episode_return_mean"], 1),
+        "eval_return": s.get("eval_return_mean"),  # greedy evaluation, for recipes that run one
         "first_at_threshold": s.get("env_steps_to_threshold"),
         "env_steps": s["env_steps"],
         "wall_time_s": round(s["wall_time_s"], 1),
@@ -61,10 +62,10 @@ def main() -> None:
     )
     for r in results:
         if "error" in r:
-            print(f"| {r['seed']} | error: {r['error']} | | | |")
+            print(f"| {r['seed']} | error: {r['error']} | | | | |")
         else:
             print(
-                f"| {r['seed']} | {r['final_return']} | {r['first_at_threshold']} | {r['env_steps']:,} | "
+                f"| {r['seed']} | {r['final_return']} | {r['eval_return']} | {r['first_at_threshold']} | {r['env_steps']:,} | "
                 f"{r['wall_time_s']} |"
             )
 
