@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import os
 import time
 
 import numpy as np
@@ -76,14 +75,12 @@ def main() -> None:
     with TableServer(functools.partial(make_table, 1000), start_method="fork") as server:
         run_frames(server.client(), "server", args.repeats // 3)
     if args.ray:
-        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
         import ray
 
+        from lightning_accelrl.replay.ray_local import start_local_ray
         from lightning_accelrl.replay.ray_table import RayTable
 
-        ray.init(num_cpus=2, include_dashboard=False, object_store_memory=300 * 2**20, _temp_dir="/tmp/rb")
+        start_local_ray(num_cpus=2, object_store_memory=300 * 2**20)  # loopback, token, cleaned up after us
         try:
             t = RayTable.create(
                 "bench", selectors.Uniform(), selectors.Fifo(), 5000, rate_limiters.MinSize(1)
