@@ -101,11 +101,12 @@ log "pong: ${train_s}s of training"
 if [[ $cpu == 1 ]]; then
   # a budget far beyond 15 s: the dry run checks that max_time ends the fit and the summary is still written
   pargs=(--trainer.accelerator cpu --data.num_envs 4 --data.rollout_steps 16 --model.init_args.minibatch_size 32
-    --model.init_args.update_epochs 1 --data.total_env_steps 1000000 --data.updates_per_epoch 2)
+    --model.init_args.update_epochs 1 --data.total_env_steps 1000000 --data.updates_per_epoch 2
+    --trainer.log_every_n_steps 5)
 else
   # 64 envs on 16 cores' C++ threads; 64 x 64 = 4096 steps per update, 4 minibatches of 1024, 4 epochs
   pargs=(--trainer.accelerator gpu --trainer.devices 1 --data.num_envs 64 --data.rollout_steps 64
-    --model.init_args.minibatch_size 1024 --data.total_env_steps 4000000)
+    --model.init_args.minibatch_size 1024 --data.total_env_steps 4000000 --trainer.log_every_n_steps 10)
 fi
 mkdir -p "$work/pong"
 prc=0

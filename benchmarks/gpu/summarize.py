@@ -85,6 +85,11 @@ def pong(run_dir: Path, rc: int) -> dict[str, Any]:
         out["curve_last"] = rows[-1] if rows else None
     s = out.get("summary", {})
     out["reached_target"] = s.get("env_steps_to_threshold") is not None
+    log = run_dir / "fit.log"
+    timed_out = log.is_file() and "Time limit reached" in log.read_text(errors="replace")
+    out["stopped_by"] = (
+        "target" if out["reached_target"] else "max_time" if timed_out else "budget" if rc == 0 else "error"
+    )
     out["ok"] = rc == 0 and "summary" in out
     return out
 
