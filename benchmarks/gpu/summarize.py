@@ -98,10 +98,10 @@ def kit(out_dir: Path) -> dict[str, Any]:
     """All parts' summaries in one file; ``ok`` when every part ran cleanly."""
     parts = {}
     for name in ("install", "tests", "sampler", "pong"):
-        path = out_dir / name / "summary.json"
-        parts[name] = (
-            json.loads(path.read_text()) if path.is_file() else {"part": name, "ok": False, "rc": None}
-        )
+        try:
+            parts[name] = json.loads((out_dir / name / "summary.json").read_text())
+        except (OSError, ValueError):  # the part died before writing its summary: its log says why
+            parts[name] = {"part": name, "ok": False, "rc": None}
     return {"ok": all(p.get("ok") for p in parts.values()), "parts": parts}
 
 
