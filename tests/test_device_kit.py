@@ -81,7 +81,10 @@ def test_cpu_dry_run_writes_every_part_ok(tmp_path: Path) -> None:
     parts = {name: json.loads((tmp_path / name / "summary.json").read_text()) for name in
              ("install", "tests", "sampler", "pong")}  # fmt: skip
     failed = {n: p for n, p in parts.items() if not p["ok"]}
-    assert not failed, f"{failed}\n{proc.stdout[-2000:]}"
+    logs = "".join(
+        f"\n--- {log}\n{log.read_text()[-1500:]}" for n in failed for log in (tmp_path / n).glob("*.log")
+    )
+    assert not failed, f"{failed}\n{proc.stdout[-1000:]}{logs}"
     assert proc.returncode == 0, proc.stdout[-2000:]
     assert json.loads((tmp_path / "kit.json").read_text())["ok"]
     assert parts["install"]["errors"] == {} and "lightning_accelrl" in parts["install"]["versions"]
