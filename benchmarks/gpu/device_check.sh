@@ -34,7 +34,8 @@ fi
 start=$(date +%s)
 budget="${KIT_BUDGET_S:-$([[ $cpu == 1 ]] && echo 240 || echo 540)}"
 remaining() { echo $((start + budget - $(date +%s))); }
-work="$(mktemp -d)"  # run folders (checkpoints) stay out of the returned folder
+work="$(mktemp -d)"  # the site folder and the run folder (checkpoints) stay out of the returned folder
+trap 'rm -rf "$work"' EXIT
 summarize() { "$PYTHON" "$here/summarize.py" "$@"; }
 gpu_flag=$([[ $cpu == 1 ]] || echo --gpu)
 log() { echo "[$(date -u +%H:%M:%S) +$(($(date +%s) - start))s] $*"; }
