@@ -47,12 +47,16 @@ DEVICE = torch.device("cpu")  # where the CNN policy runs (--device)
 # ----- agents -----------------------------------------------------------------------------------------------
 class TrivialAgent:
     device = torch.device("cpu")
+    policy_version = 0
 
     def __init__(self, num_actions: int) -> None:
         self.n = num_actions
 
     def act(self, obs: torch.Tensor) -> dict[str, torch.Tensor]:
         return {"action": torch.randint(0, self.n, (obs.shape[0],))}
+
+    def set_env_steps(self, env_steps: int, total_env_steps: int) -> None:
+        """The agent contract: no schedule to drive."""
 
 
 class CNNAgent:
@@ -62,7 +66,11 @@ class CNNAgent:
         from lightning_accelrl.nets.cnn import ActorCriticCNN
 
         self.device = DEVICE
+        self.policy_version = 0
         self.net = ActorCriticCNN(spec, "nature").to(DEVICE)
+
+    def set_env_steps(self, env_steps: int, total_env_steps: int) -> None:
+        """The agent contract: no schedule to drive."""
 
     def act(self, obs: torch.Tensor) -> dict[str, torch.Tensor]:
         from lightning_accelrl.nets.actor_critic import ActionDist

@@ -20,6 +20,7 @@ from lightning_accelrl.sampling.sync import SyncSampler
 
 class SleepingAgent:
     device = torch.device("cpu")
+    policy_version = 0
 
     def __init__(self, seconds: float, num_actions: int) -> None:
         self.seconds = seconds
@@ -28,6 +29,9 @@ class SleepingAgent:
     def act(self, obs: torch.Tensor) -> dict[str, torch.Tensor]:
         time.sleep(self.seconds)
         return {"action": torch.randint(0, self.num_actions, (obs.shape[0],))}
+
+    def set_env_steps(self, env_steps: int, total_env_steps: int) -> None:
+        """The agent contract: no schedule to drive."""
 
 
 def main() -> None:
