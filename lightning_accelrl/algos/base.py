@@ -48,7 +48,9 @@ class RLModule(LightningModule):
                     f"{type(self).__name__} needs env_spec=... or an experience source that gives it "
                     "(fit it with lightning_accelrl.ExperienceDataModule)"
                 )
-            spec = self._experience.env_spec.to_dict()  # pushed with the connection, at the data module's setup
+            spec = (
+                self._experience.env_spec.to_dict()
+            )  # pushed with the connection, at the data module's setup
             self.hparams["env_spec"] = spec
         return EnvSpec.from_dict(spec)
 

@@ -31,6 +31,7 @@ from lightning_accelrl.replay import (
     rate_limiters,
     selectors,
 )
+from lightning_accelrl.replay.errors import InsertTimeout
 from lightning_accelrl.sampling import SyncSampler
 from lightning_accelrl.sampling.agent import Agent
 
@@ -134,8 +135,8 @@ def insert_all(
         try:
             insert(items, timeout=timeout)
             return
-        except TimeoutError as err:
-            done = int(getattr(err, "num_inserted", 0))  # set by Table, TableClient and RayTable alike
+        except InsertTimeout as err:  # Table, TableClient and RayTable alike
+            done = err.num_inserted
             if done:
                 items = items[done:]
             if stop():
@@ -196,8 +197,8 @@ class ReplaySource(ExperienceSource):
         try:
             self.table.insert(self.pending, timeout=0)
             self.pending = None
-        except TimeoutError as exc:
-            done = int(exc.num_inserted)  # type: ignore[attr-defined]
+        except InsertTimeout as exc:
+            done = exc.num_inserted
             if done == 0:  # cannot happen with a band from replay_limiter; guard against a custom table
                 raise RuntimeError(f"replay table refuses both samples and inserts: {exc}") from None
             self.pending = self.pending[done:]

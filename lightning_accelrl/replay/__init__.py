@@ -4,6 +4,7 @@ Other modules of this package add their own import lines below, one per line, in
 """
 
 from lightning_accelrl.replay import rate_limiters, selectors
+from lightning_accelrl.replay.errors import InsertTimeout
 from lightning_accelrl.replay.frames import FrameStackStorage, StreamIndexer
 from lightning_accelrl.replay.nstep import NStepWriter
 from lightning_accelrl.replay.serving import TableClient, TableServer
@@ -12,6 +13,7 @@ from lightning_accelrl.replay.table import Table
 
 __all__ = [
     "FrameStackStorage",
+    "InsertTimeout",
     "NStepWriter",
     "Storage",
     "StreamIndexer",

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from tensordict import TensorDict, TensorDictBase
 
+from lightning_accelrl.replay.errors import InsertTimeout
 from lightning_accelrl.replay.rate_limiters import Queue, RateLimiter, Stack
 from lightning_accelrl.replay.selectors import Fifo, Lifo, Selector
 from lightning_accelrl.replay.storage import field_leaves
@@ -112,8 +113,8 @@ class _TableActor:
                 try:
                     keys.append(table.insert(items[done:] if done else items, prio, timeout=0).numpy())
                     done = n
-                except TimeoutError as err:
-                    k = int(getattr(err, "num_inserted", 0))
+                except InsertTimeout as err:
+                    k = err.num_inserted
                     if k:
                         keys.append(err.keys.numpy())
                         done += k
@@ -183,17 +184,15 @@ class _TableActor:
 
 
 class _Timeout:
-    """A timed-out call's answer; the client raises it as ``TimeoutError`` (with ``keys``/``num_inserted``)."""
+    """A timed-out call's answer; the client raises it as ``TimeoutError``, or ``InsertTimeout`` with the keys."""
 
     def __init__(self, message: str, keys: np.ndarray | None = None) -> None:
         self.message, self.keys = message, keys
 
     def error(self) -> TimeoutError:
-        err = TimeoutError(self.message)
-        if self.keys is not None:
-            err.keys = torch.from_numpy(np.array(self.keys, dtype=np.int64))  # type: ignore[attr-defined]
-            err.num_inserted = len(self.keys)  # type: ignore[attr-defined]
-        return err
+        if self.keys is None:
+            return TimeoutError(self.message)
+        return InsertTimeout(self.message, torch.from_numpy(np.array(self.keys, dtype=np.int64)))
 
 
 class RayTableClient:

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from tensordict import TensorDictBase
 
+from lightning_accelrl.replay.errors import InsertTimeout
 from lightning_accelrl.replay.rate_limiters import RateLimiter
 from lightning_accelrl.replay.selectors import Selector
 from lightning_accelrl.replay.storage import Leaves, Storage, field_leaves
@@ -49,7 +50,7 @@ class TableInserts:
         """Insert a batch of items ([N] = N items, [] = one item), admitted one by one in order by the limiter.
 
         Returns the N new int64 keys. On timeout, raises ``TimeoutError`` after keeping the items admitted before
-        the deadline (the error's ``keys`` and ``num_inserted`` attributes say which).
+        the deadline (the :class:`InsertTimeout`'s ``keys`` and ``num_inserted`` say which).
         """
         if not isinstance(items, TensorDictBase):
             raise TypeError(f"items must be a TensorDict, got {type(items).__name__}")
@@ -79,13 +80,11 @@ class TableInserts:
         TimeoutError at the deadline, carrying the ``done`` keys of the ``n`` items the caller was inserting."""
         while (k := self._admissible(want)) == 0:
             if not self._wait(deadline, True):
-                err = TimeoutError(
+                raise InsertTimeout(
                     f"table {self.name!r}: insert timed out after {timeout} s; {len(done)} of {n} items were "
-                    f"inserted (limiter {self._limiter.counts()})"
+                    f"inserted (limiter {self._limiter.counts()})",
+                    torch.from_numpy(done.copy()),
                 )
-                err.num_inserted = len(done)  # type: ignore[attr-defined]
-                err.keys = torch.from_numpy(done.copy())  # type: ignore[attr-defined]
-                raise err
         return k
 
     def _insert_one(

@@ -105,15 +105,15 @@ def test_hard_and_polyak_target_updates() -> None:
                 p.add_(1.0)
     before = [p.clone() for p in hard.q_target.parameters()]
     for hard.updates in (1, 2):
-        hard.update_target()
+        hard.update_target(32)
     assert all(torch.equal(a, b) for a, b in zip(before, hard.q_target.parameters(), strict=True))
     hard.updates = 3
-    hard.update_target()
+    hard.update_target(32)
     assert all(
         torch.equal(a, b) for a, b in zip(hard.q.parameters(), hard.q_target.parameters(), strict=True)
     )
     old = [p.clone() for p in soft.q_target.parameters()]
-    soft.update_target()
+    soft.update_target(32)
     for o, t, q in zip(old, soft.q_target.parameters(), soft.q.parameters(), strict=True):
         assert torch.allclose(t, 0.5 * (o + q))
 

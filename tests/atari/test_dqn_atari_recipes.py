@@ -43,14 +43,13 @@ def test_replay_on_atari_uses_frame_deduplicated_storage() -> None:
 
     L.seed_everything(0, verbose=False)
     dm = ExperienceDataModule(
-        "ALE/Pong-v5", num_envs=2, total_env_steps=200, batch_size=16, learning_starts=32
+        "ALE/Pong-v5", num_envs=2, total_env_steps=200, batch_size=16, learning_starts=32, replay_capacity=500
     )
-    dm.replay_capacity = 500
     trainer = L.Trainer(
         accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False, max_epochs=-1
     )
     trainer.fit(DQN(network="nature_cnn", target_update_period=10), datamodule=dm)
-    table = dm.feeder.table
+    table = dm.source.table
     assert isinstance(table.storage, FrameStackStorage)
     # each 84x84 frame stored once: one new frame per transition, plus the first stack of each env's episode
     assert table.storage.num_frames <= table.size + 4 * 2

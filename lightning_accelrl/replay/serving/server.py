@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from tensordict import TensorDictBase
 
+from lightning_accelrl.replay.errors import InsertTimeout
 from lightning_accelrl.replay.serving import wire
 from lightning_accelrl.replay.serving.buffers import (
     SharedBuffers,
@@ -283,8 +284,8 @@ class _Server:
             req.keys.append(self.table.insert(items, prio, timeout=0).numpy())
             req.done = req.n
             return True
-        except TimeoutError as err:
-            k = int(getattr(err, "num_inserted", 0))
+        except InsertTimeout as err:
+            k = err.num_inserted
             if k:
                 req.keys.append(np.asarray(err.keys))  # type: ignore[attr-defined]
                 req.done += k
@@ -334,11 +335,12 @@ class _Server:
     def _timeout(self, req: _Request) -> None:
         table = self.table
         if req.op == "insert":
-            err = TimeoutError(
+            keys = np.concatenate(req.keys) if req.keys else np.empty(0, np.int64)
+            err: TimeoutError = InsertTimeout(
                 f"table {table.name!r}: insert timed out after {req.timeout} s; {req.done} of {req.n} items were "
-                f"inserted (limiter {table.rate_limiter.counts()})"
+                f"inserted (limiter {table.rate_limiter.counts()})",
+                torch.from_numpy(np.asarray(keys, dtype=np.int64)),
             )
-            err.keys = np.concatenate(req.keys) if req.keys else np.empty(0, np.int64)  # type: ignore[attr-defined]
         else:
             err = TimeoutError(
                 f"table {table.name!r}: sample({req.n}) timed out after {req.timeout} s; nothing was sampled "

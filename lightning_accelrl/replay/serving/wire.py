@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from lightning_accelrl.errors import ConfigError
+from lightning_accelrl.replay.errors import InsertTimeout
 from lightning_accelrl.replay.storage import DTYPES
 
 __all__ = [
@@ -309,6 +310,7 @@ _ERRORS: dict[str, Callable[[str], BaseException]] = {
     "ValueError": ValueError,
     "TypeError": TypeError,
     "TimeoutError": TimeoutError,
+    "InsertTimeout": InsertTimeout,
     "KeyError": KeyError,
     "IndexError": IndexError,
     "RuntimeError": RuntimeError,
@@ -319,10 +321,7 @@ def encode_error(err: BaseException) -> list:
     """An exception as a message: its kind (one of a fixed set), text, and a timed-out insert's keys."""
     kind = type(err).__name__
     text = str(err) if kind in _ERRORS else f"{kind}: {err}"
-    keys = getattr(err, "keys", None)
-    if isinstance(keys, torch.Tensor):
-        keys = keys.numpy()
-    raw = np.asarray(keys, dtype="<i8").tobytes() if isinstance(keys, np.ndarray) else None
+    raw = err.keys.numpy().astype("<i8").tobytes() if isinstance(err, InsertTimeout) else None
     return ["err", kind if kind in _ERRORS else "RuntimeError", text, raw]
 
 
@@ -330,9 +329,7 @@ def decode_error(msg: list) -> BaseException:
     """The exception an ``err`` message describes (a timed-out insert carries ``keys`` and ``num_inserted``)."""
     if len(msg) != 4 or not isinstance(msg[2], str):
         return ProtocolError("malformed error reply")
-    err = _ERRORS.get(msg[1], RuntimeError)(msg[2])
-    if isinstance(msg[3], bytes) and len(msg[3]) % 8 == 0:
-        keys = torch.from_numpy(np.frombuffer(msg[3], dtype="<i8").copy())
-        err.keys = keys  # type: ignore[attr-defined]
-        err.num_inserted = len(keys)  # type: ignore[attr-defined]
-    return err
+    if msg[1] == "InsertTimeout":
+        raw = msg[3] if isinstance(msg[3], bytes) and len(msg[3]) % 8 == 0 else b""
+        return InsertTimeout(msg[2], torch.from_numpy(np.frombuffer(raw, dtype="<i8").astype(np.int64)))
+    return _ERRORS.get(msg[1], RuntimeError)(msg[2])
