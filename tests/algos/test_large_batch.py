@@ -49,5 +49,5 @@ def test_polyak_target_keeps_its_time_constant_in_env_steps() -> None:
     before = [p.clone() for p in model.q_target.parameters()]
     model.update_target(2048)
     moved = [(t - b) / (o - b) for t, b, o in zip(model.q_target.parameters(), before, model.q.parameters())]
-    frac = torch.cat([m.flatten() for m in moved]).nanmean()
+    frac = torch.cat([m.detach().flatten() for m in moved]).nanmean()
     assert float(frac) == pytest.approx(1 - 0.99**64, rel=1e-4)
