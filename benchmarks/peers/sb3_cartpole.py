@@ -146,9 +146,7 @@ def main(argv: list[str] | None = None) -> dict:
         "--no-stop", action="store_true", help="PPO: keep training to the full budget after the threshold"
     )
     p.add_argument("--eval-episodes", type=int, default=10, help="DQN greedy evaluation episodes (0: none)")
-    p.add_argument(
-        "--threads", type=int, default=1, help="torch.set_num_threads (the peer figures use 1)"
-    )
+    p.add_argument("--threads", type=int, default=1, help="torch.set_num_threads (the peer figures use 1)")
     args = p.parse_args(argv)
 
     torch.set_num_threads(args.threads)
