@@ -57,7 +57,6 @@ from lightning_accelrl.data.source import ExperienceSource, SourceContext
 from lightning_accelrl.data.supervision import (
     SamplerProcessError,
     Watchdog,
-    agent_copy,
     resume_point,
     sampler_stream,
     stream_seed,
@@ -149,7 +148,7 @@ class AsyncRunner(ExperienceSource):
         self.publish(agent, force=True)
         self.shared.counters[:, VERSION] = self._pushed_version  # what the samplers will act with first
         # restarted samplers fork from this copy too (each fetches the current weights before its first step)
-        self._agent = agent_copy(agent)
+        self._agent = agent.detached_copy()
         for i in range(self.num_procs):
             self.procs.append(self._spawn(i))
 

@@ -48,7 +48,6 @@ from lightning_accelrl.data.supervision import (
     INSERT_TIMEOUT_S,
     SamplerProcessError,
     Watchdog,
-    agent_copy,
     first_line,
     resume_point,
     sampler_stream,
@@ -249,7 +248,7 @@ class RayRunner(ExperienceSource):
                 .remote(self.num_procs, self.budget, self._base_steps)
             )
             self.publish(agent, force=True)
-            self._agent = agent_copy(agent)  # replacements start from it too (and fetch current weights)
+            self._agent = agent.detached_copy()  # replacements start from it too (and fetch current weights)
             for i in range(self.num_procs):
                 actor = self._spawn(i)
                 self.actors.append(actor)

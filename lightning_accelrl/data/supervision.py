@@ -52,12 +52,6 @@ def resume_point(resume: dict[str, Any], kind: str, num_procs: int) -> tuple[dic
     return resume["table"], int(resume["stream_end"]), steps
 
 
-def agent_copy(module: torch.nn.Module) -> Any:
-    """A CPU deep copy of the agent for samplers elsewhere: the module's own state only (no Trainer reference:
-    the copy acts through the :class:`~lightning_accelrl.sampling.agent.Agent` contract)."""
-    return module.detached_copy()  # RLModule: a copy without its Trainer, on the CPU, in eval mode
-
-
 def first_line(err: BaseException) -> str:
     """``Type: first line of the message``: errors from other processes, kept to one line."""
     text = str(err).strip()
