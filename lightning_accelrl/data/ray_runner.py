@@ -42,7 +42,7 @@ import torch
 from tensordict import TensorDict
 
 from lightning_accelrl.data.replay import TransitionProducer, insert_all, make_replay_table, stores_frames
-from lightning_accelrl.data.shared_weights import flat_parameters, parameters_of
+from lightning_accelrl.data.shared_weights import flat_parameters, load_flat, parameters_of
 from lightning_accelrl.data.source import ExperienceSource, SourceContext
 from lightning_accelrl.data.supervision import (
     INSERT_TIMEOUT_S,
@@ -157,8 +157,7 @@ class _SamplerActor:
             while go:
                 if latest > version:  # fetch before stepping: act with the newest published weights
                     version, flat = ray.get(self.coord.get_weights.remote())
-                    with torch.no_grad():
-                        torch.nn.utils.vector_to_parameters(torch.from_numpy(flat.copy()), params)
+                    load_flat(torch.from_numpy(flat.copy()), params)
                     agent.policy_version = version
                 agent.set_env_steps(total, ctx.budget)
                 items = producer.step(agent)

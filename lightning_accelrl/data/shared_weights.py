@@ -6,14 +6,25 @@ import torch
 
 
 def parameters_of(module: torch.nn.Module) -> list[torch.Tensor]:
-    """The tensors the samplers' policy copies receive: all parameters, in ``parameters()`` order."""
-    return list(module.parameters())
+    """The tensors the samplers' policy copies receive: all parameters, in ``parameters()`` order, then the
+    floating-point buffers (running observation statistics act with the weights; integer counters stay)."""
+    return list(module.parameters()) + [b for b in module.buffers() if b.is_floating_point()]
 
 
 def flat_parameters(params: list[torch.Tensor]) -> torch.Tensor:
     """The parameters as one float32 CPU vector (what is published)."""
     with torch.no_grad():
         return torch.cat([p.detach().reshape(-1).to("cpu", torch.float32) for p in params])
+
+
+def load_flat(flat: torch.Tensor, params: list[torch.Tensor]) -> None:
+    """Copy a vector written by :func:`flat_parameters` into ``params`` (parameters and buffers alike)."""
+    with torch.no_grad():
+        offset = 0
+        for p in params:
+            n = p.numel()
+            p.copy_(flat[offset : offset + n].view_as(p))
+            offset += n
 
 
 class SharedWeights:
@@ -45,6 +56,5 @@ class SharedWeights:
         version = int(self.meta[1])
         if int(self.meta[0]) != seq:
             return None
-        with torch.no_grad():
-            torch.nn.utils.vector_to_parameters(flat, params)
+        load_flat(flat, params)
         return seq, version
