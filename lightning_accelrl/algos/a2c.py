@@ -16,12 +16,16 @@ from lightning_accelrl.algos.actor_critic import ActorCriticModule
 from lightning_accelrl.algos.base import anneal
 from lightning_accelrl.algos.returns import gae
 from lightning_accelrl.errors import check
+from lightning_accelrl.nets.actor_critic import LOG_STD_KINDS
 from lightning_accelrl.nets.factory import network_argument
 from lightning_accelrl.nets.interfaces import NetworkArg
 
 
 class A2C(ActorCriticModule):
-    """A2C: one synchronous update per rollout of all envs."""
+    """A2C: one synchronous update per rollout of all envs.
+
+    ``normalize_observations``, ``normalize_rewards``, ``log_std``, ``log_std_init``: as :class:`PPO`'s.
+    """
 
     def __init__(
         self,
@@ -36,6 +40,10 @@ class A2C(ActorCriticModule):
         optimizer: Literal["rmsprop", "adam"] = "rmsprop",
         rmsprop_alpha: float = 0.99,
         eps: float = 1e-5,
+        normalize_observations: bool = False,
+        normalize_rewards: bool = False,
+        log_std: str = "state_independent",
+        log_std_init: float = 0.0,
         network: NetworkArg = "auto",
         hidden: Sequence[int] = (64, 64),
         activation: str = "tanh",
@@ -50,6 +58,7 @@ class A2C(ActorCriticModule):
         check(0 <= gae_lambda <= 1, f"gae_lambda must be in [0, 1], got {gae_lambda}")
         check(max_grad_norm > 0, f"max_grad_norm must be > 0, got {max_grad_norm}")
         check(optimizer in ("rmsprop", "adam"), f"optimizer must be 'rmsprop' or 'adam', got {optimizer!r}")
+        check(log_std in LOG_STD_KINDS, f"log_std must be one of {', '.join(LOG_STD_KINDS)}, got {log_std!r}")
         network, self.net = network_argument(network)
         self.save_hyperparameters(ignore=["network"])  # a module never goes into the hyper-parameters (nor
         self.hparams["network"] = network  # a subclass's **kwargs): its plain form, a name or a class path
@@ -67,7 +76,7 @@ class A2C(ActorCriticModule):
 
         with torch.no_grad():
             advantages, returns = gae(
-                batch["next", "reward"],
+                self.scaled_rewards(batch, hp.gamma),
                 batch["state_value"],
                 batch["next", "state_value"],
                 batch["next", "done"],
@@ -81,7 +90,7 @@ class A2C(ActorCriticModule):
         if hp.normalize_advantage:
             advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
 
-        params, value = self.net(obs)  # re-evaluated with gradients; the rollout's values carry none
+        params, value = self(obs)  # re-evaluated with gradients; the rollout's values carry none
         dist = self.dist(params)
         pg_loss = -(advantages * dist.log_prob(actions)).mean()
         value_loss = ((returns - value.squeeze(-1)) ** 2).mean()
@@ -93,6 +102,7 @@ class A2C(ActorCriticModule):
         self.clip_gradients(opt, gradient_clip_val=hp.max_grad_norm, gradient_clip_algorithm="norm")
         opt.step()
 
+        self.update_observation_statistics(batch)
         self.policy_version += 1
         self.log_rollout_stats(
             {

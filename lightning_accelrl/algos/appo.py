@@ -29,6 +29,7 @@ from lightning_accelrl.algos.actor_critic import ActorCriticModule
 from lightning_accelrl.algos.base import anneal
 from lightning_accelrl.data.needs import ExperienceNeeds
 from lightning_accelrl.errors import check
+from lightning_accelrl.nets.actor_critic import LOG_STD_KINDS
 from lightning_accelrl.nets.factory import network_argument
 from lightning_accelrl.nets.interfaces import NetworkArg
 
@@ -81,7 +82,12 @@ def vtrace(
 
 
 class APPO(ActorCriticModule):
-    """PPO on (possibly lagged) rollout segments with V-trace targets and advantages."""
+    """PPO on (possibly lagged) rollout segments with V-trace targets and advantages.
+
+    ``normalize_observations``, ``log_std``, ``log_std_init``: as :class:`PPO`'s (the sampler processes receive
+    the observation statistics with the weights). No ``normalize_rewards``: segments of several sampler
+    processes interleave, so no per-env discounted return runs from one segment to the next.
+    """
 
     def __init__(
         self,
@@ -99,6 +105,9 @@ class APPO(ActorCriticModule):
         normalize_advantage: bool = True,
         anneal_lr: bool = True,
         adam_eps: float = 1e-5,
+        normalize_observations: bool = False,
+        log_std: str = "state_independent",
+        log_std_init: float = 0.0,
         network: NetworkArg = "auto",
         hidden: Sequence[int] = (64, 64),
         activation: str = "tanh",
@@ -114,6 +123,7 @@ class APPO(ActorCriticModule):
         check(update_epochs >= 1, f"update_epochs must be >= 1, got {update_epochs}")
         check(minibatch_size >= 1, f"minibatch_size must be >= 1, got {minibatch_size}")
         check(max_grad_norm > 0, f"max_grad_norm must be > 0, got {max_grad_norm}")
+        check(log_std in LOG_STD_KINDS, f"log_std must be one of {', '.join(LOG_STD_KINDS)}, got {log_std!r}")
         network, self.net = network_argument(network)
         self.save_hyperparameters(ignore=["network"])  # a module never goes into the hyper-parameters (nor
         self.hparams["network"] = network  # a subclass's **kwargs): its plain form, a name or a class path
@@ -134,9 +144,9 @@ class APPO(ActorCriticModule):
         hp = self.hparams
         T, B = batch.batch_size
         obs = batch["observation"].flatten(0, 1)
-        params, value = self.net(obs)
+        params, value = self(obs)
         log_pi = self.dist(params).log_prob(batch["action"].flatten(0, 1)).reshape(T, B)
-        next_value = self.net.value(batch["next", "observation"].flatten(0, 1)).reshape(T, B)
+        next_value = self.value(batch["next", "observation"].flatten(0, 1)).reshape(T, B)
         vs, adv = vtrace(
             log_pi - batch["sample_log_prob"].reshape(T, B),
             batch["next", "reward"].reshape(T, B),
@@ -172,7 +182,7 @@ class APPO(ActorCriticModule):
             perm = torch.randperm(n, device=self.device)
             for start in range(0, n - mb + 1, mb):
                 idx = perm[start : start + mb]
-                params, value = self.net(observations.index_select(0, idx))
+                params, value = self(observations.index_select(0, idx))
                 dist = self.dist(params)
                 ratio = (
                     dist.log_prob(actions.index_select(0, idx)) - behaviour_log_probs.index_select(0, idx)
@@ -197,6 +207,7 @@ class APPO(ActorCriticModule):
                     stats["entropy"].append(entropy.detach())
                     stats["clip_frac"].append(((ratio - 1).abs() > hp.clip_coef).float().mean())
 
+        self.update_observation_statistics(batch)
         self.policy_version += 1
         metrics = {f"train/{k}": torch.stack(v).mean() for k, v in stats.items()}
         metrics["train/lr"] = lr

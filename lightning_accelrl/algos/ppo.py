@@ -2,6 +2,8 @@
 
 One training step = one rollout [T, B] from the sampler: GAE advantages from the values recorded while
 sampling, then ``update_epochs`` passes of shuffled minibatches over the clipped surrogate objective.
+Continuous actions (``Box``): a diagonal Gaussian with a state-independent or state-dependent log-std, and the
+``normalize_observations``/``normalize_rewards`` options (see ``docs/ppo_continuous.md``).
 """
 
 from __future__ import annotations
@@ -15,12 +17,18 @@ from lightning_accelrl.algos.actor_critic import ActorCriticModule
 from lightning_accelrl.algos.base import anneal
 from lightning_accelrl.algos.returns import gae
 from lightning_accelrl.errors import check
+from lightning_accelrl.nets.actor_critic import LOG_STD_KINDS
 from lightning_accelrl.nets.factory import network_argument
 from lightning_accelrl.nets.interfaces import NetworkArg
 
 
 class PPO(ActorCriticModule):
-    """PPO with clipped surrogate, (optionally clipped) value loss, entropy bonus and LR/clip annealing."""
+    """PPO with clipped surrogate, (optionally clipped) value loss, entropy bonus and LR/clip annealing.
+
+    ``normalize_observations``: running mean/variance normalization of observations (updated after each
+    update). ``normalize_rewards``: rewards divided by the running std of the discounted return.
+    ``log_std``: ``"state_independent"`` or ``"state_dependent"`` (Box actions, built-in MLP), from ``log_std_init``.
+    """
 
     def __init__(
         self,
@@ -39,6 +47,10 @@ class PPO(ActorCriticModule):
         anneal_clip: bool = False,
         target_kl: float | None = None,
         adam_eps: float = 1e-5,
+        normalize_observations: bool = False,
+        normalize_rewards: bool = False,
+        log_std: str = "state_independent",
+        log_std_init: float = 0.0,
         network: NetworkArg = "auto",
         hidden: Sequence[int] = (64, 64),
         activation: str = "tanh",
@@ -55,6 +67,7 @@ class PPO(ActorCriticModule):
         check(update_epochs >= 1, f"update_epochs must be >= 1, got {update_epochs}")
         check(minibatch_size >= 1, f"minibatch_size must be >= 1, got {minibatch_size}")
         check(max_grad_norm > 0, f"max_grad_norm must be > 0, got {max_grad_norm}")
+        check(log_std in LOG_STD_KINDS, f"log_std must be one of {', '.join(LOG_STD_KINDS)}, got {log_std!r}")
         network, self.net = network_argument(network)
         self.save_hyperparameters(ignore=["network"])  # a module never goes into the hyper-parameters (nor
         self.hparams["network"] = network  # a subclass's **kwargs): its plain form, a name or a class path
@@ -73,7 +86,7 @@ class PPO(ActorCriticModule):
 
         with torch.no_grad():
             advantages, returns = gae(
-                batch["next", "reward"],
+                self.scaled_rewards(batch, hp.gamma),
                 batch["state_value"],
                 batch["next", "state_value"],
                 batch["next", "done"],
@@ -100,7 +113,7 @@ class PPO(ActorCriticModule):
             perm = torch.randperm(n, device=self.device)
             for start in range(0, n - mb + 1, mb):
                 idx = perm[start : start + mb]
-                params, value = self.net(observations.index_select(0, idx))
+                params, value = self(observations.index_select(0, idx))
                 dist = self.dist(params)
                 logp = dist.log_prob(actions.index_select(0, idx))
                 log_ratio = logp - old_log_probs.index_select(0, idx)
@@ -139,6 +152,7 @@ class PPO(ActorCriticModule):
                 if float(kl) > hp.target_kl:
                     break
 
+        self.update_observation_statistics(batch)
         self.policy_version += 1
         metrics = {f"train/{k}": torch.stack(v).mean() for k, v in stats.items()}
         metrics["train/lr"] = lr

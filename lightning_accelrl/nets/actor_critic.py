@@ -11,12 +11,19 @@ from torch import nn
 from lightning_accelrl.envs.base import EnvSpec
 from lightning_accelrl.nets.mlp import MLP, flatten_obs, policy_params
 
+#: how a Gaussian policy's log-std is parameterised (the ``log_std`` option of PPO, A2C and APPO)
+LOG_STD_KINDS = ("state_independent", "state_dependent")
+#: the range a state-dependent log-std is clamped to (std from 2e-9 to 7.4)
+LOG_STD_MIN, LOG_STD_MAX = -20.0, 2.0
+
 
 class ActorCriticMLP(nn.Module):
     """Separate (default) or shared MLP trunks for policy and value.
 
     Discrete actions: categorical logits (MultiDiscrete: one block of logits per dimension). Continuous actions:
-    Gaussian mean with a state-independent log-std, returned side by side as the policy parameters.
+    Gaussian mean and log-std, returned side by side as the policy parameters. The log-std is one parameter per
+    action dimension (``log_std="state_independent"``) or a second output of the policy head clamped to
+    [``LOG_STD_MIN``, ``LOG_STD_MAX``] (``"state_dependent"``); either starts at ``log_std_init``.
     ``encoder``: a module run first (e.g. the per-key encoder of Dict observations with images), with ``out_dim``.
     """
 
@@ -27,13 +34,16 @@ class ActorCriticMLP(nn.Module):
         activation: str = "tanh",
         shared: bool = False,
         encoder: nn.Module | None = None,
+        log_std: str = "state_independent",
+        log_std_init: float = 0.0,
     ) -> None:
         super().__init__()
         self.spec = spec
         self.obs_ndim = len(spec.observation_shape)
         self.encoder = encoder
         in_dim = math.prod(spec.observation_shape) if encoder is None else encoder.out_dim
-        out = spec.num_actions if spec.discrete else spec.action_dim
+        self.state_dependent_std = not spec.discrete and log_std == "state_dependent"
+        out = spec.num_actions if spec.discrete else spec.action_dim * (2 if self.state_dependent_std else 1)
         self.shared = shared
         if shared:
             self.trunk = MLP(in_dim, hidden, activation=activation)
@@ -42,7 +52,11 @@ class ActorCriticMLP(nn.Module):
         else:
             self.policy_head = MLP(in_dim, hidden, out, activation, out_gain=0.01)
             self.value_head = MLP(in_dim, hidden, 1, activation, out_gain=1.0)
-        self.log_std = None if spec.discrete else nn.Parameter(torch.zeros(spec.action_dim))
+        self.log_std = None
+        if self.state_dependent_std:  # the head's log-std half starts near log_std_init (small weights)
+            nn.init.constant_(self.policy_head[-1].bias[spec.action_dim :], log_std_init)
+        elif not spec.discrete:
+            self.log_std = nn.Parameter(torch.full((spec.action_dim,), float(log_std_init)))
 
     def _input(self, obs: torch.Tensor) -> torch.Tensor:
         x = flatten_obs(obs, self.obs_ndim)
@@ -53,7 +67,11 @@ class ActorCriticMLP(nn.Module):
     def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(policy parameters, state value [..., 1]) for observations [..., *obs_shape]."""
         x = self._input(obs)
-        return policy_params(self.policy_head(x), self.log_std), self.value_head(x)
+        head = self.policy_head(x)
+        if self.state_dependent_std:
+            mean, log_std = head.chunk(2, -1)
+            head = torch.cat([mean, log_std.clamp(LOG_STD_MIN, LOG_STD_MAX)], -1)
+        return policy_params(head, self.log_std), self.value_head(x)
 
     def value(self, obs: torch.Tensor) -> torch.Tensor:
         return self.value_head(self._input(obs))

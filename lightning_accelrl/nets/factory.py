@@ -11,7 +11,7 @@ from torch import nn
 
 from lightning_accelrl.envs.base import EnvSpec
 from lightning_accelrl.errors import ConfigError
-from lightning_accelrl.nets.actor_critic import ActorCriticMLP
+from lightning_accelrl.nets.actor_critic import LOG_STD_KINDS, ActorCriticMLP
 from lightning_accelrl.nets.interfaces import NetworkArg, RecordsInitArgs
 from lightning_accelrl.nets.observations import dict_encoder
 from lightning_accelrl.trusted import class_path, resolve_class
@@ -132,17 +132,46 @@ def build_actor_critic(
     shared_trunk: bool = False,
     channels_last: bool = False,
     compile: bool = False,
+    log_std: str = "state_independent",
+    log_std_init: float = 0.0,
 ) -> nn.Module:
     """An actor-critic module with ``forward(obs) -> (policy params, value)`` and ``value(obs)``.
 
-    ``auto``: see :func:`choose_network`. ``hidden``/``activation``/``shared_trunk`` apply to the MLP;
-    ``channels_last`` (memory format) and ``compile`` to the CNNs. A dict is a user network's class path.
+    ``auto``: see :func:`choose_network`. ``hidden``/``activation``/``shared_trunk``/``log_std``/``log_std_init``
+    apply to the MLP; ``channels_last`` (memory format) and ``compile`` to the CNNs. A dict is a user network's
+    class path.
     """
+    check_log_std(spec, network, log_std, log_std_init)
     if isinstance(network, dict):
         return build_user_network(network, spec)
     network = check_builtin(network, spec)
     if network == "mlp":
-        return ActorCriticMLP(spec, hidden, activation, shared_trunk, dict_encoder(spec, channels_last))
+        encoder = dict_encoder(spec, channels_last)
+        return ActorCriticMLP(spec, hidden, activation, shared_trunk, encoder, log_std, log_std_init)
+    if (log_std, log_std_init) != ("state_independent", 0.0):
+        raise ConfigError(
+            f"log_std={log_std!r}, log_std_init={log_std_init} are options of the MLP; the {network} network "
+            "has a state-independent log-std starting at 0"
+        )
     from lightning_accelrl.nets.cnn import ActorCriticCNN
 
     return ActorCriticCNN(spec, network.removesuffix("_cnn"), channels_last=channels_last, compile=compile)
+
+
+def check_log_std(spec: EnvSpec, network: str | dict[str, Any], log_std: str, log_std_init: float) -> None:
+    """One-line errors for log-std options that cannot apply: unknown kinds, discrete actions, user networks
+    (which return their own log-std beside the mean)."""
+    if log_std not in LOG_STD_KINDS:
+        raise ConfigError(f"log_std must be one of {', '.join(LOG_STD_KINDS)}, got {log_std!r}")
+    if (log_std, log_std_init) == ("state_independent", 0.0):
+        return
+    if spec.discrete:
+        raise ConfigError(
+            f"log_std={log_std!r}, log_std_init={log_std_init} apply to Box actions; this env's actions are "
+            "discrete: leave them at their defaults"
+        )
+    if isinstance(network, dict):
+        raise ConfigError(
+            f"log_std={log_std!r}, log_std_init={log_std_init} apply to the built-in networks; the network "
+            f"{network['class_path']} returns its own log-std beside the mean: leave them at their defaults"
+        )
