@@ -1,4 +1,4 @@
-"""The table server process: one loop that owns a :class:`Table` and answers its clients.
+"""The table server process: one loop that owns one or more named :class:`Table` objects and answers their clients.
 
 - Every decision is made here, so no lock or condition is shared between processes (a process killed while
   holding one would lock everybody out).
@@ -6,7 +6,8 @@
   first (compared in constant time) before any message is decoded. Sockets are non-blocking: a slow or silent peer
   never stalls the loop, and anything that does not follow the wire schema drops that one connection.
 - The server never blocks on a call: it asks the table with ``timeout=0`` and *parks* a request the limiter refuses,
-  retrying parked requests after every change of state and answering ``TimeoutError`` at their deadline.
+  retrying a table's parked requests after every change of that table's state and answering ``TimeoutError`` at
+  their deadline. So a call blocked on one table never holds up calls on another.
 - It exits when its owner closes the control pipe (``TableServer.stop()``) or dies.
 """
 
@@ -27,6 +28,7 @@ import numpy as np
 import torch
 from tensordict import TensorDictBase
 
+from lightning_accelrl.errors import ConfigError
 from lightning_accelrl.replay.errors import InsertTimeout
 from lightning_accelrl.replay.serving import wire
 from lightning_accelrl.replay.serving.buffers import (
@@ -36,6 +38,7 @@ from lightning_accelrl.replay.serving.buffers import (
     layout_of,
     nest,
 )
+from lightning_accelrl.replay.serving.names import check_table_names, unknown_table
 from lightning_accelrl.replay.serving.processes import child_signals
 from lightning_accelrl.replay.storage import field_leaves
 from lightning_accelrl.replay.table import Table
@@ -45,13 +48,27 @@ __all__ = ["LIVENESS_TICK_S", "serve_main"]
 #: How often a waiting client or an idle server checks that its peer process still exists.
 LIVENESS_TICK_S = 1.0
 _AUTH_TIMEOUT_S = 5.0  # a connection that has not sent its token by then is dropped
+_SERVER_OPS = ("server_info", "server_state", "load")  # requests on every table at once
+
+
+class _Served:
+    """One served table and the server's bookkeeping of it: its parked requests and their blocked time."""
+
+    def __init__(self, table: Table) -> None:
+        self.name = table.name
+        self.table = table
+        self.parked: list[_Request] = []
+        self.blocked_s = {"insert": 0.0, "sample": 0.0}
 
 
 class _Request:
-    __slots__ = ("conn", "op", "n", "priority", "deadline", "start", "done", "keys", "timeout")
+    __slots__ = ("conn", "served", "op", "n", "priority", "deadline", "start", "done", "keys", "timeout")
 
-    def __init__(self, conn: _Conn, op: str, n: int, priority: Any, timeout: float | None) -> None:
-        self.conn, self.op, self.n, self.priority, self.timeout = conn, op, n, priority, timeout
+    def __init__(
+        self, conn: _Conn, served: _Served, op: str, n: int, priority: Any, timeout: float | None
+    ) -> None:
+        self.conn, self.served, self.op, self.n = conn, served, op, n
+        self.priority, self.timeout = priority, timeout
         self.start = time.monotonic()
         self.deadline = None if timeout is None else self.start + timeout
         self.done = 0
@@ -59,20 +76,21 @@ class _Request:
 
 
 class _Conn:
-    """The server's side of one client connection."""
+    """The server's side of one client connection (its shared buffers are per table)."""
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
         self.reader = wire.FrameReader(expect_token=True)
         self.accepted_at = time.monotonic()
-        self.staging: SharedBuffers | None = None
-        self.out: SharedBuffers | None = None
+        self.staging: dict[str, SharedBuffers] = {}
+        self.out: dict[str, SharedBuffers] = {}
         self.parked: _Request | None = None
 
 
 class _Server:
-    def __init__(self, table: Table, listener: socket.socket, control: Any, token: bytes) -> None:
-        self.table = table
+    def __init__(self, tables: list[Table], listener: socket.socket, control: Any, token: bytes) -> None:
+        self.tables = {t.name: _Served(t) for t in tables}
+        self.names = tuple(self.tables)
         self.listener = listener
         self.control = control
         self.token = token
@@ -81,17 +99,25 @@ class _Server:
         self.sel.register(control.fileno(), selectors.EVENT_READ, "control")
         self.conns: set[_Conn] = set()
         self.unauthenticated: set[_Conn] = set()
-        self.parked: list[_Request] = []
-        self.blocked_s = {"insert": 0.0, "sample": 0.0}
         self.ppid = os.getppid()
         self.running = True
+
+    def _served(self, name: str | None) -> _Served:
+        """The table a request names (the first table when it names none); ConfigError for an unknown name."""
+        served = self.tables[self.names[0]] if name is None else self.tables.get(name)
+        if served is None:
+            raise unknown_table(name, self.names)
+        return served
+
+    def _parked(self) -> list[_Request]:
+        return [r for served in self.tables.values() for r in served.parked]
 
     # -- the loop --------------------------------------------------------------------------------------------------
     def run(self) -> None:
         try:
             while self.running:
                 timeout = LIVENESS_TICK_S
-                deadlines = [r.deadline for r in self.parked if r.deadline is not None]
+                deadlines = [r.deadline for r in self._parked() if r.deadline is not None]
                 if deadlines:
                     timeout = min(timeout, max(0.0, min(deadlines) - time.monotonic()))
                 for key, _ in self.sel.select(timeout):
@@ -149,7 +175,7 @@ class _Server:
         with contextlib.suppress(OSError):
             conn.sock.close()
         conn.reader.close()
-        conn.staging = conn.out = None
+        conn.staging, conn.out = {}, {}
 
     def _send(self, conn: _Conn, msg: list, fds: list[int] | None = None) -> None:
         try:
@@ -189,73 +215,120 @@ class _Server:
     # -- requests --------------------------------------------------------------------------------------------------
     def _handle(self, conn: _Conn, req: wire.Request) -> None:
         if req.op == "stage":
-            fds = conn.reader.take_fds(len(req.layout or ()))
-            try:
-                conn.staging = SharedBuffers(req.layout or [], req.capacity, fds)
-            finally:
-                for fd in fds:
-                    os.close(fd)
+            self._stage(conn, req)
             return
-        table = self.table
-        changed = False
+        states = self._received_state(conn, req) if req.op == "load" else None
+        changed: list[_Served] = []
         try:
-            if req.op == "insert":
-                changed = self._attempt(
-                    _Request(conn, "insert", req.n, req.priority, req.timeout), first=True
-                )
-            elif req.op == "sample":
-                changed = self._attempt(_Request(conn, "sample", req.n, None, req.timeout), first=True)
-            elif req.op == "update":
-                table.update_priorities(req.keys, req.priority)
-                self._send(conn, ["ok", None])
-            elif req.op == "delete":
-                result = table.delete(req.keys)
-                changed = result > 0
-                self._send(conn, ["ok", result])
-            elif req.op == "reset":
-                table.reset()
-                self.blocked_s = {"insert": 0.0, "sample": 0.0}
-                changed = True
-                self._send(conn, ["ok", None])
-            elif req.op == "size":
-                self._send(conn, ["ok", table.size])
-            elif req.op == "info":
-                self._send(conn, ["ok", self._info()])
-            elif req.op == "checkpoint":
-                self._send(conn, ["ok", table.checkpoint(req.path)])
-            elif req.op == "state":
-                tree, storage = export_state(table.state_dict())
-                self._send(conn, ["state", tree, storage.nbytes()], [int(storage._share_fd_cpu_()[0])])
-        except Exception as err:  # the table's own errors go back to the caller
+            if req.op in _SERVER_OPS:
+                changed = self._handle_server(conn, req, states)
+            else:
+                served = self._served(req.table)
+                if self._handle_table(conn, served, req):
+                    changed = [served]
+        except Exception as err:  # the tables' own errors go back to the caller
             self._send(conn, wire.encode_error(err))
-        if changed:
-            self._retry_parked()
+        for served in changed:
+            self._retry_parked(served)
 
-    def _info(self) -> dict[str, Any]:
-        info = self.table.info()
+    def _stage(self, conn: _Conn, req: wire.Request) -> None:
+        fds = conn.reader.take_fds(len(req.layout or ()))
+        try:
+            if req.table is not None and req.table not in self.tables:
+                raise wire.ProtocolError("a staging buffer for a table this server does not have")
+            conn.staging[self._served(req.table).name] = SharedBuffers(req.layout or [], req.capacity, fds)
+        finally:
+            for fd in fds:
+                os.close(fd)
+
+    def _received_state(self, conn: _Conn, req: wire.Request) -> dict[str, Any]:
+        """The state a ``load`` request passed through shared memory (a bad reference is a protocol breach)."""
+        fd = conn.reader.take_fds(1)[0]
+        try:
+            return import_state(req.state, fd, req.capacity)
+        finally:
+            os.close(fd)
+
+    def _handle_server(self, conn: _Conn, req: wire.Request, states: dict[str, Any] | None) -> list[_Served]:
+        """A request on every table at once; returns the tables it changed."""
+        if req.op == "server_info":
+            self._send(conn, ["ok", {name: self._info(served) for name, served in self.tables.items()}])
+        elif req.op == "server_state":
+            self._send_state(conn, {name: served.table.state_dict() for name, served in self.tables.items()})
+        elif req.op == "load":
+            states = states or {}
+            if sorted(states) != sorted(self.names):
+                raise ConfigError(
+                    f"the state holds tables {sorted(states)}, this server has {list(self.names)}: "
+                    "load a state saved from a server with the same tables"
+                )
+            for name in self.names:  # each table checks its state before it changes anything
+                served = self.tables[name]
+                served.table.load_state_dict(states[name])
+                served.blocked_s = {"insert": 0.0, "sample": 0.0}
+            self._send(conn, ["ok", None])
+            return list(self.tables.values())
+        return []
+
+    def _handle_table(self, conn: _Conn, served: _Served, req: wire.Request) -> bool:
+        """A request on one table; returns whether that table changed."""
+        table = served.table
+        if req.op in ("insert", "sample"):
+            priority = req.priority if req.op == "insert" else None
+            return self._attempt(_Request(conn, served, req.op, req.n, priority, req.timeout), first=True)
+        changed = False
+        if req.op == "update":
+            table.update_priorities(req.keys, req.priority)
+            self._send(conn, ["ok", None])
+        elif req.op == "delete":
+            result = table.delete(req.keys)
+            changed = result > 0
+            self._send(conn, ["ok", result])
+        elif req.op == "reset":
+            table.reset()
+            served.blocked_s = {"insert": 0.0, "sample": 0.0}
+            changed = True
+            self._send(conn, ["ok", None])
+        elif req.op == "size":
+            self._send(conn, ["ok", table.size])
+        elif req.op == "info":
+            self._send(conn, ["ok", self._info(served)])
+        elif req.op == "checkpoint":
+            self._send(conn, ["ok", table.checkpoint(req.path)])
+        elif req.op == "state":
+            self._send_state(conn, table.state_dict())
+        return changed
+
+    def _send_state(self, conn: _Conn, state: Any) -> None:
+        tree, storage = export_state(state)
+        self._send(conn, ["state", tree, storage.nbytes()], [int(storage._share_fd_cpu_()[0])])
+
+    def _info(self, served: _Served) -> dict[str, Any]:
+        info = served.table.info()
         now = time.monotonic()
         pending = {"insert": 0.0, "sample": 0.0}
-        for r in self.parked:
+        for r in served.parked:
             pending[r.op] += now - r.start
-        info["insert_blocked_s"] += self.blocked_s["insert"] + pending["insert"]
-        info["sample_blocked_s"] += self.blocked_s["sample"] + pending["sample"]
-        info["waiting_inserts"] += sum(r.op == "insert" for r in self.parked)
-        info["waiting_samples"] += sum(r.op == "sample" for r in self.parked)
+        info["insert_blocked_s"] += served.blocked_s["insert"] + pending["insert"]
+        info["sample_blocked_s"] += served.blocked_s["sample"] + pending["sample"]
+        info["waiting_inserts"] += sum(r.op == "insert" for r in served.parked)
+        info["waiting_samples"] += sum(r.op == "sample" for r in served.parked)
         info["clients"] = len(self.conns)
         return info
 
     def _attempt(self, req: _Request, first: bool = False) -> bool:
-        """Try (the rest of) a request without waiting. Returns whether the table changed; answers the client when
+        """Try (the rest of) a request without waiting. Returns whether its table changed; answers the client when
         the request is finished (or failed), parks it otherwise."""
         changed = False
+        table = req.served.table
         try:
             if req.op == "insert":
                 changed = self._insert_now(req, first)
                 if req.done == req.n:
                     self._finish(req, ["ok", np.concatenate(req.keys).astype("<i8").tobytes()])
                     return changed
-            elif self.table.rate_limiter.can_sample(req.n) or first:
-                batch = self._sample_now(req.n, req.conn.out)
+            elif table.rate_limiter.can_sample(req.n) or first:
+                batch = self._sample_now(table, req.n, req.conn.out.get(req.served.name))
                 if batch is not None:
                     self._deliver(req, batch)
                     return True
@@ -267,21 +340,22 @@ class _Server:
         ):  # timeout 0, or retried at the deadline
             self._timeout(req)
         elif first:
-            self.parked.append(req)
+            req.served.parked.append(req)
             req.conn.parked = req
         return changed
 
     def _insert_now(self, req: _Request, first: bool) -> bool:
-        staging = req.conn.staging
+        staging = req.conn.staging.get(req.served.name)
+        table = req.served.table
         if staging is None or req.n > staging.capacity:
             raise RuntimeError("insert without a staging buffer (client protocol error)")
-        if not (first or self.table.rate_limiter.can_insert(1)):
+        if not (first or table.rate_limiter.can_insert(1)):
             return False
         lo, hi = req.done, req.n
         items = nest(staging.keys, [t[lo:hi] for t in staging.tensors], hi - lo)
         prio = req.priority if isinstance(req.priority, float) else req.priority[lo:hi]
         try:
-            req.keys.append(self.table.insert(items, prio, timeout=0).numpy())
+            req.keys.append(table.insert(items, prio, timeout=0).numpy())
             req.done = req.n
             return True
         except InsertTimeout as err:
@@ -291,24 +365,26 @@ class _Server:
                 req.done += k
             return k > 0
 
-    def _sample_now(self, n: int, out: SharedBuffers | None) -> TensorDictBase | None:
+    @staticmethod
+    def _sample_now(table: Table, n: int, out: SharedBuffers | None) -> TensorDictBase | None:
         """``table.sample(n, timeout=0)`` gathering straight into the caller's output buffer where it fits; None
         if the limiter refuses."""
         try:
-            return self.table.sample(
+            return table.sample(
                 n, timeout=0, out=out.rows(n) if out is not None and n <= out.capacity else None
             )
         except TimeoutError:
             return None
 
     def _deliver(self, req: _Request, batch: TensorDictBase) -> None:
-        conn, n = req.conn, req.n
+        conn, n, name = req.conn, req.n, req.served.name
         leaves = field_leaves(batch)
         layout = layout_of(leaves)
-        fresh = None
-        if conn.out is None or not conn.out.matches(layout, n):
-            conn.out = fresh = SharedBuffers(layout, n if conn.out is None else max(n, conn.out.capacity))
-        for dst, (_, src) in zip(conn.out.tensors, leaves):
+        out, fresh = conn.out.get(name), None
+        if out is None or not out.matches(layout, n):
+            out = fresh = SharedBuffers(layout, n if out is None else max(n, out.capacity))
+            conn.out[name] = out
+        for dst, (_, src) in zip(out.tensors, leaves):
             if src.data_ptr() != dst.data_ptr():
                 dst[:n].copy_(src)
         if fresh is not None:
@@ -326,14 +402,14 @@ class _Server:
         self._send(req.conn, msg, fds)
 
     def _unpark(self, req: _Request) -> None:
-        if req in self.parked:
-            self.parked.remove(req)
-            self.blocked_s[req.op] += time.monotonic() - req.start
+        if req in req.served.parked:
+            req.served.parked.remove(req)
+            req.served.blocked_s[req.op] += time.monotonic() - req.start
         if req.conn.parked is req:
             req.conn.parked = None
 
     def _timeout(self, req: _Request) -> None:
-        table = self.table
+        table = req.served.table
         if req.op == "insert":
             keys = np.concatenate(req.keys) if req.keys else np.empty(0, np.int64)
             err: TimeoutError = InsertTimeout(
@@ -348,17 +424,18 @@ class _Server:
             )
         self._finish(req, wire.encode_error(err))
 
-    def _retry_parked(self) -> None:
+    def _retry_parked(self, served: _Served) -> None:
+        """Retry the requests parked on a table that changed (only its own state can admit them)."""
         progress = True
-        while progress and self.parked:
+        while progress and served.parked:
             progress = False
-            for req in list(self.parked):
-                if req in self.parked and self._attempt(req):
+            for req in list(served.parked):
+                if req in served.parked and self._attempt(req):
                     progress = True
 
     def _expire(self) -> None:
         now = time.monotonic()
-        for req in list(self.parked):
+        for req in self._parked():
             if req.deadline is not None and now >= req.deadline:
                 self._timeout(req)
         for conn in list(self.unauthenticated):  # connections that did not send their token in time
@@ -367,7 +444,7 @@ class _Server:
 
 
 def _build_table(source: Any, control: Any) -> Table:
-    """The served table: the owner's own object (fork), a state it sends through shared memory, or a factory."""
+    """A served table: the owner's own object (fork), a state it sends through shared memory, or a factory."""
     if isinstance(source, Table):
         return source
     if source == "state":
@@ -385,12 +462,13 @@ def _build_table(source: Any, control: Any) -> Table:
     return table
 
 
-def serve_main(source: Any, address: Any, token: bytes, control: Any) -> None:
-    """Entry point of the server process."""
+def serve_main(sources: list[Any], address: Any, token: bytes, control: Any) -> None:
+    """Entry point of the server process: build the tables from ``sources`` (in order), listen, serve."""
     child_signals()  # Ctrl-C hits the whole group: let the owner stop us in order
     torch.set_num_threads(1)
     try:
-        table = _build_table(source, control)
+        tables = [_build_table(source, control) for source in sources]
+        check_table_names(t.name for t in tables)
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         listener.bind(address)
         listener.listen(1024)
@@ -398,9 +476,9 @@ def serve_main(source: Any, address: Any, token: bytes, control: Any) -> None:
     except BaseException as err:
         control.send_bytes(msgpack.packb(["error", f"{type(err).__name__}: {err}\n{traceback.format_exc()}"]))
         return
-    control.send_bytes(msgpack.packb(["ready", os.getpid(), table.name, table.max_size]))
+    control.send_bytes(msgpack.packb(["ready", os.getpid(), [[t.name, t.max_size] for t in tables]]))
     try:
-        _Server(table, listener, control, token).run()
+        _Server(tables, listener, control, token).run()
     finally:
         if isinstance(address, str) and not address.startswith("\0"):
             with contextlib.suppress(OSError):

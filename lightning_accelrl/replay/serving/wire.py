@@ -3,7 +3,9 @@
 A connection starts with the client's :data:`TOKEN_BYTES`-byte token, compared in constant time before anything
 else is read as a message. Every message is a 4-byte little-endian length and a msgpack array whose first element
 names the operation; :func:`parse_request` checks each request against its schema (types, arity, ranges) and
-raises :class:`ProtocolError` on anything else, which drops that connection. Nothing on the wire is ever unpickled:
+raises :class:`ProtocolError` on anything else, which drops that connection. A request on one table may end with the
+table's name (a short identifier, see :mod:`.names`); without it, it addresses the server's first table. Nothing on
+the wire is ever unpickled:
 item data and table states travel through shared memory (see :mod:`.buffers`), descriptors with ``SCM_RIGHTS``.
 """
 
@@ -24,6 +26,7 @@ import torch
 
 from lightning_accelrl.errors import ConfigError
 from lightning_accelrl.replay.errors import InsertTimeout
+from lightning_accelrl.replay.serving.names import is_table_name
 from lightning_accelrl.replay.storage import DTYPES
 
 __all__ = [
@@ -208,6 +211,8 @@ class Request:
     layout: Layout | None = None
     capacity: int = 0
     path: str = ""
+    table: str | None = None  # None: the server's first table
+    state: Any = None  # a state tree of TensorRefs ("load")
 
 
 def _int(value: Any, lo: int, hi: int, what: str) -> int:
@@ -265,25 +270,50 @@ def parse_layout(value: Any, capacity: int) -> Layout:
 
 
 _MAX_N = 1 << 31
-_SCHEMAS: dict[str, int] = {  # op -> number of arguments after it
-    "stage": 2,
-    "insert": 3,
-    "sample": 2,
-    "update": 2,
-    "delete": 1,
-    "reset": 0,
-    "size": 0,
-    "info": 0,
-    "checkpoint": 1,
-    "state": 0,
+_SCHEMAS: dict[str, tuple[int, bool]] = {  # op -> (number of arguments after it, may end with a table name)
+    "stage": (2, True),
+    "insert": (3, True),
+    "sample": (2, True),
+    "update": (2, True),
+    "delete": (1, True),
+    "reset": (0, True),
+    "size": (0, True),
+    "info": (0, True),
+    "checkpoint": (1, True),
+    "state": (0, True),
+    "server_info": (0, False),  # every table's info, by name
+    "server_state": (0, False),  # every table's state, by name (one consistent snapshot)
+    "load": (
+        2,
+        False,
+    ),  # every table's state, by name: a state tree and the size of its buffer (a descriptor)
 }
+
+
+def _split_table(msg: Any) -> tuple[str, list, str | None]:
+    """(op, arguments, table name or None) of a message that fits its operation's arity."""
+    if not isinstance(msg, list) or not msg or msg[0] not in _SCHEMAS:
+        raise ProtocolError("unknown request")
+    op, args = msg[0], msg[1:]
+    arity, named = _SCHEMAS[op]
+    if named and len(args) == arity + 1:
+        if not is_table_name(args[-1]):
+            raise ProtocolError("a table name is a short identifier")
+        return op, args[:-1], args[-1]
+    if len(args) != arity:
+        raise ProtocolError("unknown request")
+    return op, args, None
 
 
 def parse_request(msg: Any) -> Request:
     """Check a decoded message against its operation's schema; ProtocolError if it does not fit."""
-    if not isinstance(msg, list) or not msg or msg[0] not in _SCHEMAS or len(msg) != 1 + _SCHEMAS[msg[0]]:
-        raise ProtocolError("unknown request")
-    op, args = msg[0], msg[1:]
+    op, args, table = _split_table(msg)
+    req = _parse_args(op, args)
+    req.table = table
+    return req
+
+
+def _parse_args(op: str, args: list) -> Request:
     if op == "stage":
         capacity = _int(args[1], 1, _MAX_N, "capacity")
         return Request(op, layout=parse_layout(args[0], capacity), capacity=capacity)
@@ -301,6 +331,10 @@ def parse_request(msg: Any) -> Request:
         if not isinstance(args[0], str) or not os.path.isabs(args[0]) or "\0" in args[0]:
             raise ProtocolError("a checkpoint path is an absolute path")
         return Request(op, path=args[0])
+    if op == "load":
+        if not isinstance(args[0], dict) or not all(is_table_name(k) for k in args[0]):
+            raise ProtocolError("a state to load maps table names to table states")
+        return Request(op, state=args[0], capacity=_int(args[1], 0, MAX_BUFFER_BYTES, "state size"))
     return Request(op)
 
 
