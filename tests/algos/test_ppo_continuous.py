@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import sys
 import textwrap
 import threading
@@ -368,3 +369,62 @@ def test_async_samplers_act_with_the_learners_observation_statistics(tmp_path: P
         assert [mean, var] == learner[version], version
     assert max(version for version, _, _ in used) >= 20  # new statistics kept arriving
     assert any(mean != [0.0, 0.0, 0.0] for _, mean, _ in used)
+
+
+# ----- DDP: every rank folds in every rank's samples ---------------------------------------------------------
+DDP_SCRIPT = textwrap.dedent(
+    """
+    import os, sys
+    import torch
+    torch.set_num_threads(1)
+    import lightning as L
+    from lightning_accelrl import PPO, ExperienceDataModule
+
+    class Keep(L.Callback):
+        def __init__(self):
+            self.observations, self.rewards = [], []
+
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            self.observations.append(batch["observation"].clone())
+
+    def main():
+        L.seed_everything(0, verbose=False)
+        keep = Keep()
+        model = PPO(normalize_observations=True, normalize_rewards=True, update_epochs=1, minibatch_size=32,
+                    hidden=(16,))
+        dm = ExperienceDataModule("Pendulum-v1", num_envs=2, rollout_steps=16, total_env_steps=4 * 2 * 32, seed=0)
+        trainer = L.Trainer(strategy="ddp", devices=2, accelerator="cpu", logger=False, enable_checkpointing=False,
+                            enable_progress_bar=False, enable_model_summary=False, callbacks=[keep])
+        trainer.fit(model, datamodule=dm)
+        torch.save({"observations": torch.stack(keep.observations), "obs": dict(model.obs_rms.state_dict()),
+                    "ret": dict(model.return_rms.state_dict())},
+                   os.path.join(sys.argv[1], f"rank{trainer.global_rank}.pt"))
+
+    if __name__ == "__main__":
+        main()
+    """
+)
+
+
+def test_ddp_ranks_share_the_statistics_of_all_ranks(tmp_path: Path) -> None:
+    script = tmp_path / "ddp_stats.py"
+    script.write_text(DDP_SCRIPT)
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    env.pop("LOCAL_RANK", None)
+    env.pop("WORLD_SIZE", None)
+    code, text, _ = run_in_own_group(
+        [sys.executable, str(script), str(tmp_path)], tmp_path, 150, "DDP run", env, 10
+    )
+    assert code == 0, text[-4000:]
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+    for key in ("mean", "var", "count"):
+        assert torch.equal(ranks[0]["obs"][key], ranks[1]["obs"][key]), key
+        assert torch.equal(ranks[0]["ret"][key], ranks[1]["ret"][key]), key
+    everything = torch.cat([r["observations"].reshape(-1, 3) for r in ranks]).double()
+    assert not torch.equal(ranks[0]["observations"], ranks[1]["observations"])  # each rank has its own envs
+    assert float(ranks[0]["obs"]["count"]) == len(everything) == 4 * 2 * 32
+    torch.testing.assert_close(ranks[0]["obs"]["mean"].double(), everything.mean(0), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(
+        ranks[0]["obs"]["var"].double(), everything.var(0, unbiased=False), rtol=1e-5, atol=1e-6
+    )
+    assert float(ranks[0]["ret"]["count"]) == 4 * 2 * 32
