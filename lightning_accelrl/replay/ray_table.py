@@ -1,31 +1,28 @@
-"""Serve a replay :class:`Table` beyond one machine: a Ray async actor owns the table; clients anywhere in the
-Ray cluster call it through :class:`RayTableClient` (the Table API). Needs the ``ray`` extra.
+"""Serve replay :class:`Table` objects beyond one machine: a Ray async actor owns one or more named tables; clients
+anywhere in the Ray cluster call them through :class:`RayTableClient` (the Table API). Needs the ``ray`` extra.
 
-- The actor's methods are ``async def``: a blocked ``insert``/``sample`` waits on an ``asyncio.Condition`` (with
-  ``asyncio.wait_for`` for the deadline) and the actor keeps serving everyone else; a timeout is a real
-  ``TimeoutError`` raised inside the actor, so nothing is left running after the caller gives up.
-- Item data travels as stacked **numpy** arrays, which Ray's object store hands over without a copy; the client
-  wraps them with ``torch.from_numpy`` and rebuilds the TensorDict (torch tensors returned by an actor are copied).
+- The actor body is :class:`~lightning_accelrl.replay.ray_table_actor.TableActor`: its methods are ``async def``, so
+  a call blocked on one table leaves the actor serving every other call, on every table.
+- Item data travels as stacked **numpy** arrays through Ray's object store (no copy on the way back).
 - Bind Ray to loopback unless you mean to serve other machines:
   :func:`~lightning_accelrl.replay.ray_local.start_local_ray` starts a single-node Ray on 127.0.0.1.
 """
 
 from __future__ import annotations
 
-import asyncio
 import time
-import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 from tensordict import TensorDict, TensorDictBase
 
-from lightning_accelrl.replay.errors import InsertTimeout
+from lightning_accelrl.errors import ConfigError
 from lightning_accelrl.replay.rate_limiters import Queue, RateLimiter, Stack
+from lightning_accelrl.replay.ray_table_actor import TableActor, Timeout, to_fields, to_td
 from lightning_accelrl.replay.selectors import Fifo, Lifo, Selector
-from lightning_accelrl.replay.storage import field_leaves
+from lightning_accelrl.replay.serving.names import check_table_names, pick_table
 from lightning_accelrl.replay.table import Table
 from lightning_accelrl.replay.validation import as_keys, check_count, check_timeout
 
@@ -39,173 +36,35 @@ except ImportError as err:  # pragma: no cover - exercised only without the extr
 
 __all__ = ["RayTable", "RayTableClient"]
 
-NestedKey = tuple[str, ...]
-Fields = list[tuple[NestedKey, np.ndarray]]
-
-
-def _to_fields(items: TensorDictBase) -> Fields:
-    """(nested key, numpy array) pairs: numpy so that Ray ships them through the object store without copies."""
-    return [(k, v.detach().cpu().numpy()) for k, v in field_leaves(items)]
-
-
-def _to_td(fields: Fields, n: int) -> TensorDict:
-    """A TensorDict [n] over the arrays (no copy; read-only object-store arrays become tensors as they are)."""
-    root: dict[str, Any] = {}
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-        for key, value in fields:
-            node = root
-            for part in key[:-1]:
-                node = node.setdefault(part, {})
-            node[key[-1]] = torch.from_numpy(value)
-    return TensorDict(root, batch_size=[n])
-
-
-class _TableActor:
-    """The actor body (decorated with ``ray.remote`` at creation). One event loop: table calls never overlap."""
-
-    def __init__(self, factory: Callable[[], Table], num_threads: int = 1) -> None:
-        torch.set_num_threads(num_threads)
-        self.table = factory()
-        if not isinstance(self.table, Table):
-            raise TypeError(f"the table factory returned {type(self.table).__name__}, not a Table")
-        self._cond: asyncio.Condition | None = None
-        self._blocked_s = {"insert": 0.0, "sample": 0.0}
-        self._waiting = {"insert": 0, "sample": 0}
-
-    def _condition(self) -> asyncio.Condition:
-        if self._cond is None:  # created inside the actor's event loop
-            self._cond = asyncio.Condition()
-        return self._cond
-
-    async def _changed(self) -> None:
-        cond = self._condition()
-        async with cond:
-            cond.notify_all()
-
-    async def _wait(self, op: str, deadline: float | None) -> bool:
-        """Wait for a change of state or the deadline (the condition's lock is held); False once it has passed."""
-        remaining = None if deadline is None else deadline - time.monotonic()
-        if remaining is not None and remaining <= 0:
-            return False
-        start = time.monotonic()
-        self._waiting[op] += 1
-        try:
-            await asyncio.wait_for(self._condition().wait(), remaining)
-        except asyncio.TimeoutError:
-            pass
-        finally:
-            self._waiting[op] -= 1
-            self._blocked_s[op] += time.monotonic() - start
-        return True
-
-    async def insert(
-        self, fields: Fields, n: int, priority: Any, timeout: float | None
-    ) -> np.ndarray | _Timeout:
-        table = self.table
-        items = _to_td(fields, n)
-        deadline = None if timeout is None else time.monotonic() + timeout
-        done, keys = 0, []
-        cond = self._condition()
-        async with cond:
-            while True:
-                prio = priority if np.isscalar(priority) else priority[done:]
-                try:
-                    keys.append(table.insert(items[done:] if done else items, prio, timeout=0).numpy())
-                    done = n
-                except InsertTimeout as err:
-                    k = err.num_inserted
-                    if k:
-                        keys.append(err.keys.numpy())
-                        done += k
-                        cond.notify_all()
-                if done == n:
-                    cond.notify_all()
-                    return np.concatenate(keys) if keys else np.empty(0, np.int64)
-                if not await self._wait("insert", deadline):
-                    # Returned, not raised: Ray does not carry an exception's attributes (keys, num_inserted).
-                    return _Timeout(
-                        f"table {table.name!r}: insert timed out after {timeout} s; {done} of {n} items were "
-                        f"inserted (limiter {table.rate_limiter.counts()})",
-                        np.concatenate(keys) if keys else np.empty(0, np.int64),
-                    )
-
-    async def sample(self, n: int, timeout: float | None) -> tuple[Fields, int] | _Timeout:
-        table = self.table
-        deadline = None if timeout is None else time.monotonic() + timeout
-        cond = self._condition()
-        async with cond:
-            while True:
-                try:
-                    batch = table.sample(n, timeout=0)
-                except TimeoutError:
-                    if not await self._wait("sample", deadline):
-                        return _Timeout(
-                            f"table {table.name!r}: sample({n}) timed out after {timeout} s; nothing was sampled "
-                            f"(size {table.size}, limiter {table.rate_limiter.counts()})"
-                        )
-                    continue
-                cond.notify_all()
-                return _to_fields(batch), n
-
-    async def update_priorities(self, keys: np.ndarray, priorities: Any) -> None:
-        self.table.update_priorities(keys, priorities)
-
-    async def delete(self, keys: np.ndarray) -> int:
-        deleted = self.table.delete(keys)
-        if deleted:
-            await self._changed()
-        return deleted
-
-    async def reset(self) -> None:
-        self.table.reset()
-        self._blocked_s = {"insert": 0.0, "sample": 0.0}
-        await self._changed()
-
-    async def size(self) -> int:
-        return self.table.size
-
-    async def info(self) -> dict[str, Any]:
-        info = self.table.info()
-        info["insert_blocked_s"] += self._blocked_s["insert"]
-        info["sample_blocked_s"] += self._blocked_s["sample"]
-        info["waiting_inserts"] += self._waiting["insert"]
-        info["waiting_samples"] += self._waiting["sample"]
-        return info
-
-    async def checkpoint(self, path: str) -> str:
-        return self.table.checkpoint(path)
-
-    async def state_dict(self) -> dict[str, Any]:
-        return self.table.state_dict()  # no await inside: a consistent snapshot between two table calls
-
-    async def describe(self) -> tuple[str, int]:
-        return self.table.name, self.table.max_size
-
-
-class _Timeout:
-    """A timed-out call's answer; the client raises it as ``TimeoutError``, or ``InsertTimeout`` with the keys."""
-
-    def __init__(self, message: str, keys: np.ndarray | None = None) -> None:
-        self.message, self.keys = message, keys
-
-    def error(self) -> TimeoutError:
-        if self.keys is None:
-            return TimeoutError(self.message)
-        return InsertTimeout(self.message, torch.from_numpy(np.array(self.keys, dtype=np.int64)))
-
 
 class RayTableClient:
-    """The Table API over a table actor. Picklable (it holds the actor handle): pass it to Ray tasks and actors on
-    any machine of the cluster. Sampled tensors share the object store's memory and are read-only: copy before
-    writing in place (``batch.clone()``)."""
+    """The Table API of one table of a table actor. Picklable (it holds the actor handle): pass it to Ray tasks and
+    actors on any machine of the cluster. Sampled tensors share the object store's memory and are read-only: copy
+    before writing in place (``batch.clone()``).
 
-    def __init__(self, actor: Any, name: str = "", max_size: int = 0) -> None:
+    Args:
+        actor: the actor handle; ``tables``: ``(name, max_size)`` of each of its tables, in order; ``name``: the
+            table this client addresses (default: the first).
+    """
+
+    def __init__(self, actor: Any, tables: Sequence[tuple[str, int]], name: str | None = None) -> None:
         self.actor = actor
-        self.name, self.max_size = name, max_size
+        self._sizes = {table: int(size) for table, size in tables}
+        check_table_names(self._sizes)
+        self.name = pick_table(name, self.tables)
+        self.max_size = self._sizes[self.name]
 
     def __repr__(self) -> str:
-        return f"RayTableClient(name={self.name!r}, max_size={self.max_size})"
+        return f"RayTableClient(name={self.name!r}, max_size={self.max_size}, tables={list(self._sizes)})"
+
+    @property
+    def tables(self) -> tuple[str, ...]:
+        """The names of the actor's tables, in its order (the first is the default)."""
+        return tuple(self._sizes)
+
+    def table(self, name: str) -> RayTableClient:
+        """A client of the actor's table ``name``; ConfigError naming the actor's tables if it has no such table."""
+        return RayTableClient(self.actor, list(self._sizes.items()), pick_table(name, self.tables))
 
     def _get(self, ref: Any) -> Any:
         try:
@@ -217,7 +76,7 @@ class RayTableClient:
             raise cause from None
         except RayActorError as err:
             raise ConnectionError(f"replay table actor {self.name!r} is gone: {err}") from err
-        if isinstance(result, _Timeout):
+        if isinstance(result, Timeout):
             raise result.error()
         return result
 
@@ -237,53 +96,74 @@ class RayTableClient:
                 priority = float(priority[0])
         timeout = check_timeout(timeout)
         n = int(items.batch_size[0])
-        keys = self._get(self.actor.insert.remote(_to_fields(items), n, priority, timeout))
+        keys = self._get(self.actor.insert.remote(self.name, to_fields(items), n, priority, timeout))
         return torch.from_numpy(np.array(keys, dtype=np.int64))
 
     def sample(self, num_samples: int, timeout: float | None = None) -> TensorDict:
         """Sample ``num_samples`` items once the limiter admits them; see :meth:`Table.sample`."""
         n = check_count(num_samples)
         timeout = check_timeout(timeout)
-        fields, n = self._get(self.actor.sample.remote(n, timeout))
-        return _to_td(fields, n)
+        fields, n = self._get(self.actor.sample.remote(self.name, n, timeout))
+        return to_td(fields, n)
 
     def update_priorities(self, keys: Any, priorities: Any) -> None:
         if isinstance(priorities, torch.Tensor):
             priorities = priorities.detach().cpu().numpy()
-        self._get(self.actor.update_priorities.remote(as_keys(keys), priorities))
+        self._get(self.actor.update_priorities.remote(self.name, as_keys(keys), priorities))
 
     def delete(self, keys: Any) -> int:
-        return self._get(self.actor.delete.remote(as_keys(keys)))
+        return self._get(self.actor.delete.remote(self.name, as_keys(keys)))
 
     def reset(self) -> None:
-        self._get(self.actor.reset.remote())
+        self._get(self.actor.reset.remote(self.name))
 
     @property
     def size(self) -> int:
-        return self._get(self.actor.size.remote())
+        return self._get(self.actor.size.remote(self.name))
 
     def __len__(self) -> int:
         return self.size
 
     def info(self) -> dict[str, Any]:
-        return self._get(self.actor.info.remote())
+        return self._get(self.actor.info.remote(self.name))
 
     def checkpoint(self, path: str) -> str:
         """Write the table to ``path`` on the actor's machine, atomically; returns the path."""
-        return self._get(self.actor.checkpoint.remote(str(path)))
+        return self._get(self.actor.checkpoint.remote(self.name, str(path)))
 
     def state_dict(self) -> dict[str, Any]:
         """The table's state (items, priorities, limiter counters), copied to the caller (``Table.load_state_dict``
         restores it; :meth:`checkpoint` writes it on the actor's machine instead)."""
-        return self._get(self.actor.state_dict.remote())
+        return self._get(self.actor.state_dict.remote(self.name))
+
+    # -- every table of the actor ----------------------------------------------------------------------------------
+    def server_info(self) -> dict[str, dict[str, Any]]:
+        """``info()`` of every table of the actor, by name."""
+        return self._get(self.actor.server_info.remote())
+
+    def server_state_dict(self) -> dict[str, dict[str, Any]]:
+        """``Table.state_dict()`` of every table of the actor, by name, taken at one instant (loads with
+        ``torch.load(weights_only=True)``)."""
+        return self._get(self.actor.server_state_dict.remote())
+
+    def load_server_state_dict(self, states: dict[str, dict[str, Any]]) -> None:
+        """Replace every table's contents and counters by ``states`` (from :meth:`server_state_dict` of an actor
+        with the same tables); blocked calls are then retried."""
+        if not isinstance(states, dict) or sorted(states) != sorted(self.tables):
+            names = sorted(states) if isinstance(states, dict) else type(states).__name__
+            raise ConfigError(
+                f"the state holds tables {names}, this actor has {list(self.tables)}: "
+                "load a state saved from an actor with the same tables"
+            )
+        self._get(self.actor.load_server_state_dict.remote(states))
 
     def kill(self) -> None:
-        """Stop the actor (its table is lost; clients then raise ``ConnectionError``) and wait until it is gone."""
+        """Stop the actor (its tables are lost; clients then raise ``ConnectionError``) and wait until it is gone."""
         ray.kill(self.actor)
         deadline = time.monotonic() + 10.0
         while time.monotonic() < deadline:
             try:
-                ray.get(self.actor.size.remote(), timeout=1.0)
+                ray.get(self.actor.describe.remote(), timeout=1.0)
             except (RayActorError, ray.exceptions.GetTimeoutError):
                 return
             time.sleep(0.01)
@@ -291,7 +171,8 @@ class RayTableClient:
 
 class RayTable:
     """Creates table actors. ``create`` takes the :class:`Table` arguments; ``factory`` builds any table instead
-    (e.g. ``functools.partial(Table.restore, path)`` or a table with a frame storage)."""
+    (e.g. ``functools.partial(Table.restore, path)`` or a table with a frame storage); ``serve`` puts several
+    tables in one actor."""
 
     @staticmethod
     def create(
@@ -320,13 +201,35 @@ class RayTable:
             factory = _TableFactory(
                 name, sampler, remover, max_size, rate_limiter, max_times_sampled, table_kwargs
             )
+        return RayTable.serve(
+            [factory],
+            actor_name=actor_name,
+            namespace=namespace,
+            actor_options=actor_options,
+            num_threads=num_threads,
+        )
+
+    @staticmethod
+    def serve(
+        factories: Sequence[Callable[[], Table]],
+        *,
+        actor_name: str | None = None,
+        namespace: str | None = None,
+        actor_options: dict[str, Any] | None = None,
+        num_threads: int = 1,
+    ) -> RayTableClient:
+        """Start one actor hosting a table per factory (picklable callables; the tables' names, short identifiers,
+        must differ) and return a client of the first; ``client.table(name)`` addresses the others. The other
+        arguments are :meth:`create`'s."""
+        if not factories:
+            raise ConfigError("RayTable.serve needs at least one table factory")
         options = dict(actor_options or {})
         options.setdefault("max_concurrency", 1000)
         if actor_name is not None:
             options["name"] = actor_name
             if namespace is not None:
                 options["namespace"] = namespace
-        actor = ray.remote(_TableActor).options(**options).remote(factory, num_threads)
+        actor = ray.remote(TableActor).options(**options).remote(list(factories), num_threads)
         return RayTable._client(actor)
 
     @staticmethod
@@ -340,17 +243,17 @@ class RayTable:
         return RayTable.create(name, Lifo(), Lifo(), max_size, Stack(max_size), max_times_sampled=1, **kwargs)
 
     @staticmethod
-    def connect(actor_name: str, namespace: str | None = None) -> RayTableClient:
-        """A client for a named table actor started elsewhere in the cluster."""
-        return RayTable._client(ray.get_actor(actor_name, namespace=namespace))
+    def connect(actor_name: str, namespace: str | None = None, table: str | None = None) -> RayTableClient:
+        """A client for table ``table`` (default: the first) of a named table actor started elsewhere."""
+        return RayTable._client(ray.get_actor(actor_name, namespace=namespace), table)
 
     @staticmethod
-    def _client(actor: Any) -> RayTableClient:
-        client = RayTableClient(actor)
-        client.name, client.max_size = client._get(
-            actor.describe.remote()
-        )  # also waits until the table exists
-        return client
+    def _client(actor: Any, table: str | None = None) -> RayTableClient:
+        try:  # also waits until the tables exist
+            tables = ray.get(actor.describe.remote())
+        except RayActorError as err:  # its message holds the factories' error (a bad table name, ...)
+            raise ConnectionError(f"replay table actor failed to start or is gone: {err}") from err
+        return RayTableClient(actor, tables, table)
 
 
 class _TableFactory:
