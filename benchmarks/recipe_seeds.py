@@ -3,9 +3,12 @@ budget, and when the threshold was first reached, through ``accelrl fit`` exactl
 
     python benchmarks/recipe_seeds.py --recipe a2c-cartpole --seeds 0 1 2 3 4
     python benchmarks/recipe_seeds.py --recipe ppo-cartpole --seeds 0 1 2 --jobs 2
+    python benchmarks/recipe_seeds.py --recipe dqn-acrobot --seeds 0 1 2 --curve docs/curves/dqn-acrobot.png
 
 Each run writes ``summary.json`` (``episode_return_mean`` is the final window's mean; ``env_steps_to_threshold``
-the first time the window's mean reached the recipe's target). Prints one JSON line per seed and a Markdown table.
+the first time the window's mean reached the recipe's target; ``eval_return_mean`` the greedy evaluation of
+recipes that run one). Prints one JSON line per seed and a Markdown table; ``--curve`` also draws the seeds'
+learning curves (mean with a min-max band, against env steps) with ``accelrl plot``.
 """
 
 from __future__ import annotations
@@ -39,7 +42,18 @@ def run(recipe: str, seed: int, root: Path, extra: list[str]) -> dict:
         "first_at_threshold": s.get("env_steps_to_threshold"),
         "env_steps": s["env_steps"],
         "wall_time_s": round(s["wall_time_s"], 1),
+        "env_steps_per_s": round(s["env_steps_per_s"]),
     }
+
+
+def plot_curves(recipe: str, roots: list[Path], out: str) -> None:
+    """One PNG of every seed's curve (one group: the runs share the recipe's config up to seeds)."""
+    runs = [str(p.parent) for r in roots for p in sorted(r.glob("**/metrics.csv"))]
+    if not runs:
+        return
+    cmd = [sys.executable, "-m", "lightning_accelrl.cli", "plot", *runs, "--out", out, "--x", "env_steps",
+           "--title", f"{recipe}: seeds " + ", ".join(r.name.removeprefix("s") for r in roots)]  # fmt: skip
+    subprocess.run(cmd, check=True)
 
 
 def main() -> None:
@@ -47,6 +61,7 @@ def main() -> None:
     p.add_argument("--recipe", required=True)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     p.add_argument("--jobs", type=int, default=1, help="runs at once (each uses one torch thread)")
+    p.add_argument("--curve", default=None, help="also write the seeds' learning curves to this PNG")
     p.add_argument("extra", nargs="*", help="more accelrl fit arguments, after --")
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
@@ -55,18 +70,22 @@ def main() -> None:
             r.mkdir()
         with ThreadPoolExecutor(args.jobs) as pool:
             results = list(pool.map(lambda s: run(args.recipe, s, roots[s], args.extra), args.seeds))
+        if args.curve:
+            plot_curves(args.recipe, list(roots.values()), args.curve)
     for r in results:
         print(json.dumps(r))
     print(
-        "\n| seed | final return (last 100) | first ≥ target at | env steps | wall s |\n|---|---|---|---|---|"
+        "\n| seed | final return (last 100) | greedy eval | first ≥ target at | env steps | wall s | env steps/s |"
+        "\n|---|---|---|---|---|---|---|"
     )
     for r in results:
         if "error" in r:
-            print(f"| {r['seed']} | error: {r['error']} | | | | |")
+            print(f"| {r['seed']} | error: {r['error']} | | | | | |")
         else:
+            first = f"{r['first_at_threshold']:,}" if r["first_at_threshold"] is not None else "not reached"
             print(
-                f"| {r['seed']} | {r['final_return']} | {r['eval_return']} | {r['first_at_threshold']} | {r['env_steps']:,} | "
-                f"{r['wall_time_s']} |"
+                f"| {r['seed']} | {r['final_return']} | {r['eval_return']} | {first} | {r['env_steps']:,} | "
+                f"{r['wall_time_s']} | {r['env_steps_per_s']:,} |"
             )
 
 
