@@ -16,6 +16,9 @@ _LAZY = {
     "APPO": "lightning_accelrl.algos.appo",
     "DQN": "lightning_accelrl.algos.dqn",
     "CategoricalDQN": "lightning_accelrl.algos.c51",
+    "SAC": "lightning_accelrl.algos.sac",
+    "TD3": "lightning_accelrl.algos.td3",
+    "DDPG": "lightning_accelrl.algos.td3",
     "ExperienceDataModule": "lightning_accelrl.data.datamodule",
 }
 

@@ -6,5 +6,7 @@ from lightning_accelrl.algos.base import RLModule
 from lightning_accelrl.algos.c51 import CategoricalDQN
 from lightning_accelrl.algos.dqn import DQN
 from lightning_accelrl.algos.ppo import PPO
+from lightning_accelrl.algos.sac import SAC
+from lightning_accelrl.algos.td3 import DDPG, TD3
 
-__all__ = ["A2C", "APPO", "DQN", "PPO", "CategoricalDQN", "RLModule"]
+__all__ = ["A2C", "APPO", "DDPG", "DQN", "PPO", "SAC", "TD3", "CategoricalDQN", "RLModule"]

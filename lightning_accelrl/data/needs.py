@@ -28,6 +28,8 @@ class ExperienceNeeds:
     - ``kind="replay"``: samples of n-step transitions from a replay table (``observation``, ``action``,
       ``("next", "observation"|"reward")``, ``bootstrap_discount``, and the table's ``key``, ``probability``,
       ``table_size``, ``priority``); ``prioritized`` tables take priority write-backs.
+    - ``actions``: the action spaces the algorithm handles: ``"discrete"`` (one Discrete), ``"continuous"`` (a Box)
+      or ``"any"``.
     """
 
     kind: Literal["rollout", "replay"] = "rollout"
@@ -36,7 +38,7 @@ class ExperienceNeeds:
     gamma: float = 0.99
     prioritized: bool = False
     priority_exponent: float = 0.6
-    actions: Literal["any", "discrete"] = "any"
+    actions: Literal["any", "discrete", "continuous"] = "any"
 
     def describe(self) -> str:
         """One phrase for error messages: what the algorithm must be fed."""

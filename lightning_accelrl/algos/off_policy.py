@@ -1,0 +1,104 @@
+"""What the off-policy continuous-control modules (SAC, TD3, DDPG) share, and their named loss terms.
+
+Each algorithm file keeps its hyper-parameters, its actor and its update; this file holds the replay needs,
+the critic ensemble and its Polyak target, uniform random actions for the first ``random_steps`` env steps
+(pushed by the experience source), and the loss pieces both use (``loss_critic``, ``td_target``).
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+from torch import nn
+from typing_extensions import override
+
+from lightning_accelrl.algos.base import RLModule
+from lightning_accelrl.algos.large_batch import scaled_lr, scaled_tau
+from lightning_accelrl.data.needs import ExperienceNeeds
+from lightning_accelrl.envs.base import EnvSpec
+from lightning_accelrl.nets.continuous import ActionScale, CriticEnsemble
+
+
+def td_target(
+    reward: torch.Tensor, bootstrap_discount: torch.Tensor, next_value: torch.Tensor
+) -> torch.Tensor:
+    """``r^(n) + γ^n·(1 − terminal)·V(s_{t+n})``; the replay item's ``bootstrap_discount`` holds ``γ^n`` or 0."""
+    return reward.reshape(next_value.shape) + bootstrap_discount.reshape(next_value.shape) * next_value
+
+
+def loss_critic(q: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean squared TD error of every critic of the ensemble (``q`` [E, N]) against one target [N], summed over
+    critics (each critic's gradient is its own MSE's, as with separate losses)."""
+    return (q - target.unsqueeze(0)).pow(2).mean(-1).sum()
+
+
+class OffPolicyContinuous(RLModule):
+    """Base of SAC and TD3: ``self.critic`` (an ensemble of Q-networks) and ``self.critic_target``, the action
+    scale, replay needs of n-step transitions with continuous actions, random warm-up actions and Polyak updates.
+
+    Subclasses set ``self.actor`` in :meth:`build_actor` and implement :meth:`explore` and :meth:`policy`.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.updates = 0
+
+    # ----- what the data module must provide ------------------------------------------------------------
+    @override
+    def experience_needs(self) -> ExperienceNeeds:
+        hp = self.hparams
+        return ExperienceNeeds(kind="replay", n_step=hp.n_step, gamma=hp.gamma, actions="continuous")
+
+    # ----- networks -----------------------------------------------------------------------------------------
+    def build_networks(self, spec: EnvSpec) -> None:
+        hp = self.hparams
+        self.scale = ActionScale(spec)
+        self.action_dim = spec.action_dim
+        self.critic = CriticEnsemble(spec, hp.num_critics, hp.critic_hidden, hp.activation)
+        self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
+        self.build_actor(spec)
+
+    def build_actor(self, spec: EnvSpec) -> None:
+        raise NotImplementedError
+
+    # ----- acting -------------------------------------------------------------------------------------------
+    def act(self, observation: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Uniform random actions for the first ``random_steps`` env steps, then the exploring policy."""
+        if self.env_steps < self.hparams.random_steps:
+            shape = (observation.shape[0], self.action_dim)
+            normalized = torch.rand(shape, device=observation.device) * 2 - 1
+        else:
+            normalized = self.explore(observation)
+        return {"action": self.scale.to_env(normalized)}
+
+    def explore(self, observation: torch.Tensor) -> torch.Tensor:
+        """Exploring actions in ``[-1, 1]`` for a batch of observations."""
+        raise NotImplementedError
+
+    # ----- learning helpers ---------------------------------------------------------------------------------
+    def learning_rate(self, lr: float, batch_size: int) -> float:
+        """``lr``, scaled by the large-batch rule when ``lr_scaling`` is set (tuned at the reference batch)."""
+        hp = self.hparams
+        if hp.lr_scaling == "none":
+            return lr
+        return scaled_lr(lr, batch_size, hp.reference_batch_size, hp.lr_scaling)
+
+    @torch.no_grad()
+    def polyak(self, target: nn.Module, online: nn.Module, batch_size: int) -> None:
+        """``θ' ← (1 − τ)·θ' + τ·θ``; with ``lr_scaling`` set, τ keeps its time constant in env steps."""
+        hp = self.hparams
+        tau = hp.tau if hp.lr_scaling == "none" else scaled_tau(hp.tau, batch_size, hp.reference_batch_size)
+        torch._foreach_lerp_(list(target.parameters()), list(online.parameters()), tau)
+
+    # ----- checkpoints --------------------------------------------------------------------------------------
+    @override
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
+        checkpoint["accelrl"]["updates"] = self.updates
+
+    @override
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_load_checkpoint(checkpoint)
+        self.updates = int(checkpoint.get("accelrl", {}).get("updates", 0))

@@ -1,0 +1,176 @@
+"""Soft Actor-Critic (Haarnoja et al., 2018, "SAC: algorithms and applications"), as a LightningModule.
+
+Twin Q-networks with a Polyak-averaged target, a tanh-squashed Gaussian policy with the change-of-variables
+correction, and the entropy temperature α tuned automatically towards a target entropy (−dim(A) by default).
+Each training batch is one ``table.sample(batch_size)``; the data module's sample-to-insert limiter sets the
+replay ratio, so ``replay_ratio / batch_size`` is the update-to-data ratio (1 update of 256 per env step:
+``replay_ratio: 256``).
+
+One update takes one backward pass over the sum of the three losses (as TorchRL's ``SACLoss``): the actor's loss
+reads the critics through detached weights, so each loss moves only its own parameters, and DDP sees every
+parameter in every backward.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from tensordict import TensorDict
+from torch import nn
+from typing_extensions import override
+
+from lightning_accelrl.algos.large_batch import LrScaling
+from lightning_accelrl.algos.off_policy import OffPolicyContinuous, loss_critic, td_target
+from lightning_accelrl.envs.base import EnvSpec
+from lightning_accelrl.errors import check
+from lightning_accelrl.nets.continuous import SquashedGaussianActor, squashed_sample
+
+
+def soft_q_target(
+    reward: torch.Tensor,
+    bootstrap_discount: torch.Tensor,
+    next_q: torch.Tensor,
+    next_log_prob: torch.Tensor,
+    alpha: torch.Tensor,
+) -> torch.Tensor:
+    """``r + γ^n·(min_i Q'_i(s', a') − α·log π(a'|s'))`` with ``a' ~ π(·|s')`` (``next_q`` [E, N])."""
+    return td_target(reward, bootstrap_discount, next_q.min(0).values - alpha * next_log_prob)
+
+
+def loss_actor(alpha: torch.Tensor, log_prob: torch.Tensor, q_new: torch.Tensor) -> torch.Tensor:
+    """``E[α·log π(ã|s) − min_i Q_i(s, ã)]`` with ``ã ~ π(·|s)`` reparameterized (``q_new`` [E, N])."""
+    return (alpha * log_prob - q_new.min(0).values).mean()
+
+
+def loss_alpha(log_alpha: torch.Tensor, log_prob: torch.Tensor, target_entropy: float) -> torch.Tensor:
+    """``E[−log α · (log π(ã|s) + H̄)]``: raises α while the policy's entropy is below the target ``H̄``."""
+    return -(log_alpha * (log_prob.detach() + target_entropy)).mean()
+
+
+class SAC(OffPolicyContinuous):
+    """SAC on replay tables, for Box action spaces with finite bounds.
+
+    ``entropy_coef``: a fixed α, or ``None`` (default) to tune it from ``initial_entropy_coef`` towards
+    ``target_entropy`` (``None``: −dim(A)).
+    """
+
+    def __init__(
+        self,
+        actor_lr: float = 3e-4,
+        critic_lr: float = 3e-4,
+        alpha_lr: float = 3e-4,
+        gamma: float = 0.99,
+        n_step: int = 1,
+        tau: float = 0.005,
+        entropy_coef: float | None = None,
+        initial_entropy_coef: float = 1.0,
+        target_entropy: float | None = None,
+        num_critics: int = 2,
+        random_steps: int = 100,
+        actor_hidden: Sequence[int] = (256, 256),
+        critic_hidden: Sequence[int] = (256, 256),
+        activation: str = "relu",
+        lr_scaling: LrScaling = "none",
+        reference_batch_size: int = 256,
+        env_spec: dict | None = None,
+    ) -> None:
+        super().__init__()
+        for name, lr in (("actor_lr", actor_lr), ("critic_lr", critic_lr), ("alpha_lr", alpha_lr)):
+            check(lr > 0, f"{name} must be > 0, got {lr}")
+        check(0 < gamma <= 1, f"gamma must be in (0, 1], got {gamma}")
+        check(n_step >= 1, f"n_step must be >= 1, got {n_step}")
+        check(0 < tau <= 1, f"tau must be in (0, 1], got {tau}")
+        check(entropy_coef is None or entropy_coef >= 0, f"entropy_coef must be >= 0, got {entropy_coef}")
+        check(initial_entropy_coef > 0, f"initial_entropy_coef must be > 0, got {initial_entropy_coef}")
+        check(num_critics >= 1, f"num_critics must be >= 1, got {num_critics}")
+        check(random_steps >= 0, f"random_steps must be >= 0, got {random_steps}")
+        check(
+            lr_scaling in ("none", "linear", "sqrt"),
+            f"lr_scaling must be none, linear or sqrt, got {lr_scaling!r}",
+        )
+        check(reference_batch_size >= 1, f"reference_batch_size must be >= 1, got {reference_batch_size}")
+        self.save_hyperparameters()
+        start = entropy_coef if entropy_coef is not None else initial_entropy_coef
+        # log α is a parameter even when fixed (then never stepped): one layout for checkpoints and samplers
+        self.log_alpha = nn.Parameter(
+            torch.tensor(math.log(max(start, 1e-12))), requires_grad=entropy_coef is None
+        )
+
+    def build_actor(self, spec: EnvSpec) -> None:
+        hp = self.hparams
+        self.actor = SquashedGaussianActor(spec, hp.actor_hidden, hp.activation)
+        self.target_entropy = (
+            float(-spec.action_dim) if hp.target_entropy is None else float(hp.target_entropy)
+        )
+
+    @override
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        """One fused Adam, a parameter group per loss (actor, critics, temperature)."""
+        hp = self.hparams
+        groups = [
+            {"params": list(self.actor.parameters()), "lr": hp.actor_lr, "base_lr": hp.actor_lr},
+            {"params": list(self.critic.parameters()), "lr": hp.critic_lr, "base_lr": hp.critic_lr},
+        ]
+        if hp.entropy_coef is None:
+            groups.append({"params": [self.log_alpha], "lr": hp.alpha_lr, "base_lr": hp.alpha_lr})
+        return torch.optim.Adam(groups, fused=True)
+
+    # ----- acting -------------------------------------------------------------------------------------------
+    @override
+    def explore(self, observation: torch.Tensor) -> torch.Tensor:
+        return squashed_sample(*self.actor(observation))[0]
+
+    def policy(self, observation: torch.Tensor, deterministic: bool = True) -> torch.Tensor:
+        """Evaluation actions: ``tanh`` of the Gaussian's mean (deterministic), or a sample, in env units."""
+        return self.scale.to_env(squashed_sample(*self.actor(observation), deterministic=deterministic)[0])
+
+    # ----- learning -----------------------------------------------------------------------------------------
+    @override
+    def training_step(self, batch: TensorDict, batch_idx: int) -> None:
+        hp = self.hparams
+        opt = self.optimizers()
+        n = batch.batch_size[0]
+        for group in opt.optimizer.param_groups:
+            group["lr"] = self.learning_rate(group["base_lr"], n)
+        obs, next_obs = batch["observation"], batch["next", "observation"]
+        action = self.scale.to_normalized(batch["action"])
+        alpha = self.log_alpha.detach().exp()
+
+        # 1. critic target: min of the target critics at a' ~ π(·|s') minus the entropy term, bootstrapped
+        with torch.no_grad():
+            next_action, next_log_prob = squashed_sample(*self.actor(next_obs))
+            next_q = self.critic_target(next_obs, next_action)
+            target = soft_q_target(
+                batch["next", "reward"], batch["bootstrap_discount"], next_q, next_log_prob, alpha
+            )
+        q = self.critic(obs, action)
+        critic_loss = loss_critic(q, target)
+
+        # 2. actor: reparameterized actions through the critics' detached weights
+        new_action, log_prob = squashed_sample(*self.actor(obs))
+        actor_loss = loss_actor(alpha, log_prob, self.critic(obs, new_action, detach_params=True))
+
+        # 3. temperature (when tuned), then one backward and one step for all three
+        loss = critic_loss + actor_loss
+        if hp.entropy_coef is None:
+            alpha_loss = loss_alpha(self.log_alpha, log_prob, self.target_entropy)
+            loss = loss + alpha_loss
+        opt.zero_grad()
+        self.manual_backward(loss)
+        opt.step()
+        self.updates += 1
+        self.policy_version += 1
+
+        # 4. targets
+        self.polyak(self.critic_target, self.critic, n)
+        self.log_rollout_stats(
+            {
+                "train/critic_loss": critic_loss.detach(),
+                "train/actor_loss": actor_loss.detach(),
+                "train/alpha": alpha,
+                "train/entropy": -log_prob.detach().mean(),
+                "train/q_mean": q.detach().mean(),
+            }
+        )

@@ -1,0 +1,195 @@
+"""TD3 (Fujimoto et al., 2018) and DDPG (Lillicrap et al., 2016) as its settings, as LightningModules.
+
+TD3: twin Q-networks whose minimum forms the target, target-policy smoothing (clipped Gaussian noise on the
+target actor's action), and delayed updates of the actor and of both targets (every ``policy_delay`` critic
+updates). DDPG is TD3 with one critic, no smoothing and no delay. Exploration adds Gaussian noise of std
+``exploration_noise`` (in units of half the action range) to the deterministic actor. The data module's
+sample-to-insert limiter sets the replay ratio: ``replay_ratio / batch_size`` updates per env step.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+
+import torch
+from tensordict import TensorDict
+from typing_extensions import override
+
+from lightning_accelrl.algos.large_batch import LrScaling
+from lightning_accelrl.algos.off_policy import OffPolicyContinuous, loss_critic, td_target
+from lightning_accelrl.envs.base import EnvSpec
+from lightning_accelrl.errors import check
+from lightning_accelrl.nets.continuous import DeterministicActor
+
+
+def smoothed_target_action(action: torch.Tensor, noise_std: float, noise_clip: float) -> torch.Tensor:
+    """``clip(μ'(s') + clip(ε, −c, c), −1, 1)`` with ``ε ~ N(0, σ̃)``: target-policy smoothing."""
+    if noise_std <= 0:
+        return action
+    noise = (torch.randn_like(action) * noise_std).clamp(-noise_clip, noise_clip)
+    return (action + noise).clamp(-1.0, 1.0)
+
+
+def loss_deterministic_actor(q_new: torch.Tensor) -> torch.Tensor:
+    """``−E[Q_1(s, μ(s))]``: the first critic scores the actor's action (``q_new`` [E, N])."""
+    return -q_new[0].mean()
+
+
+class TD3(OffPolicyContinuous):
+    """TD3 on replay tables, for Box action spaces with finite bounds."""
+
+    def __init__(
+        self,
+        actor_lr: float = 1e-3,
+        critic_lr: float = 1e-3,
+        gamma: float = 0.99,
+        n_step: int = 1,
+        tau: float = 0.005,
+        policy_delay: int = 2,
+        target_policy_noise: float = 0.2,
+        target_noise_clip: float = 0.5,
+        exploration_noise: float = 0.1,
+        num_critics: int = 2,
+        random_steps: int = 100,
+        actor_hidden: Sequence[int] = (256, 256),
+        critic_hidden: Sequence[int] = (256, 256),
+        activation: str = "relu",
+        lr_scaling: LrScaling = "none",
+        reference_batch_size: int = 256,
+        env_spec: dict | None = None,
+    ) -> None:
+        super().__init__()
+        check(actor_lr > 0 and critic_lr > 0, f"learning rates must be > 0, got {actor_lr}, {critic_lr}")
+        check(0 < gamma <= 1, f"gamma must be in (0, 1], got {gamma}")
+        check(n_step >= 1, f"n_step must be >= 1, got {n_step}")
+        check(0 < tau <= 1, f"tau must be in (0, 1], got {tau}")
+        check(policy_delay >= 1, f"policy_delay must be >= 1, got {policy_delay}")
+        check(target_policy_noise >= 0, f"target_policy_noise must be >= 0, got {target_policy_noise}")
+        check(target_noise_clip >= 0, f"target_noise_clip must be >= 0, got {target_noise_clip}")
+        check(exploration_noise >= 0, f"exploration_noise must be >= 0, got {exploration_noise}")
+        check(num_critics >= 1, f"num_critics must be >= 1, got {num_critics}")
+        check(random_steps >= 0, f"random_steps must be >= 0, got {random_steps}")
+        check(
+            lr_scaling in ("none", "linear", "sqrt"),
+            f"lr_scaling must be none, linear or sqrt, got {lr_scaling!r}",
+        )
+        check(reference_batch_size >= 1, f"reference_batch_size must be >= 1, got {reference_batch_size}")
+        self.save_hyperparameters()
+
+    def build_actor(self, spec: EnvSpec) -> None:
+        hp = self.hparams
+        self.actor = DeterministicActor(spec, hp.actor_hidden, hp.activation)
+        self.actor_target = copy.deepcopy(self.actor).requires_grad_(False)
+
+    @override
+    def configure_optimizers(self) -> list[torch.optim.Optimizer]:
+        """Two fused Adams: the critics step every update, the actor every ``policy_delay`` updates."""
+        hp = self.hparams
+        return [
+            torch.optim.Adam(self.actor.parameters(), lr=hp.actor_lr, fused=True),
+            torch.optim.Adam(self.critic.parameters(), lr=hp.critic_lr, fused=True),
+        ]
+
+    # ----- acting -------------------------------------------------------------------------------------------
+    @override
+    def explore(self, observation: torch.Tensor) -> torch.Tensor:
+        action = self.actor(observation)
+        noise = torch.randn_like(action) * self.hparams.exploration_noise
+        return (action + noise).clamp(-1.0, 1.0)
+
+    def policy(self, observation: torch.Tensor, deterministic: bool = True) -> torch.Tensor:
+        """Evaluation actions in env units: the actor's (deterministic) or with exploration noise."""
+        return self.scale.to_env(self.actor(observation) if deterministic else self.explore(observation))
+
+    # ----- learning -----------------------------------------------------------------------------------------
+    @override
+    def training_step(self, batch: TensorDict, batch_idx: int) -> None:
+        hp = self.hparams
+        actor_opt, critic_opt = self.optimizers()
+        n = batch.batch_size[0]
+        actor_opt.optimizer.param_groups[0]["lr"] = self.learning_rate(hp.actor_lr, n)
+        critic_opt.optimizer.param_groups[0]["lr"] = self.learning_rate(hp.critic_lr, n)
+        obs, next_obs = batch["observation"], batch["next", "observation"]
+        action = self.scale.to_normalized(batch["action"])
+        update_actor = (self.updates + 1) % hp.policy_delay == 0
+
+        # 1. critic target: min of the target critics at the smoothed target action
+        with torch.no_grad():
+            next_action = smoothed_target_action(
+                self.actor_target(next_obs), hp.target_policy_noise, hp.target_noise_clip
+            )
+            next_q = self.critic_target(next_obs, next_action).min(0).values
+            target = td_target(batch["next", "reward"], batch["bootstrap_discount"], next_q)
+        q = self.critic(obs, action)
+        critic_loss = loss_critic(q, target)
+        loss = critic_loss
+
+        # 2. actor, every policy_delay updates, through the critics' detached weights (one backward for both).
+        # Under DDP the actor's loss is in every backward (scaled by 0 between its updates): DDP's reducer
+        # expects a gradient for every parameter of every backward.
+        actor_loss = None
+        if update_actor or self.trainer.world_size > 1:
+            actor_loss = loss_deterministic_actor(self.critic(obs, self.actor(obs), detach_params=True))
+            loss = loss + (actor_loss if update_actor else 0.0 * actor_loss)
+        actor_opt.zero_grad()
+        critic_opt.zero_grad()
+        self.manual_backward(loss)
+        critic_opt.step()
+        if update_actor:
+            actor_opt.step()
+        self.updates += 1
+        self.policy_version += 1
+
+        # 3. targets follow the actor's schedule
+        if update_actor:
+            self.polyak(self.critic_target, self.critic, n)
+            self.polyak(self.actor_target, self.actor, n)
+        metrics = {"train/critic_loss": critic_loss.detach(), "train/q_mean": q.detach().mean()}
+        if update_actor:
+            metrics["train/actor_loss"] = actor_loss.detach()
+        self.log_rollout_stats(metrics)
+
+
+class DDPG(TD3):
+    """DDPG: TD3 with one critic, no target-policy smoothing and the actor updated every step."""
+
+    def __init__(
+        self,
+        actor_lr: float = 1e-3,
+        critic_lr: float = 1e-3,
+        gamma: float = 0.99,
+        n_step: int = 1,
+        tau: float = 0.005,
+        policy_delay: int = 1,
+        target_policy_noise: float = 0.0,
+        target_noise_clip: float = 0.0,
+        exploration_noise: float = 0.1,
+        num_critics: int = 1,
+        random_steps: int = 100,
+        actor_hidden: Sequence[int] = (256, 256),
+        critic_hidden: Sequence[int] = (256, 256),
+        activation: str = "relu",
+        lr_scaling: LrScaling = "none",
+        reference_batch_size: int = 256,
+        env_spec: dict | None = None,
+    ) -> None:
+        super().__init__(
+            actor_lr,
+            critic_lr,
+            gamma,
+            n_step,
+            tau,
+            policy_delay,
+            target_policy_noise,
+            target_noise_clip,
+            exploration_noise,
+            num_critics,
+            random_steps,
+            actor_hidden,
+            critic_hidden,
+            activation,
+            lr_scaling,
+            reference_batch_size,
+            env_spec,
+        )

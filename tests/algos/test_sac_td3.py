@@ -1,0 +1,268 @@
+"""SAC, TD3 and DDPG: their loss terms against hand computations, the critic ensemble, the delayed actor, the
+one-line refusals, and short runs through the experience source."""
+
+from __future__ import annotations
+
+import math
+
+import lightning as L
+import numpy as np
+import pytest
+import torch
+from foundation_helpers import trainer_kwargs
+from torch import nn
+
+from lightning_accelrl import DDPG, SAC, TD3, ExperienceDataModule
+from lightning_accelrl.algos.off_policy import loss_critic, td_target
+from lightning_accelrl.algos.sac import loss_actor, loss_alpha, soft_q_target
+from lightning_accelrl.algos.td3 import smoothed_target_action
+from lightning_accelrl.envs.base import EnvSpec
+from lightning_accelrl.errors import ConfigError
+from lightning_accelrl.nets.continuous import (
+    ActionScale,
+    CriticEnsemble,
+    EnsembleLinear,
+    squashed_sample,
+)
+
+PENDULUM = EnvSpec(
+    observation_shape=(3,),
+    observation_dtype=torch.float32,
+    discrete=False,
+    action_dim=1,
+    action_low=(-2.0,),
+    action_high=(2.0,),
+)
+
+
+# ----- the squashed Gaussian -------------------------------------------------------------------------------------
+def test_squashed_log_prob_is_the_change_of_variables() -> None:
+    torch.manual_seed(0)
+    mean, log_std = torch.randn(64, 3) * 2, torch.randn(64, 3).clamp(-2, 1)
+    torch.manual_seed(1)
+    action, log_prob = squashed_sample(mean, log_std)
+    torch.manual_seed(1)
+    u = mean + log_std.exp() * torch.randn_like(mean)
+    reference = torch.distributions.TransformedDistribution(
+        torch.distributions.Normal(mean, log_std.exp()), [torch.distributions.TanhTransform()]
+    )
+    torch.testing.assert_close(action, torch.tanh(u))
+    # log N(u) − Σ log(1 − tanh²u), compared where tanh(u) is not rounded to ±1 (the reference is then inf)
+    hand = torch.distributions.Normal(mean, log_std.exp()).log_prob(u) - torch.log1p(-torch.tanh(u).pow(2))
+    inside = torch.tanh(u).abs().amax(-1) < 0.999
+    torch.testing.assert_close(log_prob[inside], hand.sum(-1)[inside], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(
+        log_prob[inside], reference.log_prob(torch.tanh(u)).sum(-1)[inside], rtol=1e-3, atol=1e-3
+    )
+
+
+def test_squashed_log_prob_stays_finite_at_saturation() -> None:
+    mean = torch.tensor([[30.0, -30.0]])
+    action, log_prob = squashed_sample(mean, torch.full_like(mean, -5.0), deterministic=True)
+    assert torch.equal(action, torch.tensor([[1.0, -1.0]]))
+    assert torch.isfinite(log_prob).all()
+
+
+# ----- loss terms by hand ----------------------------------------------------------------------------------------
+def test_soft_q_target_takes_the_min_critic_and_the_entropy_term() -> None:
+    next_q = torch.tensor([[1.0, 5.0, -2.0], [2.0, 4.0, -3.0]])  # two critics, three samples
+    next_log_prob = torch.tensor([-1.0, 0.5, 0.0])
+    reward = torch.tensor([1.0, 0.0, 2.0])
+    discount = torch.tensor([0.99, 0.99, 0.0])  # the third transition ended its episode
+    alpha = torch.tensor(0.2)
+    got = soft_q_target(reward, discount, next_q, next_log_prob, alpha)
+    hand = [1.0 + 0.99 * (1.0 - 0.2 * -1.0), 0.0 + 0.99 * (4.0 - 0.2 * 0.5), 2.0]
+    torch.testing.assert_close(got, torch.tensor(hand))
+
+
+def test_critic_loss_sums_each_critics_mse() -> None:
+    q = torch.tensor([[1.0, 2.0], [0.0, 4.0]], requires_grad=True)
+    target = torch.tensor([2.0, 2.0])
+    loss = loss_critic(q, target)
+    torch.testing.assert_close(loss, torch.tensor(((1 + 0) / 2) + ((4 + 4) / 2)))
+    loss.backward()
+    torch.testing.assert_close(q.grad, torch.tensor([[-1.0, 0.0], [-2.0, 2.0]]))  # d/dq of each critic's MSE
+
+
+def test_actor_loss_uses_the_min_critic() -> None:
+    log_prob = torch.tensor([0.5, -1.0])
+    q_new = torch.tensor([[3.0, 1.0], [2.0, 4.0]])
+    got = loss_actor(torch.tensor(0.1), log_prob, q_new)
+    torch.testing.assert_close(got, torch.tensor(((0.05 - 2.0) + (-0.1 - 1.0)) / 2))
+
+
+def test_temperature_loss_raises_alpha_while_entropy_is_below_target() -> None:
+    log_alpha = torch.tensor(0.0, requires_grad=True)
+    target_entropy = -1.0
+    low_entropy = torch.tensor([2.0, 3.0])  # log π high: entropy −2.5 < −1
+    loss = loss_alpha(log_alpha, low_entropy, target_entropy)
+    torch.testing.assert_close(loss, torch.tensor(-0.0 * 1.5))
+    loss.backward()
+    torch.testing.assert_close(log_alpha.grad, torch.tensor(-1.5))  # −mean(log π + H̄): descent raises log α
+    log_alpha.grad = None
+    loss_alpha(log_alpha, torch.tensor([-3.0]), target_entropy).backward()
+    assert log_alpha.grad > 0  # entropy 3 above the target: α decreases
+
+
+def test_td_target_bootstraps_with_the_items_discount() -> None:
+    got = td_target(torch.tensor([1.0, 1.0]), torch.tensor([0.9**3, 0.0]), torch.tensor([10.0, 10.0]))
+    torch.testing.assert_close(got, torch.tensor([1.0 + 7.29, 1.0]))
+
+
+def test_target_smoothing_noise_is_clipped_and_actions_stay_in_range() -> None:
+    torch.manual_seed(0)
+    action = torch.tensor([[0.0, 0.9, -0.95]]).expand(20_000, 3)
+    smoothed = smoothed_target_action(action, noise_std=0.2, noise_clip=0.5)
+    noise = smoothed[:, 0]  # the first action is 0: what is added is the clipped noise itself
+    assert noise.abs().max() <= 0.5 and noise.abs().max() > 0.45
+    assert abs(noise.std().item() - 0.2) < 0.02  # σ = 0.2 with clip at 2.5σ: the std barely shrinks
+    assert smoothed.max() <= 1.0 and smoothed.min() >= -1.0
+    assert (smoothed[:, 1] == 1.0).any() and (smoothed[:, 2] == -1.0).any()
+    assert torch.equal(smoothed_target_action(action, 0.0, 0.5), action)  # DDPG: no smoothing
+
+
+# ----- networks ----------------------------------------------------------------------------------------------------
+def test_ensemble_linear_is_independent_linear_layers() -> None:
+    torch.manual_seed(0)
+    layer = EnsembleLinear(3, 5, 4)
+    x = torch.randn(3, 7, 5)
+    out = layer(x)
+    for i in range(3):
+        torch.testing.assert_close(out[i], x[i] @ layer.weight[i] + layer.bias[i])
+    assert not torch.allclose(layer.weight[0], layer.weight[1])  # members initialised independently
+
+
+def test_critics_with_detached_weights_pass_gradients_only_to_the_action() -> None:
+    critic = CriticEnsemble(PENDULUM, size=2, hidden=(8,))
+    obs, action = torch.randn(4, 3), torch.zeros(4, 1, requires_grad=True)
+    critic(obs, action, detach_params=True).sum().backward()
+    assert action.grad is not None and action.grad.abs().sum() > 0
+    assert all(p.grad is None for p in critic.parameters())
+    q = critic(obs, action)
+    assert q.shape == (2, 4)
+
+
+def test_action_scale_maps_the_box() -> None:
+    spec = EnvSpec((2,), torch.float32, False, action_dim=2, action_low=(-2.0, 0.0), action_high=(2.0, 1.0))
+    scale = ActionScale(spec)
+    torch.testing.assert_close(scale.to_env(torch.tensor([[-1.0, 1.0]])), torch.tensor([[-2.0, 1.0]]))
+    torch.testing.assert_close(scale.to_normalized(torch.tensor([[1.0, 0.5]])), torch.tensor([[0.5, 0.0]]))
+    unbounded = EnvSpec((2,), torch.float32, False, action_dim=1, action_low=(-math.inf,), action_high=(math.inf,))
+    with pytest.raises(ConfigError, match="RescaleAction"):
+        ActionScale(unbounded)
+
+
+def test_ddpg_is_td3_with_one_critic_and_no_delay_or_smoothing() -> None:
+    ddpg = DDPG(env_spec=PENDULUM.to_dict())
+    ddpg.configure_model()
+    assert ddpg.critic.size == 1
+    assert ddpg.hparams.policy_delay == 1 and ddpg.hparams.target_policy_noise == 0
+    td3 = TD3(env_spec=PENDULUM.to_dict())
+    td3.configure_model()
+    assert td3.critic.size == 2 and td3.hparams.policy_delay == 2
+
+
+def test_policies_act_within_the_box() -> None:
+    for algo in (SAC, TD3):
+        model = algo(env_spec=PENDULUM.to_dict(), random_steps=10)
+        model.configure_model()
+        obs = torch.randn(256, 3)
+        for env_steps in (0, 100):  # random warm-up, then the policy
+            model.set_env_steps(env_steps, 1000)
+            a = model.act(obs)["action"]
+            assert a.shape == (256, 1) and a.abs().max() <= 2.0
+        assert model.policy(obs).shape == (256, 1)
+        assert torch.equal(model.policy(obs), model.policy(obs))  # deterministic evaluation
+
+
+@pytest.mark.parametrize("bad", [{"tau": 0.0}, {"num_critics": 0}, {"gamma": 1.5}, {"random_steps": -1}])
+def test_bad_arguments_fail_in_one_line(bad: dict) -> None:
+    for algo in (SAC, TD3):
+        with pytest.raises(ConfigError) as err:
+            algo(**bad)
+        assert "\n" not in str(err.value)
+
+
+# ----- through the experience source ----------------------------------------------------------------------------
+def fit(model: L.LightningModule, budget: int, callbacks: list | None = None, **data) -> ExperienceDataModule:
+    L.seed_everything(0, verbose=False)
+    settings = {"num_envs": 2, "batch_size": 32, "replay_ratio": 32.0, "learning_starts": 64, "seed": 0}
+    dm = ExperienceDataModule("Pendulum-v1", total_env_steps=budget, **{**settings, **data})
+    trainer = L.Trainer(**trainer_kwargs(), max_epochs=-1, callbacks=callbacks or [])
+    trainer.fit(model, datamodule=dm)
+    return dm
+
+
+def test_continuous_algorithms_refuse_discrete_envs_in_one_line() -> None:
+    dm = ExperienceDataModule("CartPole-v1", num_envs=1, total_env_steps=100, batch_size=8, learning_starts=8)
+    trainer = L.Trainer(**trainer_kwargs(), max_epochs=-1)
+    with pytest.raises(ConfigError, match=r"SAC needs a continuous \(Box\) action space.*Discrete\(2\)"):
+        trainer.fit(SAC(), datamodule=dm)
+
+
+class Changes(L.Callback):
+    """Which parameter sets changed at each update."""
+
+    def __init__(self, names: tuple[str, ...]) -> None:
+        self.names, self.before, self.changed = names, {}, []
+
+    def flat(self, module: nn.Module) -> torch.Tensor:
+        return torch.cat([p.detach().flatten() for p in module.parameters()]).clone()
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:  # noqa: ANN001
+        self.before = {n: self.flat(getattr(pl_module, n)) for n in self.names}
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:  # noqa: ANN001
+        after = {n: self.flat(getattr(pl_module, n)) for n in self.names}
+        self.changed.append({n for n in self.names if not torch.equal(self.before[n], after[n])})
+
+
+def test_td3_updates_the_actor_and_targets_every_policy_delay_updates() -> None:
+    model = TD3(policy_delay=3, actor_hidden=(16,), critic_hidden=(16,))
+    changes = Changes(("actor", "critic", "actor_target", "critic_target"))
+    fit(model, budget=120, callbacks=[changes], replay_ratio=16.0)
+    assert len(changes.changed) == model.updates >= 9
+    for i, changed in enumerate(changes.changed, start=1):
+        delayed = {"actor", "actor_target", "critic_target"}
+        assert changed == ({"critic"} | delayed if i % 3 == 0 else {"critic"}), (i, changed)
+
+
+def test_sac_steps_actor_critics_and_temperature_every_update() -> None:
+    model = SAC(actor_hidden=(16,), critic_hidden=(16,))
+    changes = Changes(("actor", "critic", "critic_target"))
+    alphas = []
+
+    class Alpha(L.Callback):
+        def on_train_batch_end(self, trainer, pl_module, *args) -> None:  # noqa: ANN001
+            alphas.append(pl_module.log_alpha.item())
+
+    fit(model, budget=120, callbacks=[changes, Alpha()], replay_ratio=16.0)
+    assert len(changes.changed) >= 9
+    assert all(c == {"actor", "critic", "critic_target"} for c in changes.changed)
+    assert len(set(alphas)) == len(alphas)  # the temperature moves every update
+    fixed = SAC(entropy_coef=0.1, actor_hidden=(16,), critic_hidden=(16,))
+    fit(fixed, budget=100, replay_ratio=16.0)
+    assert fixed.log_alpha.item() == pytest.approx(math.log(0.1))
+
+
+@pytest.mark.parametrize("algo", [SAC, TD3], ids=["sac", "td3"])
+def test_async_samplers_feed_the_continuous_algorithms(algo: type) -> None:
+    model = algo(actor_hidden=(16,), critic_hidden=(16,), random_steps=50)
+    dm = fit(model, budget=600, sampler="async", num_sampler_procs=2, replay_ratio=8.0)
+    assert dm.env_steps >= 600 and model.updates > 50
+    assert len(dm.tracker.recent_returns) >= 4  # episodes of the samplers' envs reached the learner
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("algo", [SAC, TD3], ids=["sac", "td3"])
+def test_learns_pendulum(algo: type) -> None:
+    """6k env steps at one update of 128 per env step: far above a random policy's ~ −1,200 return."""
+    from lightning_accelrl.envs import make_env
+    from lightning_accelrl.evaluation import evaluate_policy
+
+    torch.set_num_threads(1)
+    model = algo(actor_lr=1e-3, critic_lr=1e-3, actor_hidden=(64, 64), critic_hidden=(64, 64))
+    fit(model, budget=6000, num_envs=1, batch_size=128, replay_ratio=128.0, learning_starts=128)
+    with make_env("Pendulum-v1", num_envs=5, seed=123) as env:
+        result = evaluate_policy(model, env, episodes=5)
+    assert result["return_mean"] > -400, result["returns"]
