@@ -170,6 +170,63 @@ def test_an_unknown_or_invalid_table_name_is_one_line_naming_the_tables(server):
     assert client.size == 0
 
 
+def test_hostile_requests_on_named_tables_drop_only_their_connection(server, tmp_path):
+    """Random messages with every operation and any table name, then a ``load`` whose tensor reference points
+    outside its buffer: the server drops the offending connections, the load changes nothing, both tables serve."""
+    import random
+
+    from lightning_accelrl.replay.serving.buffers import export_state
+
+    client = server.client()
+    client.insert(make(2))
+    token = client.__getstate__()["token"]
+
+    def exchange(data: bytes, fds: list[int] | None = None) -> bytes:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(10.0)
+        sock.connect(server.address)
+        try:
+            sock.sendall(token)
+            socket.send_fds(sock, [data], fds or [])
+            return sock.recv(4096)
+        except OSError:
+            return b""
+        finally:
+            sock.close()
+
+    rng = random.Random(1)
+    names = ["replay", "queue", "nope", "", "a b", "x" * 65, "../etc", 7, None, b"queue"]
+    atoms = [
+        0,
+        1,
+        -1,
+        2**40,
+        1.5,
+        float("nan"),
+        "x",
+        b"\0" * 8,
+        None,
+        str(tmp_path / "c.ckpt"),
+        {},
+        {"replay": 1},
+    ]
+    for _ in range(200):
+        op = rng.choice(list(wire._SCHEMAS) + ["?"])
+        args = [rng.choice(atoms) for _ in range(rng.randint(0, 3))]
+        if rng.random() < 0.7:
+            args.append(rng.choice(names))
+        exchange(wire.encode([op, *args]))
+    client.reset()
+    client.insert(make(2))
+    before = server.state_dict()
+    tree, storage = export_state({"replay": before["replay"], "queue": before["queue"]})
+    tree["replay"]["keys"] = wire.TensorRef(1 << 30, 2, "int64", (2,))  # outside the buffer
+    reply = exchange(wire.encode(["load", tree, storage.nbytes()]), [int(storage._share_fd_cpu_()[0])])
+    assert reply == b""  # a breach: dropped without an answer
+    assert same(server.state_dict(), before)
+    assert client.sample(2, timeout=5)["x"].numel() == 2 and client.table("queue").size == 0
+
+
 @pytest.mark.parametrize(
     ("tables", "message"),
     [
