@@ -1,12 +1,12 @@
 """The client of a table server: the :class:`~lightning_accelrl.replay.Table` API over a Unix socket.
 
 A client addresses one of the server's tables; :meth:`TableClient.table` gives a client of another table that
-shares its connection. Each process and thread gets its own connection, which serves every table. It checks that the process at the other end is the server it was
-given (``SO_PEERCRED``: same user, same pid), then sends the server's token. Item data never goes through the
-socket: an ``insert`` copies the items into the client's shared staging buffer, and the server gathers a
-``sample`` into a per-connection shared output buffer; their descriptors are passed once when a buffer is
-(re)allocated. A lost server is a ``ConnectionError``: end-of-file, a dead pid, or no answer ``REPLY_GRACE_S``
-after a timed call's deadline.
+shares its connection. Each process and thread gets its own connection, which serves every table. It checks that
+the process at the other end is the server it was given (``SO_PEERCRED``: same user, same pid), then sends the
+server's token. Item data never goes through the socket: an ``insert`` copies the items into the client's shared
+staging buffer for that table, and the server gathers a ``sample`` into a shared output buffer per connection and
+table; their descriptors are passed once when a buffer is (re)allocated. A lost server is a ``ConnectionError``:
+end-of-file, a dead pid, or no answer ``REPLY_GRACE_S`` after a timed call's deadline.
 """
 
 from __future__ import annotations

@@ -39,7 +39,7 @@ class TableServer:
             memory unless the start method is ``fork``); the server's table is the one that counts from then on.
         start_method: how to start the server process: ``"spawn"`` (default, safest), ``"forkserver"`` or ``"fork"``
             (fast; the server calls ``torch.set_num_threads(1)`` before any torch op, as a forked child must).
-        startup_timeout: seconds to wait for the server to build its table and listen.
+        startup_timeout: seconds to wait for the server to build its tables and listen.
 
     Use as a context manager, or call :meth:`start` and :meth:`stop`. Clients are picklable: pass
     ``server.client()`` to child processes (fork, spawn or forkserver); each connects on its first call.
