@@ -15,6 +15,7 @@ import gymnasium as gym
 import numpy as np
 
 COUNTING_ID = "AccelrlTestCounting-v0"
+COUNTING_BOX_ID = "AccelrlTestCountingBox-v0"  # the same with a Box action
 COUNTING_TL_ID = "AccelrlTestCountingTL-v0"  # time limit 4: envs with L = 5 are truncated
 TIME_LIMIT = 4
 
@@ -47,8 +48,21 @@ class CountingEnv(gym.Env):
         return self._obs(), float(self.t), self.t >= self.length, False, {}
 
 
+class CountingBoxEnv(CountingEnv):
+    """The counting env with one continuous action in [-1, 1] (the reward adds a tenth of it)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.action_space = gym.spaces.Box(-1.0, 1.0, shape=(1,), dtype=np.float32)
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = super().step(0)
+        return obs, reward + 0.1 * float(np.asarray(action).reshape(-1)[0]), terminated, truncated, info
+
+
 if COUNTING_ID not in gym.registry:
     gym.register(COUNTING_ID, entry_point=CountingEnv)
+    gym.register(COUNTING_BOX_ID, entry_point=CountingBoxEnv)
     gym.register(COUNTING_TL_ID, entry_point=CountingEnv, max_episode_steps=TIME_LIMIT)
 
 

@@ -1,4 +1,4 @@
-"""Exact resume for replay algorithms: a DQN (and C51) run resumed from a mid-run checkpoint ends bit-identical to
+"""Exact resume for replay algorithms: a DQN (C51, SAC, TD3) run resumed from a mid-run checkpoint ends bit-identical to
 the straight run: parameters, optimizer state, replay table (items, priorities, limiter counters), env steps and
 episode window.
 
@@ -18,10 +18,10 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
-from foundation_helpers import COUNTING_ID, trainer_kwargs
+from foundation_helpers import COUNTING_BOX_ID, COUNTING_ID, trainer_kwargs
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from lightning_accelrl import CategoricalDQN, ExperienceDataModule
+from lightning_accelrl import SAC, TD3, CategoricalDQN, ExperienceDataModule
 from lightning_accelrl.algos import DQN
 from lightning_accelrl.callbacks import RNGState
 from lightning_accelrl.checkpoint_io import AtomicCheckpointIO
@@ -42,16 +42,25 @@ class Moments(L.Callback):
             self.eligible.append(trainer.current_epoch)
 
 
-def fit(algo: type, root: Path, ckpt_path: str | None = None, rng: bool = True):
-    L.seed_everything(0, verbose=False)
-    dm = ExperienceDataModule(
-        COUNTING_ID, num_envs=ENVS, total_env_steps=BUDGET, seed=0, updates_per_epoch=5, batch_size=16,
-        replay_capacity=64, replay_ratio=4.0, learning_starts=32, vectorization="sync",
-    )  # fmt: skip
+def make_model(algo: type):
+    if algo is SAC:  # continuous actions: random for 40 env steps, then the policy's samples
+        return SAC(actor_hidden=(16,), critic_hidden=(16,), n_step=2, random_steps=40)
+    if algo is TD3:  # the actor and targets every 3 updates: the checkpoint keeps the update counter
+        return TD3(actor_hidden=(16,), critic_hidden=(16,), n_step=2, random_steps=40, policy_delay=3)
     kwargs = {"network": "mlp", "hidden": (16,), "prioritized": True, "n_step": 2, "target_update_period": 7}
     if algo is CategoricalDQN:
         kwargs.update(v_min=0.0, v_max=10.0, num_atoms=11)
-    model = algo(exploration_fraction=0.5, **kwargs)
+    return algo(exploration_fraction=0.5, **kwargs)
+
+
+def fit(algo: type, root: Path, ckpt_path: str | None = None, rng: bool = True):
+    L.seed_everything(0, verbose=False)
+    dm = ExperienceDataModule(
+        COUNTING_BOX_ID if algo in (SAC, TD3) else COUNTING_ID, num_envs=ENVS, total_env_steps=BUDGET, seed=0,
+        updates_per_epoch=5, batch_size=16, replay_capacity=64, replay_ratio=4.0, learning_starts=32,
+        vectorization="sync",
+    )  # fmt: skip
+    model = make_model(algo)
     moments = Moments()
     callbacks = [ModelCheckpoint(dirpath=root / "ckpt", save_top_k=-1, filename="{epoch}"), moments]
     if rng:
@@ -66,9 +75,10 @@ def fit(algo: type, root: Path, ckpt_path: str | None = None, rng: bool = True):
 
 def snapshot(model, dm, trainer) -> dict[str, torch.Tensor]:  # noqa: ANN001
     out = {f"param/{k}": v.detach().clone() for k, v in model.state_dict().items()}
-    for i, state in trainer.optimizers[0].state_dict()["state"].items():
-        for k in ("exp_avg", "exp_avg_sq", "step"):
-            out[f"adam/{i}/{k}"] = state[k].clone()
+    for o, optimizer in enumerate(trainer.optimizers):
+        for i, state in optimizer.state_dict()["state"].items():
+            for k in ("exp_avg", "exp_avg_sq", "step"):
+                out[f"adam{o}/{i}/{k}"] = state[k].clone()
     table = dm.source.table.state_dict()
     for k in ("keys", "priorities", "times_sampled"):
         out[f"table/{k}"] = table[k].clone()
@@ -79,7 +89,7 @@ def snapshot(model, dm, trainer) -> dict[str, torch.Tensor]:  # noqa: ANN001
     return out
 
 
-@pytest.mark.parametrize("algo", [DQN, CategoricalDQN], ids=["dqn", "c51"])
+@pytest.mark.parametrize("algo", [DQN, CategoricalDQN, SAC, TD3], ids=["dqn", "c51", "sac", "td3"])
 def test_resumed_replay_run_is_bit_identical_to_the_straight_run(tmp_path: Path, algo: type) -> None:
     model, dm, trainer, moments = fit(algo, tmp_path / "straight")
     straight = snapshot(model, dm, trainer)

@@ -70,6 +70,11 @@ class Selector:
         for slot in slots.tolist():
             self.remove(slot)
 
+    def draw_order(self) -> np.ndarray | None:
+        """The present slots in the order whose :meth:`add` rebuilds this copy's random draws exactly (a
+        checkpoint saves items in it), or None when draws do not depend on the order items were added in."""
+        return None
+
     def update(self, slots: np.ndarray, priorities: np.ndarray, recency: np.ndarray) -> None:
         """New priorities for present items (unique slots)."""
 
@@ -177,6 +182,10 @@ class Uniform(Selector):
     def remove_many(self, slots: np.ndarray) -> None:
         self._members.remove_many(slots)
 
+    def draw_order(self) -> np.ndarray:
+        """Uniform draws index a dense array of members that removals reorder."""
+        return self._members.items[: self._members.n].copy()
+
     def select(self, rng: np.random.Generator) -> tuple[int, float]:
         m = self._members
         return int(m.items[rng.integers(m.n)]), 1.0 / m.n
@@ -219,6 +228,10 @@ class Prioritized(Selector):
         return np.where(
             positive, np.power(p, self.priority_exponent, where=positive, out=np.zeros_like(p)), 0.0
         )
+
+    def draw_order(self) -> np.ndarray:
+        """With every weight zero, draws are uniform over the members' dense array (see :class:`Uniform`)."""
+        return self._members.items[: self._members.n].copy()
 
     def add(self, slots: np.ndarray, priorities: np.ndarray, recency: np.ndarray) -> None:
         self._members.add(slots)

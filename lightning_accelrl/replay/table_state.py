@@ -53,11 +53,16 @@ class TableState:
         }
 
     def state_dict(self) -> dict[str, Any]:
-        """Everything needed to rebuild the table: config, items (by slot, in insertion order), priorities,
-        times sampled, recency, key and recency counters, limiter counters, and the storage's own state."""
+        """Everything needed to rebuild the table: config, items (by slot, in the sampler's draw order, else in
+        insertion order), priorities, times sampled, recency, key and recency counters, limiter counters, and the
+        storage's own state. A restored table draws the samples the saved one would have drawn."""
         with self._cond:
             keys = np.fromiter(self._slot_of.keys(), dtype=np.int64, count=len(self._slot_of))
             slots = np.fromiter(self._slot_of.values(), dtype=np.int64, count=len(self._slot_of))
+            order = self.sampler.draw_order()
+            if order is not None:  # reorder (key, slot) pairs so that re-adding them rebuilds the draws
+                keys = self._key[order].copy()
+                slots = order
             storage_cls = type(self.storage)
             return {
                 "format": STATE_FORMAT,
@@ -117,13 +122,14 @@ class TableState:
             self._priority[slots] = priorities
             self._times[slots] = times
             self._recency[slots] = recency
-            self._slot_of = dict(zip(keys.tolist(), slots.tolist()))
+            by_key = np.argsort(keys, kind="stable")  # insertion order (keys grow with inserts)
+            self._slot_of = dict(zip(keys[by_key].tolist(), slots[by_key].tolist()))
             live = set(slots.tolist())
             self._free = [s for s in range(self.max_size - 1, -1, -1) if s not in live]
             self._sum_times = int(times.sum())
-            if len(slots):
+            if len(slots):  # the sampler in the saved (draw) order, the remover in insertion order (Fifo)
                 self.sampler.add(slots, priorities, recency)
-                self.remover.add(slots, priorities, recency)
+                self.remover.add(slots[by_key], priorities[by_key], recency[by_key])
             self._next_key = int(state["next_key"])
             self._next_recency = int(state["next_recency"])
             self._fields = fields or None

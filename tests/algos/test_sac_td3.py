@@ -6,7 +6,6 @@ from __future__ import annotations
 import math
 
 import lightning as L
-import numpy as np
 import pytest
 import torch
 from foundation_helpers import trainer_kwargs

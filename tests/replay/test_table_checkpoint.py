@@ -187,6 +187,26 @@ def test_restored_tables_draw_the_samples_the_original_draws_next(tmp_path):
     assert _draws(Table.from_state(served)) == straight
 
 
+@pytest.mark.parametrize(
+    "sampler", [selectors.Uniform(), selectors.Prioritized(0.6)], ids=["uniform", "zero-prio"]
+)
+def test_restored_tables_draw_the_same_after_evictions_reordered_the_members(sampler):
+    """Uniform draws (and prioritized ones with all weights zero) index a member array that evictions reorder:
+    the state keeps that order, and a FIFO remover still evicts in insertion order after the restore."""
+    t = Table("u", sampler, selectors.Fifo(), 20, rate_limiters.MinSize(1), seed=3)
+    t.insert(make(35), priority=0.0)  # 15 evictions and deletions shuffle the members
+    t.delete(torch.tensor([21, 25, 30]))
+    state = t.state_dict()
+    straight = [t.sample(4, timeout=0)["x"].tolist() for _ in range(5)]
+    t.insert(make(5, start=100), priority=0.0)
+    evicted_next = t.sample(20, timeout=0)["x"].tolist()
+    loaded = Table("u", sampler, selectors.Fifo(), 20, rate_limiters.MinSize(1), seed=9)
+    loaded.load_state_dict(state)
+    assert [loaded.sample(4, timeout=0)["x"].tolist() for _ in range(5)] == straight
+    loaded.insert(make(5, start=100), priority=0.0)  # evicts the five oldest, as the original did
+    assert loaded.sample(20, timeout=0)["x"].tolist() == evicted_next
+
+
 def test_served_state_dict_equals_the_table_state_and_leaves_no_file(tmp_path):
     t = Table("q", selectors.Fifo(), selectors.Fifo(), 20, rate_limiters.MinSize(1))
     t.insert(make(12))
