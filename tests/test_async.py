@@ -346,20 +346,25 @@ def test_interrupt_leaves_no_process_or_shared_memory(tmp_path: Path) -> None:
     assert shm_segments() - shm_before == set()
 
 
-# ----- DDP: DQN in replay mode keeps identical parameters on 2 ranks -------------------------------------------
+# ----- DDP: DQN, SAC and TD3 in replay mode keep identical parameters on 2 ranks -------------------------------------------
 DDP_DQN = textwrap.dedent(
     """
     import os, sys
     import torch
     torch.set_num_threads(1)
     import lightning as L
-    from lightning_accelrl import DQN, ExperienceDataModule
+    from lightning_accelrl import DQN, SAC, TD3, ExperienceDataModule
 
     def main():
         L.seed_everything(0, verbose=False)
-        model = DQN(hidden=(32, 32), target_update_period=20)
+        algo, env = sys.argv[3], "CartPole-v1"
+        if algo == "DQN":
+            model = DQN(hidden=(32, 32), target_update_period=20)
+        else:  # continuous control: the actor's loss and (TD3) the delayed actor in every DDP backward
+            model = {"SAC": SAC, "TD3": TD3}[algo](actor_hidden=(32,), critic_hidden=(32,))
+            env = "Pendulum-v1"
         dm = ExperienceDataModule(
-            "CartPole-v1", num_envs=2, total_env_steps=2000, batch_size=32, replay_ratio=4.0, learning_starts=200,
+            env, num_envs=2, total_env_steps=2000, batch_size=32, replay_ratio=4.0, learning_starts=200,
             seed=3, sampler=sys.argv[2],
         )
         trainer = L.Trainer(
@@ -377,16 +382,18 @@ DDP_DQN = textwrap.dedent(
 )
 
 
-@pytest.mark.parametrize("sampler", ["sync", "async"])
-def test_ddp_dqn_keeps_identical_parameters(tmp_path: Path, sampler: str) -> None:
+@pytest.mark.parametrize(
+    ("algo", "sampler"), [("DQN", "sync"), ("DQN", "async"), ("SAC", "sync"), ("TD3", "async")]
+)
+def test_ddp_replay_algorithms_keep_identical_parameters(tmp_path: Path, algo: str, sampler: str) -> None:
     script = tmp_path / "ddp_dqn.py"
     script.write_text(DDP_DQN)
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
     env.pop("LOCAL_RANK", None)
     env.pop("WORLD_SIZE", None)
     shm_before = shm_segments()
-    cmd = [sys.executable, str(script), str(tmp_path), sampler]
-    code, text, _ = run_in_own_group(cmd, tmp_path, 180, "DDP DQN run", env=env, linger_s=10)
+    cmd = [sys.executable, str(script), str(tmp_path), sampler, algo]
+    code, text, _ = run_in_own_group(cmd, tmp_path, 180, f"DDP {algo} run", env=env, linger_s=10)
     assert code == 0, text[-4000:]
     assert shm_segments() - shm_before == set()
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in (0, 1))
