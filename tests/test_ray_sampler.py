@@ -11,9 +11,10 @@ import pytest
 ray = pytest.importorskip("ray")
 
 import lightning as L  # noqa: E402
+import torch  # noqa: E402
 from ray_helpers import local_ray  # noqa: E402
 
-from lightning_accelrl import DQN, ExperienceDataModule  # noqa: E402
+from lightning_accelrl import DQN, SAC, ExperienceDataModule  # noqa: E402
 from lightning_accelrl.errors import ConfigError  # noqa: E402
 
 
@@ -76,6 +77,33 @@ def test_ray_dqn_fit_finishes_its_budget_and_leaves_no_actor() -> None:
     assert dm.tracker.episodes > 0 and dm.lags.batches  # episodes came back; lags were recorded
     assert dm.closed and len(keep.actors) == 2 + 2
     assert all(_dead(a) for a in keep.actors)
+
+
+def test_ray_samplers_feed_sac() -> None:
+    """Continuous actions through Ray actors: the table's items carry float actions inside the Box, the
+    limiter paces the updates and the episodes come back."""
+    L.seed_everything(0, verbose=False)
+    model = SAC(actor_hidden=(16,), critic_hidden=(16,), random_steps=200)
+    dm = ExperienceDataModule(
+        env="Pendulum-v1", num_envs=2, total_env_steps=1200, batch_size=32, replay_ratio=8.0,
+        learning_starts=100, sampler="ray", num_sampler_procs=2, weight_sync_every=2,
+    )  # fmt: skip
+    actions = []
+
+    class Actions(L.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+            actions.append(batch["action"])
+
+    trainer = L.Trainer(
+        accelerator="cpu", max_epochs=-1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, callbacks=[Actions()],
+    )  # fmt: skip
+    trainer.fit(model, datamodule=dm)
+    assert dm.env_steps >= 1200 and model.updates > 100
+    sampled = torch.cat(actions)
+    assert sampled.dtype == torch.float32 and sampled.shape[1:] == (1,)
+    assert sampled.abs().max() <= 2.0 and sampled.std() > 0.1
+    assert dm.tracker.episodes >= 4  # 4 envs x 300 steps: the 200-step episodes came back
 
 
 def test_ray_sampler_needs_a_replay_algorithm() -> None:
