@@ -146,7 +146,9 @@ def test_action_scale_maps_the_box() -> None:
     scale = ActionScale(spec)
     torch.testing.assert_close(scale.to_env(torch.tensor([[-1.0, 1.0]])), torch.tensor([[-2.0, 1.0]]))
     torch.testing.assert_close(scale.to_normalized(torch.tensor([[1.0, 0.5]])), torch.tensor([[0.5, 0.0]]))
-    unbounded = EnvSpec((2,), torch.float32, False, action_dim=1, action_low=(-math.inf,), action_high=(math.inf,))
+    unbounded = EnvSpec(
+        (2,), torch.float32, False, action_dim=1, action_low=(-math.inf,), action_high=(math.inf,)
+    )
     with pytest.raises(ConfigError, match="RescaleAction"):
         ActionScale(unbounded)
 
@@ -265,3 +267,54 @@ def test_learns_pendulum(algo: type) -> None:
     with make_env("Pendulum-v1", num_envs=5, seed=123) as env:
         result = evaluate_policy(model, env, episodes=5)
     assert result["return_mean"] > -400, result["returns"]
+
+
+# ----- recipes ---------------------------------------------------------------------------------------------------
+CONTINUOUS_RECIPES = {
+    "sac-pendulum": "Pendulum-v1",
+    "td3-pendulum": "Pendulum-v1",
+    **{
+        f"{a}-{name.lower()}": f"{name}-v5"
+        for a in ("sac", "td3")
+        for name in ("HalfCheetah", "Hopper", "Walker2d")
+    },
+}
+
+
+@pytest.mark.parametrize("recipe", sorted(CONTINUOUS_RECIPES))
+def test_recipes_build_their_algorithm_for_their_env(recipe: str) -> None:
+    import gymnasium as gym
+    import yaml
+
+    from lightning_accelrl.cli import recipe_path
+    from lightning_accelrl.trusted import resolve_class
+
+    config = yaml.safe_load(recipe_path(recipe).read_text())
+    assert config["data"]["env"] == CONTINUOUS_RECIPES[recipe]
+    cls = resolve_class(config["model"]["class_path"], L.LightningModule, "model")
+    assert cls is {"sac": SAC, "td3": TD3}[recipe.split("-")[0]]
+    model = cls(**config["model"]["init_args"])
+    assert model.experience_needs().actions == "continuous"
+    gym.spec(config["data"]["env"])  # registered (the MuJoCo ones by gymnasium itself)
+    # the replay ratio is the update-to-data ratio: one update of batch_size per env step
+    assert config["data"]["replay_ratio"] == config["data"]["batch_size"]
+
+
+@pytest.mark.parametrize("recipe", ["td3-pendulum", "sac-halfcheetah"])
+def test_recipes_run_through_the_cli(recipe: str, tmp_path) -> None:
+    import json
+    import subprocess
+    import sys
+
+    if "halfcheetah" in recipe:
+        pytest.importorskip("mujoco")
+    cmd = [
+        sys.executable, "-m", "lightning_accelrl.cli", "fit", "--recipe", recipe, "--data.total_env_steps", "400",
+        "--data.learning_starts", "256", "--model.init_args.random_steps", "100", "--summary.eval_episodes", "1",
+        "--trainer.enable_progress_bar", "false", "--trainer.default_root_dir", str(tmp_path),
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads(next(tmp_path.glob("**/summary.json")).read_text())
+    assert summary["env_steps"] == 400 and summary["updates"] > 100
+    assert summary["eval_episodes"] == 1 and math.isfinite(summary["eval_return_mean"])
