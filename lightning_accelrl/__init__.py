@@ -14,6 +14,7 @@ _LAZY = {
     "PPO": "lightning_accelrl.algos.ppo",
     "A2C": "lightning_accelrl.algos.a2c",
     "APPO": "lightning_accelrl.algos.appo",
+    "AsyncA2C": "lightning_accelrl.algos.async_a2c",
     "DQN": "lightning_accelrl.algos.dqn",
     "CategoricalDQN": "lightning_accelrl.algos.c51",
     "SAC": "lightning_accelrl.algos.sac",
