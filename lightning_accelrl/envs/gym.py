@@ -16,11 +16,13 @@ import numpy as np
 import torch
 
 from lightning_accelrl.envs.base import BatchedEnv, EnvSpec, Step, StepArrays, as_numpy, env_seeds
+from lightning_accelrl.envs.minatar import PREFIX as MINATAR_PREFIX
+from lightning_accelrl.envs.minatar import register_minatar_envs
 from lightning_accelrl.envs.spaces import ObservationEncoder, action_offset, spec_from_spaces
 from lightning_accelrl.errors import ConfigError
 
 Vectorization = Literal["auto", "sync", "async"]
-_CHEAP_ENTRY_POINTS = ("gymnasium.envs.classic_control", "gymnasium.envs.toy_text")
+_CHEAP_ENTRY_POINTS = ("gymnasium.envs.classic_control", "gymnasium.envs.toy_text", "minatar.")
 
 
 def check_env_id(env_id: str, allow_import: bool = True) -> None:
@@ -60,6 +62,8 @@ def import_env_module(module: str, env_id: str, allow_import: bool = True) -> No
 
 
 def _register_optional_envs(env_id: str) -> None:
+    if env_id.startswith(MINATAR_PREFIX):
+        register_minatar_envs(env_id)
     if env_id.startswith("ALE/") and env_id not in gym.registry:
         try:
             import ale_py
@@ -92,7 +96,7 @@ def spec_from_env(env: gym.Env) -> EnvSpec:
 
 
 def choose_vectorization(env_id: str, num_envs: int, mode: Vectorization) -> Literal["sync", "async"]:
-    """``auto``: in-process for cheap envs (classic control: IPC would cost more than the step), else processes."""
+    """``auto``: in-process for cheap envs (classic control, MinAtar: IPC costs more than a step), else processes."""
     if mode != "auto":
         return mode
     entry = str(gym.spec(env_id.rpartition(":")[2]).entry_point)
