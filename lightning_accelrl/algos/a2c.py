@@ -6,8 +6,8 @@ advantages, value regression, entropy bonus, RMSprop as in the original.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Literal
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Literal
 
 import torch
 from tensordict import TensorDict
@@ -19,6 +19,14 @@ from lightning_accelrl.errors import check
 from lightning_accelrl.nets.actor_critic import LOG_STD_KINDS
 from lightning_accelrl.nets.factory import network_argument
 from lightning_accelrl.nets.interfaces import NetworkArg
+
+
+def a2c_optimizer(parameters: Iterable[torch.nn.Parameter], hp: Mapping[str, Any]) -> torch.optim.Optimizer:
+    """RMSprop as in the original A2C (``hp.optimizer == "rmsprop"``), or fused Adam; ``lr``, ``eps``,
+    ``rmsprop_alpha`` from the hyper-parameters."""
+    if hp["optimizer"] == "rmsprop":
+        return torch.optim.RMSprop(parameters, lr=hp["lr"], alpha=hp["rmsprop_alpha"], eps=hp["eps"])
+    return torch.optim.Adam(parameters, lr=hp["lr"], eps=hp["eps"], fused=True)
 
 
 class A2C(ActorCriticModule):
@@ -64,10 +72,7 @@ class A2C(ActorCriticModule):
         self.hparams["network"] = network  # a subclass's **kwargs): its plain form, a name or a class path
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        hp = self.hparams
-        if hp.optimizer == "rmsprop":
-            return torch.optim.RMSprop(self.parameters(), lr=hp.lr, alpha=hp.rmsprop_alpha, eps=hp.eps)
-        return torch.optim.Adam(self.parameters(), lr=hp.lr, eps=hp.eps, fused=True)
+        return a2c_optimizer(self.parameters(), self.hparams)
 
     def training_step(self, batch: TensorDict, batch_idx: int) -> None:
         hp = self.hparams

@@ -19,6 +19,7 @@ import torch
 from tensordict import TensorDict
 from typing_extensions import override
 
+from lightning_accelrl.algos.a2c import a2c_optimizer
 from lightning_accelrl.algos.actor_critic import ActorCriticModule
 from lightning_accelrl.algos.appo import vtrace
 from lightning_accelrl.algos.base import anneal
@@ -75,10 +76,7 @@ class AsyncA2C(ActorCriticModule):
 
     @override
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        hp = self.hparams
-        if hp.optimizer == "rmsprop":
-            return torch.optim.RMSprop(self.parameters(), lr=hp.lr, alpha=hp.rmsprop_alpha, eps=hp.eps)
-        return torch.optim.Adam(self.parameters(), lr=hp.lr, eps=hp.eps, fused=True)
+        return a2c_optimizer(self.parameters(), self.hparams)
 
     # acting: ActorCriticModule.act, one batched forward for all envs
     # ----- learning -----------------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from tensordict import TensorDict
@@ -152,44 +153,21 @@ class TD3(OffPolicyContinuous):
 
 
 class DDPG(TD3):
-    """DDPG: TD3 with one critic, no target-policy smoothing and the actor updated every step."""
+    """DDPG: TD3 with one critic, no target-policy smoothing and the actor updated every step (other arguments:
+    :class:`TD3`'s)."""
 
     def __init__(
         self,
-        actor_lr: float = 1e-3,
-        critic_lr: float = 1e-3,
-        gamma: float = 0.99,
-        n_step: int = 1,
-        tau: float = 0.005,
         policy_delay: int = 1,
         target_policy_noise: float = 0.0,
         target_noise_clip: float = 0.0,
-        exploration_noise: float = 0.1,
         num_critics: int = 1,
-        random_steps: int = 100,
-        actor_hidden: Sequence[int] = (256, 256),
-        critic_hidden: Sequence[int] = (256, 256),
-        activation: str = "relu",
-        lr_scaling: LrScaling = "none",
-        reference_batch_size: int = 256,
-        env_spec: dict | None = None,
+        **kwargs: Any,
     ) -> None:
         super().__init__(
-            actor_lr,
-            critic_lr,
-            gamma,
-            n_step,
-            tau,
-            policy_delay,
-            target_policy_noise,
-            target_noise_clip,
-            exploration_noise,
-            num_critics,
-            random_steps,
-            actor_hidden,
-            critic_hidden,
-            activation,
-            lr_scaling,
-            reference_batch_size,
-            env_spec,
+            policy_delay=policy_delay,
+            target_policy_noise=target_policy_noise,
+            target_noise_clip=target_noise_clip,
+            num_critics=num_critics,
+            **kwargs,
         )
