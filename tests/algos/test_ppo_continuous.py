@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import subprocess
 import sys
 import textwrap
 import threading
@@ -428,3 +429,36 @@ def test_ddp_ranks_share_the_statistics_of_all_ranks(tmp_path: Path) -> None:
         ranks[0]["obs"]["var"].double(), everything.var(0, unbiased=False), rtol=1e-5, atol=1e-6
     )
     assert float(ranks[0]["ret"]["count"]) == 4 * 2 * 32
+
+
+# ----- the recipe through the command line ------------------------------------------------------------------
+def test_recipe_runs_with_observation_normalization_and_evaluates_from_its_checkpoint(tmp_path: Path) -> None:
+    cli = [sys.executable, "-m", "lightning_accelrl.cli"]
+    quiet = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
+    short = ["--data.total_env_steps", "2048", "--data.rollout_steps", "256", "--data.updates_per_epoch", "2"]
+    opts = ["--model.init_args.normalize_observations", "true", "--summary.eval_episodes", "2"]
+    fit = subprocess.run(
+        [*cli, "fit", "--recipe", "ppo-pendulum", *short, *opts, *quiet],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert fit.returncode == 0, fit.stderr[-3000:]
+    summary = json.loads(
+        (tmp_path / fit.stdout.strip().splitlines()[-1].removeprefix("summary: ")).read_text()
+    )
+    assert summary["env_steps"] == 2048 and "eval_return_mean" in summary
+    ckpt = next(tmp_path.glob("runs/ppo-pendulum*/version_0/checkpoints/last.ckpt"))
+    state = torch.load(ckpt, weights_only=True)
+    assert float(state["state_dict"]["obs_rms.count"]) == 2048
+    assert float(state["state_dict"]["return_rms.count"]) == 2048  # the recipe scales rewards
+    evaluate = subprocess.run(
+        [*cli, "evaluate", "--ckpt", str(ckpt), "--episodes", "2"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert evaluate.returncode == 0, evaluate.stderr[-3000:]
+    assert json.loads(evaluate.stdout.strip().splitlines()[-1])["episodes"] == 2
