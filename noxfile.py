@@ -1,4 +1,5 @@
-"""nox sessions: ``tests`` (the suite CI runs), ``lint`` (ruff) and ``bench`` (peer comparisons)."""
+"""nox sessions: ``tests`` (the suite), ``slow`` (the long learning tests; CI runs both), ``lint`` (ruff) and
+``bench`` (peer comparisons)."""
 
 from __future__ import annotations
 
@@ -11,9 +12,20 @@ CONSTRAINTS = ("-c", "constraints-cpu.txt")
 
 @nox.session
 def tests(session: nox.Session) -> None:
-    """Install with the CPU pins and run the test suite (pass pytest options after --)."""
+    """Install with the CPU pins and run the test suite without the long learning runs (``-m "not slow"``;
+    pytest options after -- replace that selection)."""
     session.install(*CONSTRAINTS, "-e", ".[test]")
-    session.run("pytest", "-q", "-p", "no:cacheprovider", *session.posargs, env={"OMP_NUM_THREADS": "1"})
+    args = session.posargs or ["-m", "not slow"]
+    session.run("pytest", "-q", "-p", "no:cacheprovider", *args, env={"OMP_NUM_THREADS": "1"})
+
+
+@nox.session
+def slow(session: nox.Session) -> None:
+    """The long learning tests (``-m slow``): recipes reaching their targets, learning on Pendulum, stress runs."""
+    session.install(*CONSTRAINTS, "-e", ".[test]")
+    session.run(
+        "pytest", "-q", "-p", "no:cacheprovider", "-m", "slow", *session.posargs, env={"OMP_NUM_THREADS": "1"}
+    )
 
 
 @nox.session
