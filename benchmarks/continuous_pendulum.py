@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -62,11 +63,21 @@ def peer(algo: str, seed: int, steps: int | None) -> dict:
     return {"side": "sb3", **json.loads(lines[-1])}
 
 
+def _children_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def timed(fn, *args) -> dict:
-    """``fn(*args)`` with the machine's load average before and after."""
-    before = _load()
+    """``fn(*args)`` with the machine's load average before and after, and its child process's CPU seconds."""
+    before, cpu = _load(), _children_cpu_s()
     r = fn(*args)
-    return {**r, "load_before": before, "load_after": _load()}
+    return {
+        **r,
+        "load_before": before,
+        "load_after": _load(),
+        "process_cpu_s": round(_children_cpu_s() - cpu, 1),
+    }
 
 
 def _f(x, nd: int = 1) -> str:
@@ -84,9 +95,11 @@ def table(rows: list[dict]) -> list[str]:
         if not pairs:
             continue
         out += [
-            f"\n**{algo.upper()}** (ratio = ours train s / SB3 train s; load = 1-min load average before → after)\n",
-            "| seed | ours eval | SB3 eval | ours train s | SB3 train s | ratio | load ours | load SB3 |",
-            "|---|---|---|---|---|---|---|---|",
+            f"\n**{algo.upper()}** (ratio = ours train s / SB3 train s; load = 1-min load average before → after;"
+            " CPU s = the whole process's CPU seconds, start-up and evaluation included)\n",
+            "| seed | ours eval | SB3 eval | ours train s | SB3 train s | ratio | load ours | load SB3 "
+            "| CPU s ours | CPU s SB3 |",
+            "|---|---|---|---|---|---|---|---|---|---|",
         ]
         evals_o, evals_p, times_o, times_p, ratios = [], [], [], [], []
         for seed, pr in sorted(pairs.items()):
@@ -100,8 +113,9 @@ def table(rows: list[dict]) -> list[str]:
             lo = f"{o['load_before'][0]} → {o['load_after'][0]}" if "load_before" in o else "–"
             lp = f"{p['load_before'][0]} → {p['load_after'][0]}" if "load_before" in p else "–"
             err = " ".join(str(s.get("error")) for s in (o, p) if "error" in s)
+            cpu = f"{_f(o.get('process_cpu_s'))} | {_f(p.get('process_cpu_s'))}"
             out.append(
-                f"| {seed} | {_f(eo)} | {_f(ep)} | {_f(to)} | {_f(tp)} | {_f(ratio, 2)} | {lo} | {lp} |"
+                f"| {seed} | {_f(eo)} | {_f(ep)} | {_f(to)} | {_f(tp)} | {_f(ratio, 2)} | {lo} | {lp} | {cpu} |"
                 + (f" error: {err}" if err else "")
             )
 
@@ -110,7 +124,7 @@ def table(rows: list[dict]) -> list[str]:
 
         out.append(
             f"| **median** | {med(evals_o)} | {med(evals_p)} | {med(times_o)} | {med(times_p)} | "
-            f"{med(ratios, 2)} | | |"
+            f"{med(ratios, 2)} | | | | |"
         )
     return out
 
