@@ -395,6 +395,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         user_error = _user_error(exc)
         if isinstance(exc, ConfigError) or user_error is not None:
             return _fail(user_error or str(exc))
+        lost = _lost_peer(exc)
+        if lost is not None:
+            _fail(lost)
+            return 1
         raise
 
 
@@ -408,6 +412,30 @@ def _user_error(exc: BaseException) -> str | None:
             return str(seen)
         if type(seen).__name__ == "ArgumentError":
             return _condense_argument_error(str(seen))
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def _lost_peer(exc: BaseException) -> str | None:
+    """A collective that failed because another rank or node is gone (its connection reset or closed, or the
+    process group's timeout passed): one line per surviving rank instead of a traceback on each."""
+    if "torch.distributed" not in sys.modules:
+        return None
+    import re
+
+    import torch.distributed as dist
+
+    seen: BaseException | None = exc
+    while seen is not None:
+        text = str(seen)
+        if isinstance(seen, dist.DistError) or (isinstance(seen, RuntimeError) and "/gloo/" in text):
+            detail = re.sub(r"^\[[^\]]*\]\s*", "", text.strip().splitlines()[0] if text.strip() else "")
+            detail = detail.split(". This is typically", 1)[0]
+            rank = f"rank {dist.get_rank()}" if dist.is_initialized() else "this rank"
+            return (
+                f"{rank} lost the distributed run ({type(seen).__name__}: {detail}): another node or rank died or "
+                "stopped answering; see its log"
+            )
         seen = seen.__cause__ or seen.__context__
     return None
 
