@@ -185,9 +185,12 @@ def finish(procs: list, timeout: float, what: str) -> list[str]:
 
 
 def kill_nodes(procs: list) -> None:
+    """SIGTERM first (torchrun then stops its workers, which run in sessions of their own), then SIGKILL."""
     for proc in procs:
         if group_alive(proc.pid):
-            os.killpg(proc.pid, signal.SIGKILL)
+            os.killpg(proc.pid, signal.SIGTERM)
+    wait_gone([proc.pid for proc in procs], 10)
+    for proc in procs:
         proc.wait()
 
 
