@@ -377,3 +377,23 @@ def test_stalled_node_stops_the_other_after_the_process_group_timeout(tmp_path: 
     assert LOST.format(rank=0) in output and "Timed out" in output, output[-3000:]
     assert "Traceback" not in output, output[-3000:]
     assert 10 <= took < 40, took
+
+
+def test_lost_peer_line_names_the_failed_collective() -> None:
+    """The CLI's line for a failed collective: gloo's message without its source location and advice."""
+    import torch.distributed as dist
+
+    from lightning_accelrl.cli import _lost_peer
+
+    gloo = RuntimeError(
+        "[/__w/pytorch/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:537] Read error [127.0.0.1]:4626: "
+        "Connection reset by peer. This is typically caused by a remote worker hanging or bugs in the application."
+    )
+    assert _lost_peer(gloo) == (
+        "this rank lost the distributed run (RuntimeError: Read error [127.0.0.1]:4626: Connection reset by peer): "
+        "another node or rank died or stopped answering; see its log"
+    )
+    wrapped = ValueError("while training")
+    wrapped.__cause__ = dist.DistBackendError("NCCL communicator was aborted")
+    assert "DistBackendError: NCCL communicator was aborted" in _lost_peer(wrapped)
+    assert _lost_peer(RuntimeError("shape mismatch")) is None
