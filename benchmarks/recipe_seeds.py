@@ -62,12 +62,15 @@ def main() -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     p.add_argument("--jobs", type=int, default=1, help="runs at once (each uses one torch thread)")
     p.add_argument("--curve", default=None, help="also write the seeds' learning curves to this PNG")
+    p.add_argument(
+        "--keep", default=None, help="keep the run folders under this folder (default: a temporary one)"
+    )
     p.add_argument("extra", nargs="*", help="more accelrl fit arguments, after --")
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        roots = {s: Path(tmp) / f"s{s}" for s in args.seeds}
+        roots = {s: Path(args.keep or tmp).resolve() / f"s{s}" for s in args.seeds}
         for r in roots.values():
-            r.mkdir()
+            r.mkdir(parents=True)
         with ThreadPoolExecutor(args.jobs) as pool:
             results = list(pool.map(lambda s: run(args.recipe, s, roots[s], args.extra), args.seeds))
         if args.curve:
