@@ -291,8 +291,8 @@ def test_evaluation_acts_with_the_mean() -> None:
 # ----- learning ----------------------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_ppo_learns_pendulum() -> None:
-    """The ppo-pendulum recipe's settings on half its budget: the greedy policy far above a random one (about
-    -1,200)."""
+    """The ppo-pendulum recipe's settings on half its budget (the learning rate annealed over it): the greedy
+    policy far above the initial one (about -1,200). ~50 s on an idle 2-core machine."""
     recipe = yaml.safe_load(
         (Path(__file__).parents[2] / "lightning_accelrl/recipes/ppo-pendulum.yaml").read_text()
     )
@@ -304,7 +304,7 @@ def test_ppo_learns_pendulum() -> None:
     env = dm.build_env(rank=0, seed=1_000_003)
     result = evaluate_policy(model, env, 10, deterministic=True)
     env.close()
-    assert result["return_mean"] > -600, result["returns"]
+    assert result["return_mean"] > -450, result["returns"]  # measured: -263
 
 
 # ----- async samplers act with the shipped statistics --------------------------------------------------------
