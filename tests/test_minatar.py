@@ -159,6 +159,12 @@ def test_recipe_runs_a_few_hundred_steps(
     assert summary.get("target_return") == target
 
 
+ASYNC_FIT = [
+    "fit", "--recipe", "dqn-minatar-breakout", "--seed_everything", "0", *QUIET, *DQN_SHORT,
+    "--data.sampler", "async", "--data.num_sampler_procs", "1",
+]  # fmt: skip
+
+
 def test_fresh_process_resolves_ids_and_an_async_sampler_runs_a_recipe(tmp_path: Path) -> None:
     # a new interpreter that never imports minatar itself: the library registers the ids where they are resolved;
     # the DQN recipe then runs with an asynchronous sampler process (its own env, its own policy copy)
@@ -167,7 +173,7 @@ def test_fresh_process_resolves_ids_and_an_async_sampler_runs_a_recipe(tmp_path:
         "import lightning_accelrl\n"
         "from lightning_accelrl.cli import main\n"
         "assert 'MinAtar/Breakout-v1' not in gym.registry and 'minatar' not in sys.modules\n"
-        f"sys.exit(main({['fit', '--recipe', 'dqn-minatar-breakout', '--seed_everything', '0', *QUIET, *DQN_SHORT, '--data.sampler', 'async', '--data.num_sampler_procs', '1']!r}))\n"  # noqa: E501
+        f"sys.exit(main({ASYNC_FIT!r}))\n"
     )
     code, text, _ = run_in_own_group([sys.executable, "-c", script], tmp_path, 180, "async MinAtar run")
     assert code == 0, text[-3000:]
