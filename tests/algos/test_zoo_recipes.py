@@ -30,6 +30,7 @@ SHORT_REPLAY = [
 # recipe -> (env, rl-zoo target, overrides that shorten the run to a few hundred env steps)
 ZOO = {
     "dqn-acrobot": ("Acrobot-v1", -76.6, SHORT_REPLAY),
+    "a2c-acrobot": ("Acrobot-v1", -83.4, ["--data.total_env_steps", "400"]),
 }
 
 
