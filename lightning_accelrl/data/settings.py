@@ -56,7 +56,9 @@ def check_needs(needs: ExperienceNeeds, spec: EnvSpec, algorithm: str) -> None:
             f"{list(spec.action_nvec)}: use PPO, A2C or APPO"
         )
     if needs.actions == "continuous" and spec.discrete:
-        kind = f"MultiDiscrete {list(spec.action_nvec)}" if spec.action_nvec else f"Discrete({spec.num_actions})"
+        kind = (
+            f"MultiDiscrete {list(spec.action_nvec)}" if spec.action_nvec else f"Discrete({spec.num_actions})"
+        )
         raise ConfigError(
             f"{algorithm} needs a continuous (Box) action space, but the env's actions are {kind}: use DQN, "
             "PPO or A2C for discrete actions"
