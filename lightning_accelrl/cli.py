@@ -416,6 +416,14 @@ def _user_error(exc: BaseException) -> str | None:
     return None
 
 
+# gloo's own messages for a peer that is gone, raised without its source path (e.g. from a barrier)
+_GLOO_PEER_LOST = (
+    "Application timeout caused pair closure",
+    "Connection closed by peer",
+    "Connection reset by peer",
+)
+
+
 def _lost_peer(exc: BaseException) -> str | None:
     """A collective that failed because another rank or node is gone (its connection reset or closed, or the
     process group's timeout passed): one line per surviving rank instead of a traceback on each."""
@@ -428,7 +436,8 @@ def _lost_peer(exc: BaseException) -> str | None:
     seen: BaseException | None = exc
     while seen is not None:
         text = str(seen)
-        if isinstance(seen, dist.DistError) or (isinstance(seen, RuntimeError) and "/gloo/" in text):
+        gloo = "/gloo/" in text or any(phrase in text for phrase in _GLOO_PEER_LOST)
+        if isinstance(seen, dist.DistError) or (isinstance(seen, RuntimeError) and gloo):
             detail = re.sub(r"^\[[^\]]*\]\s*", "", text.strip().splitlines()[0] if text.strip() else "")
             detail = detail.split(". This is typically", 1)[0]
             rank = f"rank {dist.get_rank()}" if dist.is_initialized() else "this rank"
