@@ -18,6 +18,7 @@ from lightning_accelrl.algos.base import RLModule
 from lightning_accelrl.algos.large_batch import scaled_lr, scaled_tau
 from lightning_accelrl.data.needs import ExperienceNeeds
 from lightning_accelrl.envs.base import EnvSpec
+from lightning_accelrl.errors import check
 from lightning_accelrl.nets.continuous import ActionScale, CriticEnsemble
 
 
@@ -32,6 +33,28 @@ def loss_critic(q: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Mean squared TD error of every critic of the ensemble (``q`` [E, N]) against one target [N], summed over
     critics (each critic's gradient is its own MSE's, as with separate losses)."""
     return (q - target.unsqueeze(0)).pow(2).mean(-1).sum()
+
+
+def check_common_arguments(
+    gamma: float,
+    n_step: int,
+    tau: float,
+    num_critics: int,
+    random_steps: int,
+    lr_scaling: str,
+    reference_batch_size: int,
+) -> None:
+    """The arguments SAC and TD3 share, each refused in one line (``ConfigError``)."""
+    check(0 < gamma <= 1, f"gamma must be in (0, 1], got {gamma}")
+    check(n_step >= 1, f"n_step must be >= 1, got {n_step}")
+    check(0 < tau <= 1, f"tau must be in (0, 1], got {tau}")
+    check(num_critics >= 1, f"num_critics must be >= 1, got {num_critics}")
+    check(random_steps >= 0, f"random_steps must be >= 0, got {random_steps}")
+    check(
+        lr_scaling in ("none", "linear", "sqrt"),
+        f"lr_scaling must be none, linear or sqrt, got {lr_scaling!r}",
+    )
+    check(reference_batch_size >= 1, f"reference_batch_size must be >= 1, got {reference_batch_size}")
 
 
 class OffPolicyContinuous(RLModule):

@@ -22,7 +22,12 @@ from torch import nn
 from typing_extensions import override
 
 from lightning_accelrl.algos.large_batch import LrScaling
-from lightning_accelrl.algos.off_policy import OffPolicyContinuous, loss_critic, td_target
+from lightning_accelrl.algos.off_policy import (
+    OffPolicyContinuous,
+    check_common_arguments,
+    loss_critic,
+    td_target,
+)
 from lightning_accelrl.envs.base import EnvSpec
 from lightning_accelrl.errors import check
 from lightning_accelrl.nets.continuous import SquashedGaussianActor, squashed_sample
@@ -79,18 +84,11 @@ class SAC(OffPolicyContinuous):
         super().__init__()
         for name, lr in (("actor_lr", actor_lr), ("critic_lr", critic_lr), ("alpha_lr", alpha_lr)):
             check(lr > 0, f"{name} must be > 0, got {lr}")
-        check(0 < gamma <= 1, f"gamma must be in (0, 1], got {gamma}")
-        check(n_step >= 1, f"n_step must be >= 1, got {n_step}")
-        check(0 < tau <= 1, f"tau must be in (0, 1], got {tau}")
+        check_common_arguments(
+            gamma, n_step, tau, num_critics, random_steps, lr_scaling, reference_batch_size
+        )
         check(entropy_coef is None or entropy_coef >= 0, f"entropy_coef must be >= 0, got {entropy_coef}")
         check(initial_entropy_coef > 0, f"initial_entropy_coef must be > 0, got {initial_entropy_coef}")
-        check(num_critics >= 1, f"num_critics must be >= 1, got {num_critics}")
-        check(random_steps >= 0, f"random_steps must be >= 0, got {random_steps}")
-        check(
-            lr_scaling in ("none", "linear", "sqrt"),
-            f"lr_scaling must be none, linear or sqrt, got {lr_scaling!r}",
-        )
-        check(reference_batch_size >= 1, f"reference_batch_size must be >= 1, got {reference_batch_size}")
         self.save_hyperparameters()
         start = entropy_coef if entropy_coef is not None else initial_entropy_coef
         # log α is a parameter even when fixed (then never stepped): one layout for checkpoints and samplers

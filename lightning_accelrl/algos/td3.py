@@ -18,7 +18,12 @@ from tensordict import TensorDict
 from typing_extensions import override
 
 from lightning_accelrl.algos.large_batch import LrScaling
-from lightning_accelrl.algos.off_policy import OffPolicyContinuous, loss_critic, td_target
+from lightning_accelrl.algos.off_policy import (
+    OffPolicyContinuous,
+    check_common_arguments,
+    loss_critic,
+    td_target,
+)
 from lightning_accelrl.envs.base import EnvSpec
 from lightning_accelrl.errors import check
 from lightning_accelrl.nets.continuous import DeterministicActor
@@ -62,20 +67,13 @@ class TD3(OffPolicyContinuous):
     ) -> None:
         super().__init__()
         check(actor_lr > 0 and critic_lr > 0, f"learning rates must be > 0, got {actor_lr}, {critic_lr}")
-        check(0 < gamma <= 1, f"gamma must be in (0, 1], got {gamma}")
-        check(n_step >= 1, f"n_step must be >= 1, got {n_step}")
-        check(0 < tau <= 1, f"tau must be in (0, 1], got {tau}")
+        check_common_arguments(
+            gamma, n_step, tau, num_critics, random_steps, lr_scaling, reference_batch_size
+        )
         check(policy_delay >= 1, f"policy_delay must be >= 1, got {policy_delay}")
         check(target_policy_noise >= 0, f"target_policy_noise must be >= 0, got {target_policy_noise}")
         check(target_noise_clip >= 0, f"target_noise_clip must be >= 0, got {target_noise_clip}")
         check(exploration_noise >= 0, f"exploration_noise must be >= 0, got {exploration_noise}")
-        check(num_critics >= 1, f"num_critics must be >= 1, got {num_critics}")
-        check(random_steps >= 0, f"random_steps must be >= 0, got {random_steps}")
-        check(
-            lr_scaling in ("none", "linear", "sqrt"),
-            f"lr_scaling must be none, linear or sqrt, got {lr_scaling!r}",
-        )
-        check(reference_batch_size >= 1, f"reference_batch_size must be >= 1, got {reference_batch_size}")
         self.save_hyperparameters()
 
     def build_actor(self, spec: EnvSpec) -> None:
