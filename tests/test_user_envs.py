@@ -136,6 +136,29 @@ def test_torchrl_env_with_default_one_hot_actions_learns() -> None:
     assert greedy_return(model, "CartPole-v1") >= 150  # random play: ~22
 
 
+def test_torchrl_box_actions_are_clipped_to_the_spec() -> None:
+    """A policy's sample outside [-2, 2] reaches the TorchRL env clipped, as with Gymnasium envs."""
+    from torchrl.envs import GymEnv
+
+    from lightning_accelrl.envs.torchrl_env import TorchRLEnv
+
+    class RecordingPendulum(GymEnv):
+        seen: list[float] = []
+
+        def _step(self, tensordict):
+            self.seen.append(float(tensordict["action"].reshape(-1)[0]))
+            return super()._step(tensordict)
+
+    env = TorchRLEnv(RecordingPendulum("Pendulum-v1"))
+    env.reset()
+    assert env.spec.action_low == (-2.0,) and env.spec.action_high == (2.0,)
+    env.step(torch.tensor([[7.5]]))
+    env.step(torch.tensor([[-9.0]]))
+    env.step(torch.tensor([[0.5]]))
+    env.close()
+    assert RecordingPendulum.seen == [2.0, -2.0, 0.5]
+
+
 # ----- observations and actions ---------------------------------------------------------------------------------
 def test_small_channels_last_bool_grid_learns() -> None:
     """10x10x4 bool, channels last: auto picks the small CNN; the lit channel's action is found (random: 2 of 8)."""

@@ -85,6 +85,9 @@ class TorchRLEnv(BatchedEnv):
         spec = env.action_spec
         self._one_hot = isinstance(spec, (OneHot, MultiOneHot))
         self._action_dtype = spec.dtype
+        if not self.spec.discrete:  # policies' samples may leave the box: clip as the Gymnasium adapter does
+            self._low = torch.tensor(self.spec.action_low, dtype=torch.float32)
+            self._high = torch.tensor(self.spec.action_high, dtype=torch.float32)
         self._seed = seed + rank * self.num_envs
         self._td = None
 
@@ -96,8 +99,12 @@ class TorchRLEnv(BatchedEnv):
         return x.float() if x.dtype == torch.float64 else x
 
     def _action(self, actions: torch.Tensor) -> torch.Tensor:
-        """Action indices [B, ...] -> what the env's action spec wants (one-hot where it is one-hot)."""
-        a = actions.long().reshape(self.num_envs, *self.spec.action_shape) if self.spec.discrete else actions
+        """Action indices [B, ...] -> what the env's action spec wants (one-hot where it is one-hot); continuous
+        actions clipped to the spec's bounds."""
+        if self.spec.discrete:
+            a = actions.long().reshape(self.num_envs, *self.spec.action_shape)
+        else:
+            a = torch.clamp(actions.float(), self._low.to(actions.device), self._high.to(actions.device))
         if self._one_hot and self.spec.action_nvec:
             a = torch.cat(
                 [torch.nn.functional.one_hot(a[:, i], n) for i, n in enumerate(self.spec.action_nvec)], -1
