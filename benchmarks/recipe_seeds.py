@@ -31,9 +31,16 @@ def run(recipe: str, seed: int, root: Path, extra: list[str]) -> dict:
     ]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, cwd=out.parent, env=env, capture_output=True, text=True)
-    summaries = sorted(root.glob("**/summary.json"))  # the loggers write under this seed's own folder
-    if proc.returncode != 0 or not summaries:
+    if proc.returncode != 0:
         return {"seed": seed, "error": proc.stderr.strip().splitlines()[-1:] or ["no summary.json"]}
+    return read_summary(root, seed)
+
+
+def read_summary(root: Path, seed: int) -> dict:
+    """One seed's figures from the newest ``summary.json`` under ``root`` (the loggers write under it)."""
+    summaries = sorted(root.glob("**/summary.json"), key=lambda p: p.stat().st_mtime)
+    if not summaries:
+        return {"seed": seed, "error": ["no summary.json"]}
     s = json.loads(summaries[-1].read_text())
     return {
         "seed": seed,
@@ -43,6 +50,7 @@ def run(recipe: str, seed: int, root: Path, extra: list[str]) -> dict:
         "env_steps": s["env_steps"],
         "wall_time_s": round(s["wall_time_s"], 1),
         "env_steps_per_s": round(s["env_steps_per_s"]),
+        "target": s.get("target_return"),
     }
 
 
