@@ -8,8 +8,10 @@ For each seed and each algorithm, ours (``accelrl fit --recipe {algo}-pendulum``
 ``recipe_seeds.run``) and the SB3 peer (``peers/sb3_pendulum.py`` in the SB3 venv, rl-zoo hyperparameters) run
 one after the other, one process at a time, one thread each (OMP_NUM_THREADS=1), so a busy machine slows both
 sides alike. Ours' training time is ``summary.json``'s ``wall_time_s``; SB3's is ``model.learn()``. Both then
-evaluate the greedy policy on 10 fresh episodes. Each run prints one JSON line as it ends (with the 1/5/15-min
-load average before and after it); the Markdown table with medians comes last.
+evaluate the greedy policy on the same ``--eval-episodes`` (100) start states: ours' summary evaluation seeds its
+env with ``EVAL_SEED`` and the peer resets its env with the same seeds per episode (``eval_start_seeds``). Each run
+prints one JSON line as it ends (with the 1/5/15-min load average before and after it); the Markdown table with
+medians comes last.
 """
 
 from __future__ import annotations
@@ -30,15 +32,18 @@ HERE = Path(__file__).resolve().parent
 PEER_PYTHON = HERE / ".venv-sb3" / "bin" / "python"
 PEER_SCRIPT = HERE / "peers" / "sb3_pendulum.py"
 ALGOS = ("sac", "td3")
+EVAL_SEED = 1_000_003  # the summary's evaluation env seed (both recipes evaluate with num_envs 1)
+EVAL_ENVS = 1
 
 
 def _load() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
 
-def ours(algo: str, seed: int, steps: int | None) -> dict:
+def ours(algo: str, seed: int, steps: int | None, episodes: int) -> dict:
     """One ``accelrl fit`` of the ``{algo}-pendulum`` recipe; the fields of its summary.json we compare."""
-    extra = ["--data.total_env_steps", str(steps)] if steps else []
+    extra = ["--summary.eval_episodes", str(episodes), "--summary.eval_seed", str(EVAL_SEED)]
+    extra += ["--data.total_env_steps", str(steps)] if steps else []
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         r = run_recipe(f"{algo}-pendulum", seed, root, extra)
@@ -50,9 +55,10 @@ def ours(algo: str, seed: int, steps: int | None) -> dict:
     return {"side": "ours", "algo": algo, **r}
 
 
-def peer(algo: str, seed: int, steps: int | None) -> dict:
-    """One SB3 run in the peer venv; its JSON line."""
+def peer(algo: str, seed: int, steps: int | None, episodes: int) -> dict:
+    """One SB3 run in the peer venv, evaluated on ours' start states; its JSON line."""
     cmd = [str(PEER_PYTHON), str(PEER_SCRIPT), "--algo", algo, "--seed", str(seed)]
+    cmd += ["--eval-episodes", str(episodes), "--eval-seed", str(EVAL_SEED), "--eval-envs", str(EVAL_ENVS)]
     if steps:
         cmd += ["--steps", str(steps)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -96,7 +102,8 @@ def table(rows: list[dict]) -> list[str]:
             continue
         out += [
             f"\n**{algo.upper()}** (ratio = ours train s / SB3 train s; load = 1-min load average before → after;"
-            " CPU s = the whole process's CPU seconds, start-up and evaluation included)\n",
+            " CPU s = the whole process's CPU seconds, start-up and evaluation included; eval = mean ± std of"
+            " the greedy episodes, the same start states on both sides)\n",
             "| seed | ours eval | SB3 eval | ours train s | SB3 train s | ratio | load ours | load SB3 "
             "| CPU s ours | CPU s SB3 |",
             "|---|---|---|---|---|---|---|---|---|---|",
@@ -114,8 +121,11 @@ def table(rows: list[dict]) -> list[str]:
             lp = f"{p['load_before'][0]} → {p['load_after'][0]}" if "load_before" in p else "–"
             err = " ".join(str(s.get("error")) for s in (o, p) if "error" in s)
             cpu = f"{_f(o.get('process_cpu_s'))} | {_f(p.get('process_cpu_s'))}"
+            so, sp = o.get("eval_return_std"), p.get("eval_return_std")
+            pm_o = f"{_f(eo)} ± {_f(so)}" if so is not None else _f(eo)
+            pm_p = f"{_f(ep)} ± {_f(sp)}" if sp is not None else _f(ep)
             out.append(
-                f"| {seed} | {_f(eo)} | {_f(ep)} | {_f(to)} | {_f(tp)} | {_f(ratio, 2)} | {lo} | {lp} | {cpu} |"
+                f"| {seed} | {pm_o} | {pm_p} | {_f(to)} | {_f(tp)} | {_f(ratio, 2)} | {lo} | {lp} | {cpu} |"
                 + (f" error: {err}" if err else "")
             )
 
@@ -134,6 +144,7 @@ def main() -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--algos", nargs="+", choices=ALGOS, default=list(ALGOS))
     p.add_argument("--steps", type=int, default=None, help="override both sides' 20k env-step budget")
+    p.add_argument("--eval-episodes", type=int, default=100, help="greedy episodes, the same start states")
     p.add_argument("--render", default=None, help="print the table of a saved run's JSON lines and exit")
     args = p.parse_args()
     if args.render:
@@ -145,7 +156,7 @@ def main() -> None:
         for seed in args.seeds:
             for algo in args.algos:
                 for fn in (ours, peer):
-                    rows.append(timed(fn, algo, seed, args.steps))
+                    rows.append(timed(fn, algo, seed, args.steps, args.eval_episodes))
                     print(json.dumps(rows[-1]), flush=True)
     print("\n".join(table(rows)))
 

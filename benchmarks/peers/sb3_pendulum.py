@@ -7,7 +7,8 @@ Runs inside the SB3 venv (``benchmarks/.venv-sb3``, made by ``benchmarks/setup_p
 Hyperparameters are rl-baselines3-zoo's for Pendulum-v1 (hyperparams/sac.yml, hyperparams/td3.yml), with the
 zoo's env setup (``make_vec_env`` + ``Monitor``, one env, no normalization). Timing: ``time.perf_counter()``
 around ``model.learn()`` only (model and env already built). Then a greedy evaluation (deterministic=True) over
-``--eval-episodes`` fresh episodes. Prints exactly one JSON line on stdout (the last line), e.g.
+``--eval-episodes`` episodes from the start states lightning_accelrl's evaluation draws (see ``eval_start_seeds``).
+Prints exactly one JSON line on stdout (the last line), e.g.
 
     {"algo": "sac", "seed": 0, "train_wall_s": 361.2, "eval_return_mean": -151.3, ...}
 """
@@ -59,12 +60,27 @@ def build(algo: str, env, seed: int):
     return TD3("MlpPolicy", env, seed=seed, device="cpu", verbose=0, action_noise=noise, **TD3_ZOO)
 
 
-def greedy_eval(model, seed: int, episodes: int) -> list[float]:
-    """Returns of ``episodes`` fresh episodes with the deterministic policy."""
+def eval_start_seeds(eval_seed: int, eval_envs: int, episodes: int) -> list[int | None]:
+    """The reset seed of every episode, as lightning_accelrl's evaluation draws its start states.
+
+    Its summary evaluation builds ``eval_envs`` envs (the recipe's ``num_envs``) seeded ``eval_seed + i``, resets
+    each once with its seed and then lets it reset itself (unseeded: the env's generator runs on), giving env i
+    ``episodes // eval_envs`` episodes (one more for the first ``episodes % eval_envs``). ``None``: reset unseeded.
+    """
+    seeds: list[int | None] = []
+    for i in range(eval_envs):
+        quota = episodes // eval_envs + (i < episodes % eval_envs)
+        if quota:
+            seeds += [eval_seed + i] + [None] * (quota - 1)
+    return seeds
+
+
+def greedy_eval(model, start_seeds: list[int | None]) -> list[float]:
+    """Returns of one episode per entry of ``start_seeds`` with the deterministic policy."""
     env = gym.make(ENV_ID)
     returns = []
-    for i in range(episodes):
-        obs, _ = env.reset(seed=10_000 + 100 * seed + i)
+    for reset_seed in start_seeds:
+        obs, _ = env.reset(seed=reset_seed)
         done, total = False, 0.0
         while not done:
             action, _ = model.predict(obs, deterministic=True)
@@ -81,7 +97,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--algo", choices=["sac", "td3"], required=True)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--steps", type=int, default=N_TIMESTEPS, help="training env steps (rl-zoo: 20000)")
-    p.add_argument("--eval-episodes", type=int, default=10)
+    p.add_argument("--eval-episodes", type=int, default=100)
+    p.add_argument("--eval-seed", type=int, default=1_000_003, help="lightning_accelrl's evaluation env seed")
+    p.add_argument("--eval-envs", type=int, default=1, help="the recipe's num_envs (sac/td3-pendulum: 1)")
     p.add_argument("--threads", type=int, default=1, help="torch.set_num_threads (the peer figures use 1)")
     args = p.parse_args(argv)
 
@@ -94,7 +112,7 @@ def main(argv: list[str] | None = None) -> dict:
     train_wall = time.perf_counter() - t0
 
     t = time.perf_counter()
-    rets = greedy_eval(model, args.seed, args.eval_episodes)
+    rets = greedy_eval(model, eval_start_seeds(args.eval_seed, args.eval_envs, args.eval_episodes))
     result = {
         "algo": args.algo,
         "peer": "stable-baselines3",
@@ -106,6 +124,7 @@ def main(argv: list[str] | None = None) -> dict:
         "eval_return_mean": round(float(np.mean(rets)), 2),
         "eval_return_std": round(float(np.std(rets)), 2),
         "eval_returns": [round(r, 2) for r in rets],
+        "eval_seed": args.eval_seed,
         "eval_wall_s": round(time.perf_counter() - t, 3),
         "hyperparams": f"rl-baselines3-zoo {ENV_ID} ({args.algo})",
         "torch_threads": torch.get_num_threads(),
