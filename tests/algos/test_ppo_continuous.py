@@ -462,3 +462,24 @@ def test_recipe_runs_with_observation_normalization_and_evaluates_from_its_check
     )
     assert evaluate.returncode == 0, evaluate.stderr[-3000:]
     assert json.loads(evaluate.stdout.strip().splitlines()[-1])["episodes"] == 2
+
+
+def test_halfcheetah_recipe_runs_through_the_cli(tmp_path: Path) -> None:
+    """ppo-halfcheetah for two rollouts: rl-zoo's network (ReLU, 256x256, log-std from -2), both normalizations."""
+    pytest.importorskip("mujoco")
+    cmd = [
+        sys.executable, "-m", "lightning_accelrl.cli", "fit", "--recipe", "ppo-halfcheetah",
+        "--data.total_env_steps", "1024", "--data.updates_per_epoch", "2", "--summary.eval_episodes", "1",
+        "--trainer.enable_progress_bar", "false", "--trainer.default_root_dir", str(tmp_path),
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads(next(tmp_path.glob("**/summary.json")).read_text())
+    assert summary["env_steps"] == 1024 and summary["updates"] == 2
+    assert summary["eval_episodes"] == 1 and np.isfinite(summary["eval_return_mean"])
+    state = torch.load(next(tmp_path.glob("**/checkpoints/last.ckpt")), weights_only=True)
+    weights = state["state_dict"]
+    assert float(weights["obs_rms.count"]) == 1024 and float(weights["return_rms.count"]) == 1024
+    assert weights["net.policy_head.0.weight"].shape == (256, 17)
+    assert torch.allclose(weights["net.log_std"], torch.full((6,), -2.0), atol=0.05)  # lr 2e-5: barely moved
+    assert state["hyper_parameters"]["activation"] == "relu"
