@@ -20,7 +20,7 @@ from lightning.pytorch import LightningDataModule
 from tensordict import TensorDict
 
 from lightning_accelrl.data.needs import ExperienceConsumer, as_consumer
-from lightning_accelrl.data.ranks import gather_rank_states, own_rank_state
+from lightning_accelrl.data.ranks import all_ranks_step, gather_rank_states, own_rank_state
 from lightning_accelrl.data.settings import check_arguments, check_needs
 from lightning_accelrl.data.source import ExperienceSource, SourceContext, SourceFactory
 from lightning_accelrl.data.sources import source_factory
@@ -125,6 +125,7 @@ class ExperienceDataModule(LightningDataModule):
         self._spec: EnvSpec | None = None
         self._world_size, self._rank = 1, 0
         self.updates_done = 0
+        self._env_steps_all: int | None = None
         self.lags = LagMeter()
         self._elapsed_before = 0.0  # wall time of earlier runs (resume)
         self._start: float | None = None
@@ -186,6 +187,7 @@ class ExperienceDataModule(LightningDataModule):
             settings=dict(self.settings),
         )
         self.source = self._factory(ctx)
+        self._env_steps_all = None  # DDP: all ranks' env steps, agreed at each batch
         self._started = self._exhausted = self._closed = False
         if self._pending_state is not None:
             self.source.load_state_dict(self._pending_state)
@@ -245,7 +247,7 @@ class ExperienceDataModule(LightningDataModule):
         batch = self.source.next_batch(agent)
         ok = batch is not None
         if self._world_size > 1:  # every rank must run the same number of steps: stop when any rank must
-            ok = self.trainer.strategy.reduce_boolean_decision(ok, all=True)
+            ok, self._env_steps_all = all_ranks_step(self.trainer.strategy, ok, self.source.env_steps)
         if not ok:
             self._exhausted = True
             self.trainer.should_stop = True
@@ -260,7 +262,9 @@ class ExperienceDataModule(LightningDataModule):
 
     @property
     def env_steps(self) -> int:
-        """Env steps collected so far, over all ranks."""
+        """Env steps collected so far, over all ranks (under DDP: summed over ranks at the last batch)."""
+        if self._env_steps_all is not None:
+            return self._env_steps_all
         return 0 if self.source is None else self.source.env_steps * self._world_size
 
     @property

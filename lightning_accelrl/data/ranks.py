@@ -1,5 +1,7 @@
-"""Per-rank state in one checkpoint: each rank's experience source (its replay table, its episode window) is
-gathered into rank 0's checkpoint as a list indexed by global rank, and each rank restores its own entry.
+"""What ranks agree on: per-rank state in one checkpoint, and when to stop with how many env steps.
+
+Each rank's experience source (its replay table, its episode window) is gathered into rank 0's checkpoint as a
+list indexed by global rank, and each rank restores its own entry.
 
 Lightning calls ``state_dict`` on every rank but writes rank 0's result only, hence the gather (over a gloo group:
 object collectives over NCCL would stage every rank's pickled table in GPU memory).
@@ -43,6 +45,18 @@ def gather_rank_states(local: Any, world_size: int) -> list[Any]:
         out = [None] * world_size
         out[rank] = local
     return out
+
+
+def all_ranks_step(strategy: Any, has_batch: bool, env_steps: int) -> tuple[bool, int]:
+    """(whether every rank has a batch, env steps of all ranks) in one all-reduce; collective, once per batch.
+
+    Every rank stops at the same batch and pushes the same env-step count into its algorithm: with async samplers
+    each rank's count runs on its own, and schedules derived from it (the learning rate) must agree on every rank
+    for the parameters to stay identical.
+    """
+    t = torch.tensor([float(has_batch), float(env_steps)], dtype=torch.float64, device=strategy.root_device)
+    agreed, steps = strategy.reduce(t, reduce_op="sum").tolist()
+    return agreed == strategy.world_size, int(steps)
 
 
 def own_rank_state(ranks: list[Any], rank: int, world_size: int) -> Any:
