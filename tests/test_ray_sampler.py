@@ -15,7 +15,6 @@ import torch  # noqa: E402
 from ray_helpers import local_ray  # noqa: E402
 
 from lightning_accelrl import DQN, SAC, ExperienceDataModule  # noqa: E402
-from lightning_accelrl.errors import ConfigError  # noqa: E402
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -104,15 +103,6 @@ def test_ray_samplers_feed_sac() -> None:
     assert sampled.dtype == torch.float32 and sampled.shape[1:] == (1,)
     assert sampled.abs().max() <= 2.0 and sampled.std() > 0.1
     assert dm.tracker.episodes >= 4  # 4 envs x 300 steps: the 200-step episodes came back
-
-
-def test_ray_sampler_needs_a_replay_algorithm() -> None:
-    from lightning_accelrl import PPO
-
-    dm = ExperienceDataModule(env="CartPole-v1", total_env_steps=1000, sampler="ray")
-    trainer = L.Trainer(accelerator="cpu", max_epochs=1, logger=False, enable_checkpointing=False)
-    with pytest.raises(ConfigError, match="replay"):
-        trainer.fit(PPO(), datamodule=dm)
 
 
 class _KillSampler(_KeepHandles):

@@ -56,14 +56,21 @@ class ExperienceDataModule(LightningDataModule):
         sampler: the experience source: ``sync`` (all envs step, then one batched forward), ``alternating`` (two
             env groups: one steps while the policy runs for the other; rollouts), ``async``
             (``num_sampler_procs`` sampler processes, each with ``num_envs`` envs and a CPU policy copy, feed a
-            served table), ``ray`` (replay algorithms: Ray actors on any node of the Ray cluster feed a Ray-served
-            table), a name given to ``register_source``, or a factory ``(SourceContext) -> ExperienceSource``.
+            served table), ``ray`` (Ray actors on any node of the Ray cluster: replay and async rollouts through a
+            Ray-served table, on-policy rollouts collected by all actors per batch), a name given to ``register_source``, or a factory ``(SourceContext) -> ExperienceSource``.
         num_sampler_procs: async/ray: sampler processes (actors) per rank.
         weight_sync_every: async/ray: the samplers get new weights every this many updates.
         async_queue_size: async rollouts: segments the queue holds (default ``max(2, procs)``); it bounds the lag.
         sampler_restarts: async/ray: how many times in all (per rank) a sampler process or actor that dies is
             replaced by a fresh one (current weights, new env seeds, its slot's env-step count). 0 (default): the
             first death stops the run with ``SamplerProcessError``; so does the death after the last restart.
+        ray_rollouts: ray, rollout algorithms: ``on_policy`` (default: every batch collected by all actors with the
+            current weights, PPO/A2C) or ``async`` (segments taken as they arrive, with their policy version:
+            APPO/AsyncA2C).
+        ray_sampler_resources: ray: custom Ray resources each sampler actor asks for besides 1 CPU (e.g.
+            ``{"sampler_node": 1}``: only nodes started with ``--resources '{"sampler_node": N}'`` take them).
+        ray_address: ray: the address of a running Ray cluster to join (``127.0.0.1:6379``); default: the Ray
+            this process is connected to, else a local Ray on loopback.
     """
 
     def __init__(
@@ -87,6 +94,9 @@ class ExperienceDataModule(LightningDataModule):
         weight_sync_every: int = 1,
         async_queue_size: int | None = None,
         sampler_restarts: int = 0,
+        ray_rollouts: Literal["on_policy", "async"] = "on_policy",
+        ray_sampler_resources: dict[str, float] | None = None,
+        ray_address: str | None = None,
     ) -> None:
         super().__init__()
         check_arguments(dict(locals()))
@@ -117,6 +127,9 @@ class ExperienceDataModule(LightningDataModule):
             "weight_sync_every": weight_sync_every,
             "async_queue_size": async_queue_size,
             "sampler_restarts": sampler_restarts,
+            "ray_rollouts": ray_rollouts,
+            "ray_sampler_resources": ray_sampler_resources,
+            "ray_address": ray_address,
         }
         self.source: ExperienceSource | None = None
         self._consumer: ExperienceConsumer | None = None

@@ -2,7 +2,8 @@
 
 Built in: ``sync`` (rollouts or synchronous replay in this process), ``alternating`` (rollouts from two env
 groups overlapping stepping and inference), ``async`` (sampler processes feeding a served table) and ``ray``
-(Ray actors feeding a Ray-served table; replay algorithms). Register your own with :func:`register_source`, or pass
+(Ray actors on any node: replay and asynchronous rollouts through a Ray-served table, on-policy rollouts collected
+by all actors per batch). Register your own with :func:`register_source`, or pass
 a factory ``(SourceContext) -> ExperienceSource`` as ``sampler``.
 """
 
@@ -39,6 +40,15 @@ def _async(ctx: SourceContext) -> ExperienceSource:
 
 
 def _ray(ctx: SourceContext) -> ExperienceSource:
+    """Replay and asynchronous rollouts (``ray_rollouts: async``): actors feed a Ray-served table; on-policy
+    rollouts (the default for rollout algorithms): every batch collected by all actors with the current weights."""
+    mode = ctx.settings.get("ray_rollouts", "on_policy")
+    if mode not in ("on_policy", "async"):
+        raise ConfigError(f"ray_rollouts must be on_policy or async, got {mode!r}")
+    if ctx.needs.kind == "rollout" and mode == "on_policy":
+        from lightning_accelrl.data.ray_rollouts import RayRolloutSource
+
+        return RayRolloutSource(ctx)
     from lightning_accelrl.data.ray_runner import RayRunner
 
     return RayRunner(ctx)
