@@ -31,3 +31,33 @@ def local_ray(by_value: ModuleType | None = None) -> Iterator[None]:
     finally:
         if started:
             ray.shutdown()
+
+
+@contextlib.contextmanager
+def loopback_cluster(**sampler_node: float) -> Iterator[tuple[object, object]]:
+    """A two-node Ray cluster on this machine, every node on 127.0.0.1 with the per-run token of
+    ``start_local_ray``: a head with 1 CPU (the learner's node: table and coordinator) and a second node with
+    2 CPUs and the custom resources ``sampler_node`` (e.g. ``sampler_node=2``). Yields ``(cluster, node)``;
+    ``cluster.add_node``/``remove_node`` add and lose nodes. Everything stops at the end (and if this process dies)."""
+    import tempfile
+
+    import ray
+    from ray.cluster_utils import Cluster
+
+    from lightning_accelrl.replay.ray_local import loopback_ray_env, reaped_with_this_process
+
+    loopback_ray_env()
+    folder = tempfile.mkdtemp(prefix="accelrl-rc-", dir="/tmp")
+    small = {"object_store_memory": 80 * 2**20}
+    with reaped_with_this_process(folder):
+        cluster = Cluster(
+            initialize_head=True,
+            head_node_args={"num_cpus": 1, "include_dashboard": False, "temp_dir": folder, **small},
+        )
+        try:
+            node = cluster.add_node(num_cpus=2, resources=dict(sampler_node), **small)
+            ray.init(address=cluster.address, log_to_driver=False)
+            yield cluster, node
+        finally:
+            ray.shutdown()
+            cluster.shutdown()

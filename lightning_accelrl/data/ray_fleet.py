@@ -106,6 +106,10 @@ class _Coordinator:
     def stopped(self) -> bool:
         return self.stop
 
+    def node_id(self) -> str:
+        """The Ray node this actor runs on (the learner's)."""
+        return ray.get_runtime_context().get_node_id()
+
 
 def _checked_resources(resources: Any) -> dict[str, float]:
     """``ray_sampler_resources``: names of custom resources with amounts > 0 (one line otherwise)."""

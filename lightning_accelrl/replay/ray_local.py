@@ -9,14 +9,16 @@ processes and removes their folder as soon as the process that started them dies
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
 from typing import Any
 
-__all__ = ["start_local_ray"]
+__all__ = ["loopback_ray_env", "reaped_with_this_process", "start_local_ray"]
 
 _MARK = "ACCELRL_RAY_RUN"
 # The watchdog: reads the run's mark, then waits for end-of-file on stdin (its parent's end of the pipe closes when
@@ -63,31 +65,45 @@ def start_local_ray(**kwargs: Any) -> bool:
         raise ValueError(
             "start_local_ray starts a local Ray; to join a cluster call ray.init(address=...) first"
         )
+    loopback_ray_env()
+    import ray
+
+    # A short folder of our own (Ray's Unix socket paths must stay under 107 bytes) that names its processes.
+    folder = kwargs.pop("_temp_dir", None) or tempfile.mkdtemp(prefix="accelrl-ray-", dir="/tmp")
+    kwargs.setdefault("include_dashboard", False)
+    kwargs.setdefault("log_to_driver", False)
+    with reaped_with_this_process(folder):
+        ray.init(_temp_dir=folder, **kwargs)
+    return True
+
+
+def loopback_ray_env() -> None:
+    """Environment for Ray processes this process starts (``ray.init``, ``ray.cluster_utils.Cluster``): every
+    node on 127.0.0.1, a random per-run token (kept if ``RAY_AUTH_TOKEN`` is set), no usage statistics."""
     os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
     os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
     os.environ["RAY_AUTH_MODE"] = "token"
     os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(32))
-    import ray
-
-    if imported is not None:  # Ray read these when it was imported: refresh both places it keeps them
+    if "ray" in sys.modules:  # Ray read these when it was imported: refresh both places it keeps them
         from ray._private import ray_constants
         from ray._raylet import Config
 
         ray_constants.ENABLE_RAY_CLUSTER = False
         Config.initialize("")
-    # A short folder of our own (Ray's Unix socket paths must stay under 107 bytes) that names its processes.
-    folder = kwargs.pop("_temp_dir", None) or tempfile.mkdtemp(prefix="accelrl-ray-", dir="/tmp")
-    kwargs.setdefault("include_dashboard", False)
-    kwargs.setdefault("log_to_driver", False)
+
+
+@contextlib.contextmanager
+def reaped_with_this_process(folder: str) -> Iterator[None]:
+    """Ray processes started inside this block (and their children) are killed, and ``folder`` removed, as soon
+    as this process dies, however it dies (Linux)."""
     mark = f"{_MARK}={secrets.token_hex(8)}"
     if sys.platform.startswith("linux"):
         _start_watchdog(folder, mark)
     os.environ[_MARK] = mark.partition("=")[2]  # only the Ray processes started now inherit it
     try:
-        ray.init(_temp_dir=folder, **kwargs)
+        yield
     finally:
         del os.environ[_MARK]
-    return True
 
 
 def _start_watchdog(folder: str, mark: str) -> None:
