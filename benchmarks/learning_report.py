@@ -80,7 +80,8 @@ def recipe_markdown(recipe: str, rows: list[dict], curve: str | None) -> str:
     verdict = f"Target {_cell(target, False)} ({judged}) met on {len(passed)} of {len(rows)} seeds" + (
         f" ({', '.join(passed)})." if passed else "."
     )
-    lines = [f"### {recipe}", "", verdict, "", COLUMNS, *(row_markdown(r) for r in rows)]
+    heading = f"### {recipe}" + (f" ({done[0]['env']})" if done and done[0].get("env") else "")
+    lines = [heading, "", verdict, "", COLUMNS, *(row_markdown(r) for r in rows)]
     if curve:
         lines += ["", f"Curve: [{curve}]({curve})"]
     return "\n".join(lines) + "\n"

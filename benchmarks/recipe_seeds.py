@@ -51,6 +51,7 @@ def read_summary(root: Path, seed: int) -> dict:
         "wall_time_s": round(s["wall_time_s"], 1),
         "env_steps_per_s": round(s["env_steps_per_s"]),
         "target": s.get("target_return"),
+        "env": s.get("env"),
     }
 
 

@@ -26,6 +26,7 @@ def fake_run(runs: Path, recipe: str, seed: int, final: float, target: float, **
         "env_steps_per_s": 81.0,
         "target_return": target,
         "env_steps_to_threshold": None,
+        "env": "Acrobot-v1",
         **more,
     }
     (log / "summary.json").write_text(json.dumps(summary))
@@ -42,7 +43,7 @@ def test_training_return_promise_per_seed(tmp_path: Path) -> None:
     md = tmp_path / "RESULTS.md"
     text = learning_report.write_report(md, "zoo", tmp_path, ["a2c-x"], [0, 1, 2], None)
     lines = text.splitlines()
-    assert lines[0] == "### a2c-x"
+    assert lines[0] == "### a2c-x (Acrobot-v1)"
     assert "Target −83.4 (final return (last 100)) met on 1 of 3 seeds (0)." in text
     assert "| 0 | **−80** |  | 12,800 | 1,000 | 12.3 | 81 |  |" in lines
     assert "| 1 | −90 |  | not reached | 1,000 | 12.3 | 81 | 3.5/4.2/5.0 |" in lines
@@ -68,8 +69,8 @@ def test_section_is_replaced_in_place(tmp_path: Path) -> None:
     learning_report.write_report(md, "zoo", tmp_path, ["a2c-x"], [0], None)
     body = md.read_text()
     assert "old table" not in body
-    assert body.count("### a2c-x") == 1
-    assert body.startswith("# Results\n\nbefore\n\n<!-- BEGIN zoo -->\n### a2c-x")
+    assert body.count("### a2c-x (Acrobot-v1)") == 1
+    assert body.startswith("# Results\n\nbefore\n\n<!-- BEGIN zoo -->\n### a2c-x (Acrobot-v1)")
     assert body.endswith("<!-- END zoo -->\n\nafter\n")
 
 
