@@ -1,16 +1,16 @@
 """Learning report: run recipes over seeds (one run at a time) and write RESULTS.md-ready tables and curves.
 
-    python benchmarks/learning_report.py --recipes ppo-acrobot dqn-mountaincar --seeds 0 1 2 \\
+    python benchmarks/learning_report.py --recipes a2c-acrobot dqn-acrobot --seeds 0 1 2 \\
         --runs /tmp/zoo --md /tmp/report.md --curves docs/curves
-    python benchmarks/learning_report.py --recipes ppo-acrobot --seeds 0 1 2 --runs /tmp/zoo --md /tmp/report.md \\
-        --report-only
+    python benchmarks/learning_report.py --recipes a2c-acrobot --seeds 0 1 2 --runs /tmp/zoo \\
+        --md /tmp/report.md --report-only
 
 Each run is ``accelrl fit --recipe NAME --seed_everything SEED`` in ``RUNS/NAME/sSEED``; a seed whose folder
 already holds a ``summary.json`` is not run again, so an interrupted report resumes where it stopped. The
 tables go between ``<!-- BEGIN SECTION -->`` and ``<!-- END SECTION -->`` of the ``--md`` file (replaced in
-place, else appended): per recipe and seed the final training return (mean of the last 100 episodes), the greedy
-evaluation for recipes that run one, env steps to target, wall time, env steps/s and the machine's load, and
-how many seeds met the recipe's promise (the greedy evaluation where the recipe runs one, else the final
+place, else appended): per recipe and seed the final training return (mean of the last 100 episodes), the
+greedy evaluation for recipes that run one, env steps to target, wall time, env steps/s and the machine's load,
+and how many seeds met the recipe's promise (the greedy evaluation where the recipe runs one, else the final
 training return). ``--curves DIR`` draws each recipe's seeds into ``DIR/NAME.png`` with ``accelrl plot``.
 """
 
@@ -42,7 +42,7 @@ def seed_row(root: Path, seed: int) -> dict:
 
 
 def met(row: dict) -> bool:
-    """Whether a seed met the promise: its greedy evaluation where it ran one, else its final training return."""
+    """Whether a seed met the promise: its greedy evaluation where it ran one, else its final training mean."""
     figure = row["eval_return"] if row.get("eval_return") is not None else row.get("final_return")
     return figure is not None and row.get("target") is not None and figure >= row["target"]
 
@@ -90,7 +90,7 @@ def recipe_markdown(recipe: str, rows: list[dict], curve: str | None) -> str:
 def write_report(
     md: Path, section: str, runs: Path, recipes: list[str], seeds: list[int], curves: str | None
 ) -> str:
-    """Collect every recipe's seeds from ``runs`` and put their tables into ``md``'s section; returns the text."""
+    """Put every recipe's seeds (from ``runs``) as tables into ``md``'s section; returns the text."""
     parts = []
     for recipe in recipes:
         rows = [seed_row(runs / recipe / f"s{s}", s) for s in seeds]
