@@ -9,8 +9,8 @@ segment per rank per update), the same total env-step budget in every config:
 
 Configs run one at a time, interleaved (1x2, 2x1, 2x2, 1x2, ...), each in its own process group. Reported per run:
 env steps/s (all ranks' env steps over the learner's wall time from its first batch), updates/s per rank (every
-rank makes the same updates; a global update consumes one segment per rank), and each rank's policy lag (mean and
-max over the run). A 2-rank run needs 2x(1 learner + 1 table server + samplers) processes: on a machine with fewer
+rank makes the same updates; a global update consumes one segment per rank), each rank's policy lag (mean and
+max over the run), and the whole process's wall time (startup of the ranks, samplers and servers included). A 2-rank run needs 2x(1 learner + 1 table server + samplers) processes: on a machine with fewer
 cores than that the ranks and samplers share cores, and no speed-up can show.
 
     .venv/bin/python benchmarks/async_learners.py                          # 1x2, 2x1, 2x2; 2 repeats
@@ -91,7 +91,7 @@ def launch(name: str, env_steps: int, seed: int, out_root: Path, timeout: float)
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
     env.pop("LOCAL_RANK", None)
     env.pop("WORLD_SIZE", None)
-    load = os.getloadavg()[0]
+    load, t0 = os.getloadavg()[0], time.monotonic()
     cmd = [sys.executable, __file__, "--one", name, "--out-dir", str(out_dir), "--env-steps", str(env_steps)]
     proc = subprocess.Popen(
         [*cmd, "--seed", str(seed)],
@@ -109,15 +109,15 @@ def launch(name: str, env_steps: int, seed: int, out_root: Path, timeout: float)
     if proc.returncode != 0 or not rank0.exists():
         sys.exit(f"{name} failed (exit {proc.returncode}):\n{output.decode(errors='replace')[-3000:]}")
     row = json.loads(rank0.read_text())
-    row["load_before"] = load
+    row["load_before"], row["process_s"] = load, time.monotonic() - t0
     return row
 
 
 def render(rows: list[dict]) -> str:
     lines = [
         "| config | learner ranks × samplers | runs | env steps/s (median, min–max) | updates/s per rank | "
-        "segments/s (all ranks) | policy lag mean / max per rank | return (last 100) |",
-        "|---|---|---|---|---|---|---|---|",
+        "segments/s (all ranks) | policy lag mean / max per rank | return (last 100) | process wall s |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for name in CONFIGS:
         rs = [r for r in rows if r["config"] == name]
@@ -134,7 +134,7 @@ def render(rows: list[dict]) -> str:
         lines.append(
             f"| {name} | {ranks} × {procs} | {len(rs)} | {statistics.median(sps):,.0f} ({min(sps):,.0f}–"
             f"{max(sps):,.0f}) | {statistics.median(ups):.1f} | {ranks * statistics.median(ups):.1f} | {lags} | "
-            f"{statistics.median(rets):.0f} |"
+            f"{statistics.median(rets):.0f} | {statistics.median(r['process_s'] for r in rs):.0f} |"
         )
     return "\n".join(lines)
 
