@@ -90,11 +90,12 @@ def test_ppo_samplers_run_on_the_sampler_node(cluster) -> None:
     assert dm.updates_done == 10 and dm.env_steps == 640 and dm.lags.max == 0
 
 
+@pytest.mark.slow
 def test_losing_the_only_sampler_node_fails_the_run_with_one_line(cluster, monkeypatch) -> None:
     """The actors die with their node; their replacements find no node with the resource: one line, no hang."""
     lab, _ = cluster
     lost = lab.add_node(num_cpus=2, resources={"lost_node": 2}, object_store_memory=80 * 2**20)
-    monkeypatch.setattr(ray_fleet, "PLACEMENT_TIMEOUT_S", 10.0)
+    monkeypatch.setattr(ray_fleet, "PLACEMENT_TIMEOUT_S", 30.0)  # starting an actor takes seconds
     L.seed_everything(0, verbose=False)
     when: list[float] = []
 
@@ -108,7 +109,7 @@ def test_losing_the_only_sampler_node_fails_the_run_with_one_line(cluster, monke
     ) as info:
         _trainer(_Nodes(version=20, at=lose)).fit(DQN(hidden=[16]), datamodule=dm)
     assert "\n" not in str(info.value) and "'lost_node': 1.0" in str(info.value)
-    assert time.monotonic() - when[0] < 60  # the placement timeout (10 s) after the node's loss was seen
+    assert time.monotonic() - when[0] < 90  # the placement timeout (30 s) after the node's loss was seen
     assert (
         dm.closed and dm.source.restarts == 2
     )  # both actors died with the node and were replaced (unplaced)

@@ -60,6 +60,7 @@ class _Coordinator:
         self.env_steps = list(self.base)
         self.versions = [-1] * num_procs
         self.finished = [False] * num_procs
+        self.nodes: list[str | None] = [None] * num_procs
         self.episodes: list[tuple[float, float, float]] = []
         self.stop = False
         self.version, self.weights = -1, np.zeros(0, np.float32)
@@ -101,7 +102,7 @@ class _Coordinator:
 
     def restart_slot(self, idx: int) -> None:
         """A replacement sampler takes slot ``idx``: its own count starts at 0 on top of the dead one's."""
-        self.base[idx], self.finished[idx] = self.env_steps[idx], False
+        self.base[idx], self.finished[idx], self.nodes[idx] = self.env_steps[idx], False, None
 
     def stopped(self) -> bool:
         return self.stop
@@ -109,6 +110,13 @@ class _Coordinator:
     def node_id(self) -> str:
         """The Ray node this actor runs on (the learner's)."""
         return ray.get_runtime_context().get_node_id()
+
+    def placed(self, idx: int, node_id: str) -> None:
+        """Sampler ``idx`` started on node ``node_id``."""
+        self.nodes[idx] = node_id
+
+    def sampler_nodes(self) -> list[str | None]:
+        return list(self.nodes)
 
 
 def _checked_resources(resources: Any) -> dict[str, float]:
@@ -317,6 +325,11 @@ class RayFleet:
                     "that no node offers); stopping the run"
                 )
 
-    def node_ids(self) -> list[str]:
-        """The node each sampler actor runs on (waits until they are placed)."""
-        return ray.get([actor.node_id.remote() for actor in self.actors])
+    def node_ids(self, timeout: float = 30.0) -> list[str]:
+        """The node each sampler actor runs on, as the actors reported when they started (waits for them)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            nodes = ray.get(self.coord.sampler_nodes.remote())
+            if all(nodes) or time.monotonic() > deadline:
+                return nodes
+            time.sleep(0.1)

@@ -35,10 +35,7 @@ class SamplerActor:
         self.version = -1
         self._sampler: SyncSampler | None = None
         self._seen = 0
-
-    def node_id(self) -> str:
-        """The Ray node this actor runs on."""
-        return ray.get_runtime_context().get_node_id()
+        coordinator.placed.remote(idx, ray.get_runtime_context().get_node_id())
 
     def _load(self, version: int, flat: np.ndarray) -> None:
         load_flat(torch.from_numpy(flat.copy()), self.params)
