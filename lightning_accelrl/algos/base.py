@@ -9,7 +9,7 @@ import copy
 from typing import Any
 
 import torch
-from lightning.pytorch import LightningModule
+from lightning.pytorch import LightningModule, Trainer
 from typing_extensions import override
 
 from lightning_accelrl import __version__
@@ -107,17 +107,18 @@ class RLModule(LightningModule):
             torch.manual_seed(self._experience.base_seed + 7919 * self.trainer.global_rank)
 
     # ----- logging ----------------------------------------------------------------------------------------
+    def logs_this_batch(self) -> bool:
+        """Whether this training batch logs (see :func:`is_logging_batch`): build costly metrics only then."""
+        return is_logging_batch(self.trainer)
+
     def log_rollout_stats(self, metrics: dict[str, float | torch.Tensor]) -> None:
         """Log the run statistics (reduced over ranks as (sum, count) pairs) and the losses.
 
-        Only on the batches where Lightning writes to its loggers (every ``trainer.log_every_n_steps`` training
-        batches, the same on every rank): reducing and logging cost ~0.1-0.4 ms per value, which would dominate
-        the short training steps of small networks.
+        Only on the batches where Lightning writes to its loggers (:func:`is_logging_batch`, the same on every
+        rank): reducing and logging cost ~0.1-0.4 ms per value, which would dominate the short training steps of
+        small networks.
         """
-        trainer = self.trainer
-        every = trainer.log_every_n_steps
-        batches = trainer.fit_loop.epoch_loop.batch_progress.total.ready  # this batch included
-        if not trainer.should_stop and (every == 0 or batches % every):
+        if not is_logging_batch(self.trainer):
             return
         stats = self._experience.statistics()
         bar = {k: stats.pop(k) for k in ("episode_return_mean", "env_steps_per_s") if k in stats}
@@ -149,6 +150,14 @@ class RLModule(LightningModule):
         if spec is not None and self.hparams.get("env_spec") is None:
             self.hparams["env_spec"] = spec
         self.configure_model()
+
+
+def is_logging_batch(trainer: Trainer) -> bool:
+    """Every ``trainer.log_every_n_steps`` training batches (counted over the run), and the last batch of a run:
+    the batches on which :meth:`RLModule.log_rollout_stats` logs (and the run summary reads the logged figures)."""
+    every = trainer.log_every_n_steps
+    batches = trainer.fit_loop.epoch_loop.batch_progress.total.ready  # this batch included
+    return trainer.should_stop or (every > 0 and batches % every == 0)
 
 
 def anneal(optimizer: torch.optim.Optimizer, base_lr: float, progress: float, enabled: bool) -> float:

@@ -193,7 +193,7 @@ class DQN(RLModule):
         return reward + batch["bootstrap_discount"].reshape(next_q.shape) * next_q
 
     def importance_weights(self, batch: TensorDict) -> torch.Tensor:
-        """(N·P)^(−β), normalised by the batch maximum; ones without prioritized replay."""
+        """(N·P)^(−β), normalised by the batch maximum; ones without prioritized replay (whose loss skips them)."""
         hp = self.hparams
         if not hp.prioritized or "probability" not in batch.keys():  # noqa: SIM118
             return torch.ones(batch.batch_size[0], device=self.device)
@@ -207,8 +207,7 @@ class DQN(RLModule):
         opt = self.optimizers()
         lr = anneal(opt.optimizer, self.base_lr(batch.batch_size[0]), self.progress, hp.anneal_lr)
         losses, td_abs = self.td_loss(batch)
-        weights = self.importance_weights(batch)
-        loss = (weights * losses).mean()
+        loss = (self.importance_weights(batch) * losses).mean() if hp.prioritized else losses.mean()
 
         opt.zero_grad()
         self.manual_backward(loss)
@@ -220,14 +219,15 @@ class DQN(RLModule):
         if hp.prioritized:
             self.update_priorities(batch["key"], td_abs + hp.priority_epsilon)
         self.update_target(batch.batch_size[0])
-        self.log_rollout_stats(
-            {
-                "train/loss": loss.detach(),
-                "train/q_abs_td": td_abs.mean(),
-                "train/lr": lr,
-                "train/epsilon": self.epsilon,
-            }
-        )
+        if self.logs_this_batch():
+            self.log_rollout_stats(
+                {
+                    "train/loss": loss.detach(),
+                    "train/q_abs_td": td_abs.mean(),
+                    "train/lr": lr,
+                    "train/epsilon": self.epsilon,
+                }
+            )
 
     @torch.no_grad()
     def base_lr(self, batch_size: int) -> float:

@@ -22,6 +22,8 @@ from typing import Any
 import torch
 from tensordict import TensorDict, TensorDictBase
 
+from lightning_accelrl.replay.storage import field_leaves, new_tensordict
+
 __all__ = ["NStepWriter"]
 
 Key = tuple[str, ...]
@@ -68,6 +70,8 @@ class NStepWriter:
         self._ptr = torch.zeros(self.num_envs, dtype=torch.int64)  # next ring slot per env
         self._reward_shape: tuple[int, ...] = ()  # trailing reward dims ((), or (1,)), from the first step
         self._reward_dtype = torch.float32
+        self._all_rows = torch.arange(self.num_envs)
+        self._window = torch.arange(self.n)[:, None]  # window positions k, oldest to newest
 
     # ------------------------------------------------------------------ public API
     def add(self, step: TensorDict, env_ids: torch.Tensor | None = None) -> TensorDict | None:
@@ -115,7 +119,7 @@ class NStepWriter:
         dtype = reward.dtype if reward.dtype.is_floating_point else torch.float32
         fields[("next", "reward")] = reward.to(dtype)
         fields[("bootstrap_discount",)] = ((~terminated).to(dtype) * self.gamma).reshape(reward.shape)
-        return TensorDict(fields, batch_size=[b])
+        return _tensordict(fields, b)
 
     def flush(self, env_ids: torch.Tensor | None = None) -> TensorDict | None:
         """Emit every pending (partial) transition as if its episode were cut here, and forget them.
@@ -192,7 +196,7 @@ class NStepWriter:
                 raise ValueError(
                     f"step batch {step.batch_size[0]} != num_envs {self.num_envs} (pass env_ids)"
                 )
-            return torch.arange(self.num_envs)
+            return self._all_rows
         rows = torch.as_tensor(env_ids, dtype=torch.int64).reshape(-1)
         if len(rows) != step.batch_size[0]:
             raise ValueError(f"{len(rows)} env_ids for a step of batch {step.batch_size[0]}")
@@ -236,7 +240,7 @@ class NStepWriter:
         k >= n - count. A done env emits every valid start; any other env emits start 0 once it holds n steps.
         """
         n = self.n
-        k = torch.arange(n)[:, None]  # [n, 1]
+        k = self._window  # [n, 1]
         slots = (pos[None, :] - (n - 1) + k) % n  # [n, B] ring slot of window position k
         valid = k >= (n - count)[None, :]
         emit = valid & (ended[None, :] | ((k == 0) & (count == n)[None, :]))
@@ -254,12 +258,21 @@ class NStepWriter:
         fields[("next", "reward")] = returns[ks, bs].to(self._reward_dtype).reshape(shape)
         discount = self._gamma_pow[m] * (~terminated[bs]).to(torch.float64)
         fields[("bootstrap_discount",)] = discount.to(self._reward_dtype).reshape(shape)
-        return TensorDict(fields, batch_size=[len(ks)])
+        return _tensordict(fields, len(ks))
 
 
 def _leaves(td: TensorDictBase) -> list[tuple[Key, torch.Tensor]]:
-    """(key as a tuple, tensor) for every leaf of a TensorDict."""
-    return [
-        ((k,) if isinstance(k, str) else tuple(k), v)
-        for k, v in td.items(include_nested=True, leaves_only=True)
-    ]
+    """(key as a tuple, tensor) for every leaf of a TensorDict, depth first in key order."""
+    return field_leaves(td)
+
+
+def _tensordict(fields: dict[Key, torch.Tensor], n: int) -> TensorDict:
+    """A TensorDict [n] of fields made here (fresh tensors of n rows), in the order given, without re-validating
+    each value (that costs more than building the transitions)."""
+    tree: dict[str, Any] = {}
+    for key, value in fields.items():
+        node = tree
+        for part in key[:-1]:
+            node = node.setdefault(part, {})
+        node[key[-1]] = value
+    return new_tensordict(tree, n)
