@@ -1,8 +1,9 @@
 """The classic-control zoo recipes (Acrobot): each header states its rl-zoo target, budget and source,
 the YAML agrees with the header, and ``accelrl fit --recipe NAME`` runs a few hundred env steps end to end.
 
-The learning proof (seeds 0, 1 and 2 over the whole budget) is in ``benchmarks/RESULTS.md``, section
-"Classic-control zoo" (``python benchmarks/recipe_seeds.py --recipe NAME --seeds 0 1 2``), not in the suite.
+The learning proof (seeds 0, 1 and 2 over the whole budget, 5 to 25 minutes a seed on 2 CPU cores) is in
+``benchmarks/RESULTS.md``, section "Classic-control zoo" (``python benchmarks/learning_report.py --recipes
+NAME --seeds 0 1 2 --runs DIR --md FILE``), not in the suite.
 """
 
 from __future__ import annotations
