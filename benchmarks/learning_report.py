@@ -50,7 +50,7 @@ def met(row: dict) -> bool:
 def _cell(value: float | None, bold: bool) -> str:
     if value is None:
         return ""
-    text = f"{value:.2f}".rstrip("0").rstrip(".") if isinstance(value, float) else str(value)
+    text = f"{value:.2f}".removesuffix("0") if isinstance(value, float) else str(value)  # -83.4, -99.85
     text = text.replace("-", "−")
     return f"**{text}**" if bold else text
 

@@ -45,8 +45,8 @@ def test_training_return_promise_per_seed(tmp_path: Path) -> None:
     lines = text.splitlines()
     assert lines[0] == "### a2c-x (Acrobot-v1)"
     assert "Target −83.4 (final return (last 100)) met on 1 of 3 seeds (0)." in text
-    assert "| 0 | **−80** |  | 12,800 | 1,000 | 12.3 | 81 |  |" in lines
-    assert "| 1 | −90 |  | not reached | 1,000 | 12.3 | 81 | 3.5/4.2/5.0 |" in lines
+    assert "| 0 | **−80.0** |  | 12,800 | 1,000 | 12.3 | 81 |  |" in lines
+    assert "| 1 | −90.0 |  | not reached | 1,000 | 12.3 | 81 | 3.5/4.2/5.0 |" in lines
     assert "| 2 | error: no summary.json | | | | | | |" in lines
     assert md.read_text().startswith("# Benchmark results\n")  # a new file gets the results header
 
@@ -56,8 +56,9 @@ def test_greedy_eval_is_the_promise_where_the_recipe_runs_one(tmp_path: Path) ->
     fake_run(tmp_path, "dqn-x", 1, -95.0, -101, eval_return_mean=-103.0)
     text = learning_report.write_report(tmp_path / "r.md", "zoo", tmp_path, ["dqn-x"], [0, 1], "docs/curves")
     assert "Target −101 (greedy eval) met on 1 of 2 seeds (0)." in text
-    assert "| 0 | −120 | **−99.85** |" in text
-    assert "| 1 | −95 | −103 |" in text  # a training mean over the target does not count for an eval recipe
+    assert "| 0 | −120.0 | **−99.85** |" in text
+    # a training mean over the target does not count for a recipe promising its greedy evaluation
+    assert "| 1 | −95.0 | −103.0 |" in text
     assert text.rstrip().endswith("Curve: [docs/curves/dqn-x.png](docs/curves/dqn-x.png)")
 
 
