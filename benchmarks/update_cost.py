@@ -74,9 +74,10 @@ class _Env:
 
 
 def ours(
-    algo: str, env_steps: int, warm: int, profile: bool = False, variant: Any = None
+    algo: str, env_steps: int, warm: int, profile: bool = False, log_every: int | None = None
 ) -> dict[str, float]:
-    """One fit of the recipe (shortened to ``env_steps``): ms per update, full and without env stepping."""
+    """One fit of the recipe (shortened to ``env_steps``; ``log_every`` replaces its ``log_every_n_steps``): ms
+    per update, full and without env stepping."""
     import lightning as L
     from lightning.pytorch import Callback
     from lightning.pytorch.callbacks import ModelCheckpoint
@@ -123,7 +124,9 @@ def ours(
         data["sampler"] = TimedReplay
     L.seed_everything(recipe["seed_everything"], verbose=False)
     dm = TimedData(**data)
-    model = (variant or model_from)(recipe)
+    model = model_from(recipe)
+    if log_every is not None:
+        recipe["trainer"]["log_every_n_steps"] = log_every
     with tempfile.TemporaryDirectory() as root:
         trainer = L.Trainer(
             **{k: v for k, v in recipe["trainer"].items() if k not in ("logger", "max_epochs")},
@@ -303,6 +306,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--env-steps", type=int, default=None, help="budget of each of our runs")
     p.add_argument("--bare-updates", type=int, default=None, help="updates of each bare run")
     p.add_argument("--profile", action="store_true", help="cProfile one of our runs per algorithm instead")
+    p.add_argument("--log-every", type=int, default=None, help="replace the recipes' log_every_n_steps")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, {os.cpu_count()} cores")
@@ -311,14 +315,15 @@ def main(argv: list[str] | None = None) -> int:
         env_steps = args.env_steps or env_steps
         if args.profile:
             print(f"== {algo}: cProfile of one run ({env_steps} env steps), load {loadavg()}")
-            ours(algo, env_steps, warm, profile=True)
+            ours(algo, env_steps, warm, profile=True, log_every=args.log_every)
             continue
         bare_updates = args.bare_updates or (60 if algo == "ppo" else 600)
         rows: dict[str, list[float]] = {}
-        print(f"== {algo} ({RECIPE[algo]}, {env_steps} env steps per run, warm after {warm} updates)")
+        every = "" if args.log_every is None else f", log_every_n_steps {args.log_every}"
+        print(f"== {algo} ({RECIPE[algo]}, {env_steps} env steps per run, warm after {warm} updates{every})")
         for rep in range(args.repeats):
             load = loadavg()
-            o = ours(algo, env_steps, warm)
+            o = ours(algo, env_steps, warm, log_every=args.log_every)
             b = bare(algo, bare_updates, bare_updates // 10)
             for key, value in [*o.items(), ("bare_ms", b["update_ms"]), ("bare_cpu_ms", b["update_cpu_ms"])]:
                 rows.setdefault(key, []).append(value)
