@@ -104,3 +104,12 @@ def test_bad_ray_settings_fail_with_one_line(bad, message) -> None:
     with pytest.raises(ConfigError, match=message) as info:
         trainer.fit(PPO(), datamodule=dm)
     assert "\n" not in str(info.value)
+
+
+def test_a_ray_address_nobody_listens_on_fails_at_once_with_one_line(monkeypatch) -> None:
+    from lightning_accelrl.data import ray_fleet
+
+    monkeypatch.setattr(ray_fleet.ray, "is_initialized", lambda: False)  # as in a process not connected yet
+    with pytest.raises(ConfigError, match=r"^nothing answers at ray_address='127.0.0.1:1' ") as info:
+        ray_fleet.connect_ray("127.0.0.1:1")
+    assert "\n" not in str(info.value)

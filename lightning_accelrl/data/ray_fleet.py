@@ -144,6 +144,7 @@ def connect_ray(address: str | None) -> bool:
         return False
     if address is None:
         return start_local_ray()
+    _check_reachable(address)
     try:
         ray.init(address=address, log_to_driver=False)
     except Exception as err:
@@ -152,6 +153,22 @@ def connect_ray(address: str | None) -> bool:
             "`ray start --head` (and export the same RAY_AUTH_MODE/RAY_AUTH_TOKEN), or leave ray_address unset"
         ) from None
     return True
+
+
+def _check_reachable(address: str) -> None:
+    """One line at once for a ``host:port`` nobody listens on (Ray itself retries for minutes)."""
+    import socket
+
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        return  # "auto", "ray://...": Ray's own resolution
+    try:
+        socket.create_connection((host, int(port)), timeout=5.0).close()
+    except OSError as err:
+        raise ConfigError(
+            f"nothing answers at ray_address={address!r} ({err.strerror or err}): start the cluster's head there "
+            "(`ray start --head --port PORT`) or fix the address"
+        ) from None
 
 
 def learner_node_options() -> dict[str, Any]:
