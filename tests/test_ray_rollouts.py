@@ -78,9 +78,10 @@ def test_a2c_through_ray_runs_its_budget() -> None:
 
 
 def test_appo_through_ray_takes_lagged_segments() -> None:
+    """APPO declares it corrects for lag: ``ray_rollouts: auto`` collects asynchronously for it."""
     batches = _Batches()
     dm = _fit(
-        APPO(hidden=(16,), update_epochs=1, minibatch_size=32), batches, sampler="ray", ray_rollouts="async",
+        APPO(hidden=(16,), update_epochs=1, minibatch_size=32), batches, sampler="ray",
         num_sampler_procs=2, num_envs=2, total_env_steps=960, async_queue_size=2,
     )  # fmt: skip
     # one segment [T, envs of one actor] per update: 960 / (16 x 2) = 30 updates
@@ -93,7 +94,7 @@ def test_appo_through_ray_takes_lagged_segments() -> None:
 @pytest.mark.parametrize(
     ("bad", "message"),
     [
-        ({"ray_rollouts": "sometimes"}, r"^ray_rollouts must be on_policy or async, got 'sometimes'$"),
+        ({"ray_rollouts": "sometimes"}, r"^ray_rollouts must be auto, on_policy or async, got 'sometimes'$"),
         ({"ray_sampler_resources": {"CPU": 2}}, r"^ray_sampler_resources must map custom resource names"),
         ({"ray_sampler_resources": {"sampler_node": 0}}, r"^ray_sampler_resources must map"),
     ],

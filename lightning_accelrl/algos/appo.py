@@ -131,7 +131,7 @@ class APPO(ActorCriticModule):
     @override
     def experience_needs(self) -> ExperienceNeeds:
         """Rollout segments with the next observations (values are recomputed with the current network)."""
-        return ExperienceNeeds(kind="rollout", next_observation=True)
+        return ExperienceNeeds(kind="rollout", next_observation=True, lag_corrected=True)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.Adam(self.parameters(), lr=self.hparams.lr, eps=self.hparams.adam_eps, fused=True)

@@ -72,7 +72,7 @@ class AsyncA2C(ActorCriticModule):
     @override
     def experience_needs(self) -> ExperienceNeeds:
         """Rollout segments with the next observations (values are recomputed with the current network)."""
-        return ExperienceNeeds(kind="rollout", next_observation=True)
+        return ExperienceNeeds(kind="rollout", next_observation=True, lag_corrected=True)
 
     @override
     def configure_optimizers(self) -> torch.optim.Optimizer:

@@ -75,7 +75,8 @@ _META_KEYS = ("key", "priority", "probability", "times_sampled", "table_size")
 _EPISODE_RING = 1024  # finished episodes kept per sampler between two reads by the learner
 
 
-def _queue_table(max_size: int, state: dict[str, Any] | None = None) -> Any:
+def rollout_queue_table(max_size: int, state: dict[str, Any] | None = None) -> Any:
+    """The rollout queue (every segment sampled once), built where the table is served; restored when resuming."""
     from lightning_accelrl.replay import Table
 
     table = Table.queue("rollouts", max_size)
@@ -132,7 +133,7 @@ class AsyncRunner(ExperienceSource):
             self.shared.counters[:, ENV_STEPS] = torch.tensor(self._steps_resumed, dtype=torch.int64)
         table_state = None if self._resume is None else self._resume["table"]
         if self.kind == "rollout":
-            factory = functools.partial(_queue_table, self.queue_size, table_state)
+            factory = functools.partial(rollout_queue_table, self.queue_size, table_state)
         else:  # one replay-sampling stream per rank's table
             seed = stream_seed(self.ctx.seed, -1 - self.ctx.rank)
             frames = stores_frames(self.ctx.env_spec)

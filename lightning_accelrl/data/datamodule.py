@@ -64,9 +64,9 @@ class ExperienceDataModule(LightningDataModule):
         sampler_restarts: async/ray: how many times in all (per rank) a sampler process or actor that dies is
             replaced by a fresh one (current weights, new env seeds, its slot's env-step count). 0 (default): the
             first death stops the run with ``SamplerProcessError``; so does the death after the last restart.
-        ray_rollouts: ray, rollout algorithms: ``on_policy`` (default: every batch collected by all actors with the
-            current weights, PPO/A2C) or ``async`` (segments taken as they arrive, with their policy version:
-            APPO/AsyncA2C).
+        ray_rollouts: ray, rollout algorithms: ``on_policy`` (every batch collected by all actors with the current
+            weights) or ``async`` (segments taken as they arrive, with their policy version); ``auto`` (default):
+            ``async`` for algorithms that correct for policy lag (APPO, AsyncA2C), ``on_policy`` for the others.
         ray_sampler_resources: ray: custom Ray resources each sampler actor asks for besides 1 CPU (e.g.
             ``{"sampler_node": 1}``: only nodes started with ``--resources '{"sampler_node": N}'`` take them).
         ray_address: ray: the address of a running Ray cluster to join (``127.0.0.1:6379``); default: the Ray
@@ -94,7 +94,7 @@ class ExperienceDataModule(LightningDataModule):
         weight_sync_every: int = 1,
         async_queue_size: int | None = None,
         sampler_restarts: int = 0,
-        ray_rollouts: Literal["on_policy", "async"] = "on_policy",
+        ray_rollouts: Literal["auto", "on_policy", "async"] = "auto",
         ray_sampler_resources: dict[str, float] | None = None,
         ray_address: str | None = None,
     ) -> None:

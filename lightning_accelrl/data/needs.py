@@ -30,6 +30,9 @@ class ExperienceNeeds:
       ``table_size``, ``priority``); ``prioritized`` tables take priority write-backs.
     - ``actions``: the action spaces the algorithm handles: ``"discrete"`` (one Discrete), ``"continuous"`` (a Box)
       or ``"any"``.
+    - ``lag_corrected``: rollouts may come from older policies (the algorithm corrects for the lag with the
+      behaviour log-probs and versions it is given, e.g. V-trace); sources that can collect either way pick the
+      asynchronous one for these algorithms.
     """
 
     kind: Literal["rollout", "replay"] = "rollout"
@@ -39,6 +42,7 @@ class ExperienceNeeds:
     prioritized: bool = False
     priority_exponent: float = 0.6
     actions: Literal["any", "discrete", "continuous"] = "any"
+    lag_corrected: bool = False
 
     def describe(self) -> str:
         """One phrase for error messages: what the algorithm must be fed."""

@@ -36,6 +36,7 @@ from typing import Any
 import torch
 from tensordict import TensorDict
 
+from lightning_accelrl.data.async_runner import rollout_queue_table
 from lightning_accelrl.data.ray_fleet import RayFleet, learner_node_options
 from lightning_accelrl.data.ray_sampler import SamplerActor
 from lightning_accelrl.data.replay import make_replay_table, stores_frames
@@ -51,16 +52,6 @@ except ImportError:  # pragma: no cover - ray_fleet raised the ConfigError alrea
 __all__ = ["RayRunner"]
 
 _META_KEYS = ("key", "priority", "probability", "times_sampled", "table_size")
-
-
-def _queue_table(max_size: int, state: dict[str, Any] | None) -> Any:
-    """The rollout queue (every segment sampled once), built inside the table actor; restored when resuming."""
-    from lightning_accelrl.replay import Table
-
-    table = Table.queue("rollout", max_size)
-    if state is not None:
-        table.load_state_dict(state)
-    return table
 
 
 class RayRunner(ExperienceSource):
@@ -121,7 +112,7 @@ class RayRunner(ExperienceSource):
     def _table_factory(self) -> Any:
         """The rank's table, built inside the table actor (from the saved state when resuming)."""
         if self.kind == "rollout":
-            return functools.partial(_queue_table, self.queue_size, self._resume_table)
+            return functools.partial(rollout_queue_table, self.queue_size, self._resume_table)
         ctx = self.ctx
         seed = stream_seed(ctx.seed, -1 - ctx.rank)  # one replay-sampling stream per rank's table
         frames = stores_frames(ctx.env_spec)

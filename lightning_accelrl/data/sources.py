@@ -40,11 +40,14 @@ def _async(ctx: SourceContext) -> ExperienceSource:
 
 
 def _ray(ctx: SourceContext) -> ExperienceSource:
-    """Replay and asynchronous rollouts (``ray_rollouts: async``): actors feed a Ray-served table; on-policy
-    rollouts (the default for rollout algorithms): every batch collected by all actors with the current weights."""
-    mode = ctx.settings.get("ray_rollouts", "on_policy")
-    if mode not in ("on_policy", "async"):
-        raise ConfigError(f"ray_rollouts must be on_policy or async, got {mode!r}")
+    """Replay and asynchronous rollouts: actors feed a Ray-served table; on-policy rollouts: every batch collected
+    by all actors with the current weights. ``ray_rollouts: auto`` (the default) collects asynchronously for
+    algorithms that correct for policy lag (``needs.lag_corrected``: APPO, AsyncA2C), on-policy for the others."""
+    mode = ctx.settings.get("ray_rollouts", "auto")
+    if mode not in ("auto", "on_policy", "async"):
+        raise ConfigError(f"ray_rollouts must be auto, on_policy or async, got {mode!r}")
+    if mode == "auto":
+        mode = "async" if ctx.needs.lag_corrected else "on_policy"
     if ctx.needs.kind == "rollout" and mode == "on_policy":
         from lightning_accelrl.data.ray_rollouts import RayRolloutSource
 
