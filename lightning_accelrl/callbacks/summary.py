@@ -75,6 +75,18 @@ class RunSummary(Callback):
             "updates": int(dm.updates_done),
             "policy_lag_max": dm.lags.max,
         }
+        if "policy_lag/max" in stats:  # over all ranks, and each rank's own figures
+            summary["policy_lag_mean"] = stats["policy_lag/mean"]
+            summary["policy_lag_max"] = int(stats["policy_lag/max"])
+            summary["policy_lag_by_rank"] = [
+                {
+                    "rank": r,
+                    "mean": stats[f"policy_lag/rank{r}_mean"],
+                    "max": int(stats[f"policy_lag/rank{r}_max"]),
+                }
+                for r in range(trainer.world_size)
+                if f"policy_lag/rank{r}_mean" in stats
+            ]
         if "episode_score_mean" in stats:  # Atari: the unclipped game score next to the clipped return
             summary["episode_score_mean"] = stats["episode_score_mean"]
         if self.target_return is not None:
