@@ -313,4 +313,8 @@ def test_placement_config_runs_with_two_cpu_ranks(tmp_path: Path) -> None:
     by_rank = summary["policy_lag_by_rank"]  # each rank's own lag, and the figures over both ranks
     assert [row["rank"] for row in by_rank] == [0, 1]
     assert summary["policy_lag_max"] == max(row["max"] for row in by_rank)
-    assert min(row["mean"] for row in by_rank) <= summary["policy_lag_mean"] <= max(row["mean"] for row in by_rank)
+    assert (
+        min(row["mean"] for row in by_rank)
+        <= summary["policy_lag_mean"]
+        <= max(row["mean"] for row in by_rank)
+    )
