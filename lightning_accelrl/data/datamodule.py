@@ -57,7 +57,8 @@ class ExperienceDataModule(LightningDataModule):
             env groups: one steps while the policy runs for the other; rollouts), ``async``
             (``num_sampler_procs`` sampler processes, each with ``num_envs`` envs and a CPU policy copy, feed a
             served table), ``ray`` (Ray actors on any node of the Ray cluster: replay and async rollouts through a
-            Ray-served table, on-policy rollouts collected by all actors per batch), a name given to ``register_source``, or a factory ``(SourceContext) -> ExperienceSource``.
+            Ray-served table, on-policy rollouts collected by all actors per batch), a name given to
+            ``register_source``, or a factory ``(SourceContext) -> ExperienceSource``.
         num_sampler_procs: async/ray: sampler processes (actors) per rank.
         weight_sync_every: async/ray: the samplers get new weights every this many updates.
         async_queue_size: async rollouts: segments the queue holds (default ``max(2, procs)``); it bounds the lag.

@@ -95,10 +95,10 @@ class NStepWriter:
 
         pos = self._ptr[rows]
         flat = pos * self.num_envs + rows
-        for key, value in _leaves(step):
+        for key, value in field_leaves(step):
             if key[0] != "next":
                 self._ring[key].index_copy_(0, flat, value)
-        next_leaves = dict(_leaves(nxt))
+        next_leaves = dict(field_leaves(nxt))
         for key, buf in self._last_next.items():
             buf.index_copy_(0, rows, next_leaves[key])
         self._rewards[pos, rows] = reward.reshape(len(rows)).to(torch.float64)
@@ -114,7 +114,7 @@ class NStepWriter:
         """n = 1: every step is a finished transition; no ring needed (the DQN default, on the hot path)."""
         b = int(step.batch_size[0])
         terminated = self._flag(step.get("next"), "terminated", b)
-        fields = {key: value.clone() for key, value in _leaves(step)}
+        fields = {key: value.clone() for key, value in field_leaves(step)}
         reward = fields[("next", "reward")]
         dtype = reward.dtype if reward.dtype.is_floating_point else torch.float32
         fields[("next", "reward")] = reward.to(dtype)
@@ -216,10 +216,10 @@ class NStepWriter:
             raise KeyError('a step needs ("next", "reward")')
         size = self.n * self.num_envs
         self._ring = {
-            k: torch.zeros((size, *v.shape[1:]), dtype=v.dtype) for k, v in _leaves(step) if k[0] != "next"
+            k: torch.zeros((size, *v.shape[1:]), dtype=v.dtype) for k, v in field_leaves(step) if k[0] != "next"
         }
         self._last_next = {
-            k: torch.zeros((self.num_envs, *v.shape[1:]), dtype=v.dtype) for k, v in _leaves(step.get("next"))
+            k: torch.zeros((self.num_envs, *v.shape[1:]), dtype=v.dtype) for k, v in field_leaves(step.get("next"))
         }
         reward = step.get(("next", "reward"))
         self._reward_shape = tuple(reward.shape[1:])
@@ -252,18 +252,13 @@ class NStepWriter:
         m = n - ks
         src = slots[ks, bs] * self.num_envs + rows[bs]
         fields: dict[Key, torch.Tensor] = {k: v.index_select(0, src) for k, v in self._ring.items()}
-        next_leaves = _leaves(nxt) if isinstance(nxt, TensorDictBase) else nxt.items()
+        next_leaves = field_leaves(nxt) if isinstance(nxt, TensorDictBase) else nxt.items()
         fields.update({("next", *k): v.index_select(0, bs) for k, v in next_leaves})
         shape = (len(ks), *self._reward_shape)
         fields[("next", "reward")] = returns[ks, bs].to(self._reward_dtype).reshape(shape)
         discount = self._gamma_pow[m] * (~terminated[bs]).to(torch.float64)
         fields[("bootstrap_discount",)] = discount.to(self._reward_dtype).reshape(shape)
         return _tensordict(fields, len(ks))
-
-
-def _leaves(td: TensorDictBase) -> list[tuple[Key, torch.Tensor]]:
-    """(key as a tuple, tensor) for every leaf of a TensorDict, depth first in key order."""
-    return field_leaves(td)
 
 
 def _tensordict(fields: dict[Key, torch.Tensor], n: int) -> TensorDict:
