@@ -216,10 +216,13 @@ class NStepWriter:
             raise KeyError('a step needs ("next", "reward")')
         size = self.n * self.num_envs
         self._ring = {
-            k: torch.zeros((size, *v.shape[1:]), dtype=v.dtype) for k, v in field_leaves(step) if k[0] != "next"
+            k: torch.zeros((size, *v.shape[1:]), dtype=v.dtype)
+            for k, v in field_leaves(step)
+            if k[0] != "next"
         }
         self._last_next = {
-            k: torch.zeros((self.num_envs, *v.shape[1:]), dtype=v.dtype) for k, v in field_leaves(step.get("next"))
+            k: torch.zeros((self.num_envs, *v.shape[1:]), dtype=v.dtype)
+            for k, v in field_leaves(step.get("next"))
         }
         reward = step.get(("next", "reward"))
         self._reward_shape = tuple(reward.shape[1:])
