@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 import torch
 from process_helpers import run_in_own_group, shm_segments
+from rank_recording import with_tests_dir_on_path
 
 from lightning_accelrl.data.statistics import LagMeter, lag_by_rank, reduced_statistics
 from lightning_accelrl.data.supervision import sampler_stream
@@ -48,29 +49,8 @@ SCRIPT = (
     import torch
     torch.set_num_threads(1)
     import lightning as L
-    from lightning.pytorch.loggers import Logger
     from lightning_accelrl import APPO, DQN, ExperienceDataModule
-
-
-    class MemLogger(Logger):
-        # keeps what this rank logs
-        def __init__(self):
-            super().__init__()
-            self.rows = []
-
-        @property
-        def name(self):
-            return "mem"
-
-        @property
-        def version(self):
-            return 0
-
-        def log_hyperparams(self, params, *args, **kwargs):
-            pass
-
-        def log_metrics(self, metrics, step=None):
-            self.rows.append({k: float(v) for k, v in metrics.items()})
+    from rank_recording import MemLogger, flat
 
 
     class Record(L.Callback):
@@ -104,7 +84,7 @@ SCRIPT = (
         torch.save(
             {
                 "rank": trainer.global_rank, "pid": os.getpid(), "pids": rec.pids, "first_obs": rec.first_obs,
-                "params": torch.cat([p.detach().flatten() for p in model.parameters()]),
+                "params": flat(model),
                 "updates": dm.updates_done, "local_env_steps": dm.source.env_steps,
                 "lag_mean": dm.lags.mean, "lag_max": dm.lags.max, "lag_batches": dm.lags.batches,
                 "final": rec.final, "rows": mem.rows,
@@ -123,7 +103,7 @@ SCRIPT = (
 
 
 def _ddp_env() -> dict[str, str]:
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    env = with_tests_dir_on_path(dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore"))
     env.pop("LOCAL_RANK", None)
     env.pop("WORLD_SIZE", None)
     return env

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 from process_helpers import run_in_own_group
+from rank_recording import with_tests_dir_on_path
 
 from lightning_accelrl.envs import env_seeds
 
@@ -26,34 +27,8 @@ SCRIPT = textwrap.dedent(
     import torch
     torch.set_num_threads(1)
     import lightning as L
-    from lightning.pytorch.loggers import Logger
     from lightning_accelrl import PPO, ExperienceDataModule
-
-
-    def flat(m):
-        return torch.cat([p.detach().flatten() for p in m.parameters()]).clone()
-
-
-    class MemLogger(Logger):
-        # keeps what this rank logs (not rank-zero-only: each rank records its own view)
-
-        def __init__(self):
-            super().__init__()
-            self.rows = []
-
-        @property
-        def name(self):
-            return "mem"
-
-        @property
-        def version(self):
-            return 0
-
-        def log_hyperparams(self, params, *args, **kwargs):
-            pass
-
-        def log_metrics(self, metrics, step=None):
-            self.rows.append(dict(metrics))
+    from rank_recording import MemLogger, flat
 
 
     class Record(L.Callback):
@@ -117,7 +92,7 @@ def ddp_run(tmp_path_factory) -> dict[int, dict]:
     tmp = tmp_path_factory.mktemp("ddp")
     script = tmp / "ddp_ppo.py"
     script.write_text(SCRIPT)
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    env = with_tests_dir_on_path(dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore"))
     env.pop("LOCAL_RANK", None)
     env.pop("WORLD_SIZE", None)
     # its own process group: rank 1 and any helper can be found and ended

@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 import torch
 from process_helpers import QUIET_ENV, group_alive, shm_segments
+from rank_recording import with_tests_dir_on_path
 
 SCRIPT = textwrap.dedent(
     """
@@ -32,35 +33,9 @@ SCRIPT = textwrap.dedent(
     torch.set_num_threads(1)
     import lightning as L
     from lightning.pytorch.callbacks import ModelCheckpoint
-    from lightning.pytorch.loggers import Logger
     from lightning.pytorch.strategies import DDPStrategy
     from lightning_accelrl import DQN, PPO, ExperienceDataModule
-
-
-    def flat(m):
-        return torch.cat([p.detach().flatten() for p in m.parameters()]).clone()
-
-
-    class MemLogger(Logger):
-        # what this rank logs (not rank-zero-only: each rank records its own view)
-
-        def __init__(self):
-            super().__init__()
-            self.rows = []
-
-        @property
-        def name(self):
-            return "mem"
-
-        @property
-        def version(self):
-            return 0
-
-        def log_hyperparams(self, params, *args, **kwargs):
-            pass
-
-        def log_metrics(self, metrics, step=None):
-            self.rows.append(dict(metrics))
+    from rank_recording import MemLogger, flat
 
 
     def table(dm):
@@ -206,7 +181,7 @@ def wait_gone(pgids: Sequence[int], linger_s: float) -> list[int]:
 
 
 def node_env(**extra: str) -> dict[str, str]:
-    env = dict(os.environ, **QUIET_ENV, **extra)
+    env = with_tests_dir_on_path(dict(os.environ, **QUIET_ENV, **extra))
     for name in ("LOCAL_RANK", "RANK", "WORLD_SIZE", "NODE_RANK", "GROUP_RANK", "TORCHELASTIC_RUN_ID"):
         if name not in extra:
             env.pop(name, None)
