@@ -102,13 +102,13 @@ def table(rows: list[dict]) -> list[str]:
             continue
         out += [
             f"\n**{algo.upper()}** (ratio = ours train s / SB3 train s; load = 1-min load average before → after;"
-            " CPU s = the whole process's CPU seconds, start-up and evaluation included; eval = mean ± std of"
-            " the greedy episodes, the same start states on both sides)\n",
+            " CPU s = the whole process's CPU seconds, start-up and evaluation included; CPU ratio = ours CPU s /"
+            " SB3 CPU s; eval = mean ± std of the greedy episodes, the same start states on both sides)\n",
             "| seed | ours eval | SB3 eval | ours train s | SB3 train s | ratio | load ours | load SB3 "
-            "| CPU s ours | CPU s SB3 |",
-            "|---|---|---|---|---|---|---|---|---|---|",
+            "| CPU s ours | CPU s SB3 | CPU ratio |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
         ]
-        evals_o, evals_p, times_o, times_p, ratios = [], [], [], [], []
+        evals_o, evals_p, times_o, times_p, ratios, cpu_ratios = [], [], [], [], [], []
         for seed, pr in sorted(pairs.items()):
             o, p = pr.get("ours", {}), pr.get("sb3", {})
             eo, ep = o.get("eval_return"), p.get("eval_return_mean")
@@ -120,7 +120,11 @@ def table(rows: list[dict]) -> list[str]:
             lo = f"{o['load_before'][0]} → {o['load_after'][0]}" if "load_before" in o else "–"
             lp = f"{p['load_before'][0]} → {p['load_after'][0]}" if "load_before" in p else "–"
             err = " ".join(str(s.get("error")) for s in (o, p) if "error" in s)
-            cpu = f"{_f(o.get('process_cpu_s'))} | {_f(p.get('process_cpu_s'))}"
+            co, cp = o.get("process_cpu_s"), p.get("process_cpu_s")
+            cpu_ratio = co / cp if co and cp else None
+            if cpu_ratio is not None:
+                cpu_ratios.append(cpu_ratio)
+            cpu = f"{_f(co)} | {_f(cp)} | {_f(cpu_ratio, 2)}"
             so, sp = o.get("eval_return_std"), p.get("eval_return_std")
             pm_o = f"{_f(eo)} ± {_f(so)}" if so is not None else _f(eo)
             pm_p = f"{_f(ep)} ± {_f(sp)}" if sp is not None else _f(ep)
@@ -134,7 +138,7 @@ def table(rows: list[dict]) -> list[str]:
 
         out.append(
             f"| **median** | {med(evals_o)} | {med(evals_p)} | {med(times_o)} | {med(times_p)} | "
-            f"{med(ratios, 2)} | | | | |"
+            f"{med(ratios, 2)} | | | | | {med(cpu_ratios, 2)} |"
         )
     return out
 
