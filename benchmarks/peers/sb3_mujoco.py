@@ -1,0 +1,132 @@
+"""Stable-Baselines3 peer for the HalfCheetah-v5 SAC and TD3 benchmark (``benchmarks/continuous_mujoco.py``).
+
+Runs inside the SB3 venv (``benchmarks/.venv-sb3``, plus ``pip install mujoco imageio packaging`` there):
+
+    benchmarks/.venv-sb3/bin/python benchmarks/peers/sb3_mujoco.py --algo td3 --seed 0 --steps 200000
+
+Hyperparameters are rl-baselines3-zoo's MuJoCo entries (hyperparams/sac.yml and hyperparams/td3.yml,
+HalfCheetah-v3/v4), with the zoo's env setup (``make_vec_env`` + ``Monitor``, one env, no normalization).
+Timing: ``time.perf_counter()`` around ``model.learn()`` only. Then a greedy evaluation (deterministic=True)
+from the start states lightning_accelrl's evaluation draws (``sb3_pendulum.eval_start_seeds``). Prints exactly
+one JSON line on stdout (the last line).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+import gymnasium as gym
+import numpy as np
+import stable_baselines3
+import torch
+from sb3_pendulum import eval_start_seeds
+from stable_baselines3 import SAC, TD3
+from stable_baselines3.common.env_util import make_vec_env
+from stable_baselines3.common.noise import NormalActionNoise
+
+ENV_ID = "HalfCheetah-v5"
+N_TIMESTEPS = 200_000  # rl-zoo trains 1M; this benchmark's budget
+
+# rl-zoo sac.yml, HalfCheetah-v3 (&mujoco-defaults): learning_starts 10000, SB3's defaults otherwise
+# (lr 3e-4, buffer 1e6, batch 256, tau 0.005, gamma 0.99, train_freq 1, gradient_steps 1, ent_coef "auto",
+# net_arch [256, 256]).
+SAC_ZOO = dict(learning_starts=10_000)
+
+# rl-zoo td3.yml, HalfCheetah-v4 (&mujoco-defaults; noise_type normal, noise_std 0.1 become action_noise below);
+# SB3's defaults otherwise (gamma 0.99, tau 0.005, buffer 1e6, policy_delay 2, target noise 0.2 clipped at 0.5).
+TD3_ZOO = dict(
+    learning_starts=10_000,
+    train_freq=1,
+    gradient_steps=1,
+    learning_rate=1e-3,
+    batch_size=256,
+    policy_kwargs=dict(net_arch=[400, 300]),
+)
+TD3_NOISE_STD = 0.1
+
+
+def build(algo: str, env, seed: int, learning_starts: int | None):
+    """The model with the zoo's hyperparameters for ``algo`` (``learning_starts`` overrides, for plumbing)."""
+    kwargs = dict(SAC_ZOO if algo == "sac" else TD3_ZOO)
+    if learning_starts is not None:
+        kwargs["learning_starts"] = learning_starts
+    if algo == "sac":
+        return SAC("MlpPolicy", env, seed=seed, device="cpu", verbose=0, **kwargs)
+    n = env.action_space.shape[-1]
+    noise = NormalActionNoise(mean=np.zeros(n), sigma=TD3_NOISE_STD * np.ones(n))
+    return TD3("MlpPolicy", env, seed=seed, device="cpu", verbose=0, action_noise=noise, **kwargs)
+
+
+def greedy_returns(model, env_id: str, start_seeds: list[int | None]) -> list[float]:
+    """One deterministic episode of ``env_id`` per entry of ``start_seeds`` (``None``: reset unseeded)."""
+    env, scores = gym.make(env_id), []
+    for reset_seed in start_seeds:
+        obs, _ = env.reset(seed=reset_seed)
+        total, over = 0.0, False
+        while not over:
+            obs, reward, terminated, truncated, _ = env.step(model.predict(obs, deterministic=True)[0])
+            total, over = total + float(reward), terminated or truncated
+        scores.append(total)
+    env.close()
+    return scores
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--algo", choices=["sac", "td3"], required=True)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--steps", type=int, default=N_TIMESTEPS, help="training env steps (default 200000)")
+    parser.add_argument(
+        "--learning-starts", type=int, default=None, help="override the zoo's 10000 (plumbing)"
+    )
+    parser.add_argument("--eval-episodes", type=int, default=10)
+    parser.add_argument(
+        "--eval-seed", type=int, default=1_000_003, help="lightning_accelrl's evaluation env seed"
+    )
+    parser.add_argument(
+        "--eval-envs", type=int, default=1, help="the recipe's num_envs (sac/td3-halfcheetah: 1)"
+    )
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch.set_num_threads (the peer figures use 1)"
+    )
+    args = parser.parse_args(argv)
+
+    torch.set_num_threads(args.threads)
+    env = make_vec_env(ENV_ID, n_envs=1, seed=args.seed)
+    model = build(args.algo, env, args.seed, args.learning_starts)
+    t0 = time.perf_counter()
+    model.learn(total_timesteps=args.steps)
+    train_wall = time.perf_counter() - t0
+    env.close()
+
+    t1 = time.perf_counter()
+    rets = greedy_returns(model, ENV_ID, eval_start_seeds(args.eval_seed, args.eval_envs, args.eval_episodes))
+    steps, scores = int(model.num_timesteps), np.asarray(rets)
+    result = {
+        "algo": args.algo,
+        "peer": "stable-baselines3",
+        "env": ENV_ID,
+        "seed": args.seed,
+        "env_steps": steps,
+    }
+    result |= {"learning_starts": model.learning_starts, "train_wall_s": round(train_wall, 3)}
+    result |= {"env_steps_per_s": round(steps / train_wall, 1), "torch_threads": torch.get_num_threads()}
+    result |= {
+        "eval_return_mean": round(float(scores.mean()), 2),
+        "eval_return_std": round(float(scores.std()), 2),
+        "eval_returns": scores.round(2).tolist(),
+        "eval_seed": args.eval_seed,
+        "eval_wall_s": round(time.perf_counter() - t1, 3),
+        "hyperparams": f"rl-baselines3-zoo HalfCheetah ({args.algo})",
+    }
+    result["versions"] = {"stable_baselines3": stable_baselines3.__version__, "torch": torch.__version__}
+    result["versions"] |= {"gymnasium": gym.__version__, "python": sys.version.split()[0]}
+    print(json.dumps(result), flush=True)
+    return result
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
