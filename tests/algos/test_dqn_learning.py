@@ -1,9 +1,8 @@
 """DQN family learning tests: the shipped CartPole recipes, run through the CLI exactly as a user runs them.
 
-The two learning tests are ``slow``: each trains the full 50,000-env-step budget of its recipe (seed 0) and asserts
+The learning tests are ``slow``: each trains the full 50,000-env-step budget of its recipe (seed 0) and asserts
 the greedy evaluation over 10 fresh episodes (``summary.json``'s ``eval_return_mean``) reaches 475.
-Rainbow's slow test trains its full budget and asserts a greedy evaluation of 400 (learned; it is not tuned to
-475). The smoke test runs the double-dueling and Rainbow recipes for 2,000 env steps: they start, learn a little
+The smoke test runs the double-dueling and Rainbow recipes for 2,000 env steps: they start, learn a little
 and write ``summary.json`` with an evaluation figure.
 """
 
@@ -47,12 +46,15 @@ def test_recipe_solves_cartpole_in_50k_steps(recipe: str, tmp_path: Path) -> Non
     assert summary["eval_return_mean"] >= 475, summary
 
 
-# Seed 0, full 50k budget: greedy eval 466.8 (random play: ~20). Rainbow is not tuned to 475 (benchmarks/RESULTS.md).
+# Rainbow makes twice the updates (replay ratio 64: 12.2k) and samples its prioritized table item by item: ~240 s
+# of training at load ~3 on the 2-core machine (random play: ~20). Seed 0 is one fixed run: eval 500 (seeds 0-4:
+# 500 each, benchmarks/RESULTS.md).
 @pytest.mark.slow
-def test_rainbow_learns_cartpole(tmp_path: Path) -> None:
+def test_rainbow_solves_cartpole_in_50k_steps(tmp_path: Path) -> None:
     summary = fit_recipe("rainbow-cartpole", tmp_path)
     assert summary["env_steps"] == 50_000
-    assert summary["eval_return_mean"] >= 400, summary
+    assert summary["eval_episodes"] == 10
+    assert summary["eval_return_mean"] >= 475, summary
 
 
 @pytest.mark.parametrize("recipe", ["double-dueling-dqn-cartpole", "rainbow-cartpole"])
