@@ -8,6 +8,7 @@ the critic ensemble and its Polyak target, uniform random actions for the first 
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterable
 from typing import Any
 
 import torch
@@ -33,6 +34,12 @@ def loss_critic(q: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Mean squared TD error of every critic of the ensemble (``q`` [E, N]) against one target [N], summed over
     critics (each critic's gradient is its own MSE's, as with separate losses)."""
     return (q - target.unsqueeze(0)).pow(2).mean(-1).sum()
+
+
+def ddp_reach(params: Iterable[torch.Tensor]) -> torch.Tensor:
+    """``0 ×`` the sum of ``params``: added to a loss that leaves them out, it gives each a zero gradient, because
+    DDP's reducer expects a gradient for every parameter in every backward."""
+    return 0.0 * sum(p.sum() for p in params if p.requires_grad)
 
 
 def check_common_arguments(

@@ -6,9 +6,9 @@ Each training batch is one ``table.sample(batch_size)``; the data module's sampl
 replay ratio, so ``replay_ratio / batch_size`` is the update-to-data ratio (1 update of 256 per env step:
 ``replay_ratio: 256``).
 
-One update takes one backward pass over the sum of the three losses (as TorchRL's ``SACLoss``): the actor's loss
-reads the critics through detached weights, so each loss moves only its own parameters, and DDP sees every
-parameter in every backward.
+One update steps the critics first, then the actor and the temperature against the updated critics (the SAC
+paper's Algorithm 1, as Stable-Baselines3 and CleanRL): the actor's loss reads the critics through detached
+weights, so each loss moves only its own parameters.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from lightning_accelrl.algos.large_batch import LrScaling
 from lightning_accelrl.algos.off_policy import (
     OffPolicyContinuous,
     check_common_arguments,
+    ddp_reach,
     loss_critic,
     td_target,
 )
@@ -104,16 +105,16 @@ class SAC(OffPolicyContinuous):
         )
 
     @override
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        """One fused Adam, a parameter group per loss (actor, critics, temperature)."""
+    def configure_optimizers(self) -> tuple[torch.optim.Optimizer, torch.optim.Optimizer]:
+        """Two fused Adams: the actor's (with the temperature as a second group) and the critics'."""
         hp = self.hparams
-        groups = [
-            {"params": list(self.actor.parameters()), "lr": hp.actor_lr, "base_lr": hp.actor_lr},
-            {"params": list(self.critic.parameters()), "lr": hp.critic_lr, "base_lr": hp.critic_lr},
-        ]
+        actor_groups = [{"params": list(self.actor.parameters()), "lr": hp.actor_lr, "base_lr": hp.actor_lr}]
         if hp.entropy_coef is None:
-            groups.append({"params": [self.log_alpha], "lr": hp.alpha_lr, "base_lr": hp.alpha_lr})
-        return torch.optim.Adam(groups, fused=True)
+            actor_groups.append({"params": [self.log_alpha], "lr": hp.alpha_lr, "base_lr": hp.alpha_lr})
+        critic_groups = [
+            {"params": list(self.critic.parameters()), "lr": hp.critic_lr, "base_lr": hp.critic_lr}
+        ]
+        return torch.optim.Adam(actor_groups, fused=True), torch.optim.Adam(critic_groups, fused=True)
 
     # ----- acting -------------------------------------------------------------------------------------------
     @override
@@ -128,13 +129,15 @@ class SAC(OffPolicyContinuous):
     @override
     def training_step(self, batch: TensorDict, batch_idx: int) -> None:
         hp = self.hparams
-        opt = self.optimizers()
+        actor_opt, critic_opt = self.optimizers()
         n = batch.batch_size[0]
-        for group in opt.optimizer.param_groups:
-            group["lr"] = self.learning_rate(group["base_lr"], n)
+        for opt in (actor_opt, critic_opt):
+            for group in opt.optimizer.param_groups:
+                group["lr"] = self.learning_rate(group["base_lr"], n)
         obs, next_obs = batch["observation"], batch["next", "observation"]
         action = self.scale.to_normalized(batch["action"])
         alpha = self.log_alpha.detach().exp()
+        distributed = self.trainer.world_size > 1
 
         # 1. critic target: min of the target critics at a' ~ π(·|s') minus the entropy term, bootstrapped
         with torch.no_grad():
@@ -143,21 +146,25 @@ class SAC(OffPolicyContinuous):
             target = soft_q_target(
                 batch["next", "reward"], batch["bootstrap_discount"], next_q, next_log_prob, alpha
             )
+
+        # 2. the critics' step
         q = self.critic(obs, action)
         critic_loss = loss_critic(q, target)
+        critic_opt.zero_grad()
+        self.manual_backward(
+            critic_loss + (ddp_reach([*self.actor.parameters(), self.log_alpha]) if distributed else 0.0)
+        )
+        critic_opt.step()
 
-        # 2. actor: reparameterized actions through the critics' detached weights
+        # 3. actor (reparameterized actions through the updated critics' detached weights) and temperature
         new_action, log_prob = squashed_sample(*self.actor(obs))
         actor_loss = loss_actor(alpha, log_prob, self.critic(obs, new_action, detach_params=True))
-
-        # 3. temperature (when tuned), then one backward and one step for all three
-        loss = critic_loss + actor_loss
+        loss = actor_loss + (ddp_reach(self.critic.parameters()) if distributed else 0.0)
         if hp.entropy_coef is None:
-            alpha_loss = loss_alpha(self.log_alpha, log_prob, self.target_entropy)
-            loss = loss + alpha_loss
-        opt.zero_grad()
+            loss = loss + loss_alpha(self.log_alpha, log_prob, self.target_entropy)
+        actor_opt.zero_grad()
         self.manual_backward(loss)
-        opt.step()
+        actor_opt.step()
         self.updates += 1
         self.policy_version += 1
 

@@ -246,6 +246,31 @@ def test_sac_steps_actor_critics_and_temperature_every_update() -> None:
     assert fixed.log_alpha.item() == pytest.approx(math.log(0.1))
 
 
+def test_sac_actor_reads_the_critics_after_their_step() -> None:
+    """The critics step first; the actor's loss then sees the critics' new weights (the SAC paper's order)."""
+    model = SAC(actor_hidden=(16,), critic_hidden=(16,))
+    seen: list[torch.Tensor] = []
+    after: list[torch.Tensor] = []
+
+    def flat(module: nn.Module) -> torch.Tensor:
+        return torch.cat([p.detach().flatten() for p in module.parameters()]).clone()
+
+    class Record(L.Callback):
+        def on_fit_start(self, trainer, pl_module) -> None:  # noqa: ANN001
+            def hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
+                if kwargs.get("detach_params"):  # the actor's loss
+                    seen.append(flat(module))
+
+            pl_module.critic.register_forward_pre_hook(hook, with_kwargs=True)
+
+        def on_train_batch_end(self, trainer, pl_module, *args) -> None:  # noqa: ANN001
+            after.append(flat(pl_module.critic))
+
+    fit(model, budget=100, callbacks=[Record()], replay_ratio=16.0)
+    assert len(seen) == len(after) == model.updates >= 5
+    assert all(torch.equal(s, a) for s, a in zip(seen, after))
+
+
 @pytest.mark.parametrize("algo", [SAC, TD3], ids=["sac", "td3"])
 def test_async_samplers_feed_the_continuous_algorithms(algo: type) -> None:
     model = algo(actor_hidden=(16,), critic_hidden=(16,), random_steps=50)
