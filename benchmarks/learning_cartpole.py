@@ -28,6 +28,7 @@ import json
 import os
 import platform
 import re
+import resource
 import shlex
 import statistics
 import subprocess
@@ -62,8 +63,14 @@ def _tail(text: str, n: int = 25) -> str:
     return "\n".join("    " + line for line in lines[-n:]) or "    (no output)"
 
 
-def _run(cmd: list[str], timeout: float, what: str, env: dict | None = None) -> tuple[str, float]:
-    t0 = time.perf_counter()
+def _children_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _run(cmd: list[str], timeout: float, what: str, env: dict | None = None) -> tuple[str, float, float]:
+    """``cmd``'s stdout, wall seconds and CPU seconds (the CPU figure is what a busy machine distorts least)."""
+    t0, cpu0 = time.perf_counter(), _children_cpu_s()
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=REPO, env=env)
     except FileNotFoundError as e:
@@ -73,13 +80,13 @@ def _run(cmd: list[str], timeout: float, what: str, env: dict | None = None) -> 
         raise BenchError(
             f"{what}: timed out after {timeout:.0f} s\n  command: {shlex.join(cmd)}\n{_tail(out)}"
         ) from e
-    elapsed = time.perf_counter() - t0
+    elapsed, cpu = time.perf_counter() - t0, _children_cpu_s() - cpu0
     if proc.returncode != 0:
         raise BenchError(
             f"{what}: exited with status {proc.returncode}\n  command: {shlex.join(cmd)}\n"
             f"  stdout (tail):\n{_tail(proc.stdout)}\n  stderr (tail):\n{_tail(proc.stderr)}"
         )
-    return proc.stdout, elapsed
+    return proc.stdout, elapsed, cpu
 
 
 # --------------------------------------------------------------------------------------------- ours
@@ -96,7 +103,7 @@ def ours(
 ) -> dict:
     """Run our CLI for one seed and return its summary.json (plus ``process_wall_s``)."""
     cmd = ours_command(algo, seed, extra or [], template)
-    stdout, elapsed = _run(cmd, timeout, f"ours ({algo}, seed {seed})")
+    stdout, elapsed, cpu = _run(cmd, timeout, f"ours ({algo}, seed {seed})")
     paths = [m.group(1) for line in stdout.splitlines() if (m := SUMMARY_RE.match(line.strip()))]
     if not paths:
         raise BenchError(
@@ -118,6 +125,7 @@ def ours(
         raise BenchError(f"ours ({algo}, seed {seed}): summary {path} lacks keys {missing}")
     summary["summary_path"] = str(path)
     summary["process_wall_s"] = round(elapsed, 3)
+    summary["process_cpu_s"] = round(cpu, 3)
     return summary
 
 
@@ -142,12 +150,13 @@ def peer(
     ]
     if total_steps:
         cmd += ["--total-steps", str(total_steps)]
-    stdout, elapsed = _run(cmd, timeout, f"SB3 ({algo}, seed {seed})")
+    stdout, elapsed, cpu = _run(cmd, timeout, f"SB3 ({algo}, seed {seed})")
     lines = [line for line in stdout.splitlines() if line.startswith("{")]
     if not lines:
         raise BenchError(f"SB3 ({algo}, seed {seed}): no JSON line on stdout\n{_tail(stdout)}")
     result = json.loads(lines[-1])
     result["process_wall_s"] = round(elapsed, 3)
+    result["process_cpu_s"] = round(cpu, 3)
     return result
 
 
@@ -320,6 +329,16 @@ def summary_lines(algo: str, rows: list[dict], peer_only: bool, threshold: float
         "- Process wall time, start-up included (median): "
         + ("" if peer_only else f"ours {_fmt(proc_o)} s, ")
         + f"SB3 {_fmt(proc_p)} s."
+    )
+    cpu_o = [(r.get("ours") or {}).get("process_cpu_s") for r in rows]
+    cpu_p = [(r.get("sb3") or {}).get("process_cpu_s") for r in rows]
+    cpu_ratios = [x for o, p in zip(cpu_o, cpu_p) if (x := _ratio(o, p)) is not None]
+    lines.append(
+        "- Process CPU seconds, start-up and the whole budget included (median; the reading a busy machine "
+        "distorts least): "
+        + ("" if peer_only else f"ours {_fmt(_median(cpu_o))}, ")
+        + f"SB3 {_fmt(_median(cpu_p))}"
+        + (f"; ratio ours/SB3 per seed {', '.join(f'{x:.2f}' for x in cpu_ratios)}." if cpu_ratios else ".")
     )
     return lines
 
