@@ -46,9 +46,9 @@ def test_recipe_solves_cartpole_in_50k_steps(recipe: str, tmp_path: Path) -> Non
     assert summary["eval_return_mean"] >= 475, summary
 
 
-# Rainbow makes twice the updates (replay ratio 64: 12.2k) and samples its prioritized table item by item: ~240 s
-# of training at load ~3 on the 2-core machine (random play: ~20). Seed 0 is one fixed run: eval 500 (seeds 0-4:
-# 500 each, benchmarks/RESULTS.md).
+# Rainbow makes twice the updates (replay ratio 64: 12.2k) with priority write-backs: ~240 s of training at load
+# ~3 on the 2-core machine (random play: ~20). Seed 0 is one fixed run: eval 500 (seeds 0-4: 500 each,
+# benchmarks/RESULTS.md).
 @pytest.mark.slow
 def test_rainbow_solves_cartpole_in_50k_steps(tmp_path: Path) -> None:
     summary = fit_recipe("rainbow-cartpole", tmp_path)
