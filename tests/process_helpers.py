@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import Sequence
@@ -66,3 +67,58 @@ def run_in_own_group(
     text = output.decode(errors="replace")
     assert not lingering, f"processes of the {what} outlived it:\n" + text[-3000:]
     return proc.returncode, text, took
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_groups(commands: Sequence[Sequence[str]], envs: Sequence[dict[str, str]], cwd: Path) -> list:
+    """One session per command (a node, a DDP rank): its processes are found (and killed) by group."""
+    return [
+        subprocess.Popen(
+            list(cmd),
+            cwd=cwd,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        for cmd, env in zip(commands, envs, strict=True)
+    ]
+
+
+def finish(procs: list, timeout: float, what: str) -> list[str]:
+    """Wait for every group's main process; on timeout kill them all and fail. Their outputs."""
+    outputs, deadline = [], time.monotonic() + timeout
+    try:
+        for proc in procs:
+            out, _ = proc.communicate(timeout=max(1.0, deadline - time.monotonic()))
+            outputs.append(out.decode(errors="replace"))
+    except subprocess.TimeoutExpired:
+        kill_groups(procs)
+        pytest.fail(f"{what} timed out")
+    return outputs
+
+
+def kill_groups(procs: list) -> None:
+    """SIGTERM first (torchrun then stops its workers, which run in sessions of their own), then SIGKILL."""
+    for proc in procs:
+        if group_alive(proc.pid):
+            os.killpg(proc.pid, signal.SIGTERM)
+    wait_gone([proc.pid for proc in procs], 10)
+    for proc in procs:
+        proc.wait()
+
+
+def wait_gone(pgids: Sequence[int], linger_s: float) -> list[int]:
+    """Process groups still alive ``linger_s`` after the run (killed, then returned: none may outlive it)."""
+    deadline = time.monotonic() + linger_s
+    while any(group_alive(g) for g in pgids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    alive = [g for g in pgids if group_alive(g)]
+    for g in alive:
+        os.killpg(g, signal.SIGKILL)
+    return alive

@@ -12,17 +12,13 @@ does not launch them itself), so that each process can run several ``fit`` calls
 from __future__ import annotations
 
 import os
-import signal
-import socket
-import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
 import torch
-from process_helpers import group_alive
+from process_helpers import QUIET_ENV, finish, free_port, start_groups
 
 from lightning_accelrl import ExperienceDataModule
 from lightning_accelrl.errors import ConfigError
@@ -173,46 +169,26 @@ SCRIPT = textwrap.dedent(
 )
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def launch(tmp: Path, script: str, timeout: float = 240) -> dict[int, dict]:
     """Run ``script`` as 2 DDP ranks (torchrun-style variables); each rank saves ``rank{r}.pt`` in ``tmp``."""
     path = tmp / "ddp_resume.py"
     path.write_text(script)
-    port = str(_free_port())
-    procs = []
-    for rank in (0, 1):
-        env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore", MASTER_ADDR="127.0.0.1")
-        env.update(MASTER_PORT=port, WORLD_SIZE="2", NODE_RANK="0", LOCAL_RANK=str(rank), RANK=str(rank))
-        procs.append(
-            subprocess.Popen(
-                [sys.executable, str(path), str(tmp)],
-                cwd=tmp,
-                env=env,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+    port = str(free_port())
+    envs = [
+        dict(
+            os.environ,
+            **QUIET_ENV,
+            MASTER_ADDR="127.0.0.1",
+            MASTER_PORT=port,
+            WORLD_SIZE="2",
+            NODE_RANK="0",
+            LOCAL_RANK=str(rank),
+            RANK=str(rank),
         )
-    outputs, deadline = [], time.monotonic() + timeout
-    try:
-        for proc in procs:
-            out, _ = proc.communicate(timeout=max(1.0, deadline - time.monotonic()))
-            outputs.append(out.decode(errors="replace"))
-    except subprocess.TimeoutExpired:
-        for proc in procs:
-            if group_alive(proc.pid):
-                os.killpg(proc.pid, signal.SIGKILL)
-        pytest.fail("DDP resume run timed out")
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+        for rank in (0, 1)
+    ]
+    procs = start_groups([[sys.executable, str(path), str(tmp)]] * 2, envs, tmp)
+    outputs = finish(procs, timeout, "DDP resume run")
     results = {}
     for rank, proc in enumerate(procs):
         f = tmp / f"rank{rank}.pt"

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -21,7 +20,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from process_helpers import QUIET_ENV, group_alive, shm_segments
+from process_helpers import QUIET_ENV, finish, free_port, shm_segments, start_groups, wait_gone
 from rank_recording import with_tests_dir_on_path
 
 SCRIPT = textwrap.dedent(
@@ -125,61 +124,6 @@ SCRIPT = textwrap.dedent(
 )
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_nodes(commands: Sequence[Sequence[str]], envs: Sequence[dict[str, str]], cwd: Path) -> list:
-    """One session per node: its processes are found (and a node killed) by process group."""
-    return [
-        subprocess.Popen(
-            list(cmd),
-            cwd=cwd,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        for cmd, env in zip(commands, envs, strict=True)
-    ]
-
-
-def finish(procs: list, timeout: float, what: str) -> list[str]:
-    """Wait for every node; on timeout kill them all and fail."""
-    outputs, deadline = [], time.monotonic() + timeout
-    try:
-        for proc in procs:
-            out, _ = proc.communicate(timeout=max(1.0, deadline - time.monotonic()))
-            outputs.append(out.decode(errors="replace"))
-    except subprocess.TimeoutExpired:
-        kill_nodes(procs)
-        pytest.fail(f"{what} timed out")
-    return outputs
-
-
-def kill_nodes(procs: list) -> None:
-    """SIGTERM first (torchrun then stops its workers, which run in sessions of their own), then SIGKILL."""
-    for proc in procs:
-        if group_alive(proc.pid):
-            os.killpg(proc.pid, signal.SIGTERM)
-    wait_gone([proc.pid for proc in procs], 10)
-    for proc in procs:
-        proc.wait()
-
-
-def wait_gone(pgids: Sequence[int], linger_s: float) -> list[int]:
-    """Process groups still alive ``linger_s`` after the run (killed, then returned: none may outlive it)."""
-    deadline = time.monotonic() + linger_s
-    while any(group_alive(g) for g in pgids) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    alive = [g for g in pgids if group_alive(g)]
-    for g in alive:
-        os.killpg(g, signal.SIGKILL)
-    return alive
-
-
 def node_env(**extra: str) -> dict[str, str]:
     env = with_tests_dir_on_path(dict(os.environ, **QUIET_ENV, **extra))
     for name in ("LOCAL_RANK", "RANK", "WORLD_SIZE", "NODE_RANK", "GROUP_RANK", "TORCHELASTIC_RUN_ID"):
@@ -201,7 +145,7 @@ def two_nodes(tmp_path_factory) -> dict[int, dict]:
         for node in (0, 1)
     ]  # fmt: skip
     shm_before = shm_segments()
-    procs = start_nodes(commands, [node_env(), node_env()], tmp)
+    procs = start_groups(commands, [node_env(), node_env()], tmp)
     outputs = finish(procs, 240, "two-node run")
     results = {}
     for node, proc in enumerate(procs):
@@ -280,7 +224,7 @@ class Node:
             LOCAL_RANK="0",
         )
         cmd = [sys.executable, "-m", "lightning_accelrl.cli", "fit", *args, "--trainer.num_nodes", "2"]
-        self.proc = start_nodes([cmd], [env], cwd)[0]
+        self.proc = start_groups([cmd], [env], cwd)[0]
         self.lines: list[str] = []
         threading.Thread(target=self._read, daemon=True).start()
 
