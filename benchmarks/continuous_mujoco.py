@@ -46,13 +46,14 @@ def ours(algo: str, seed: int, steps: int, episodes: int, warmup: int | None, ke
     extra += ["--summary.eval_seed", str(EVAL_SEED)]
     if warmup is not None:
         extra += ["--data.learning_starts", str(warmup), "--model.init_args.random_steps", str(warmup)]
+    commit = _commit()  # the code the run imports, before anyone commits during it
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(keep, f"{algo}-s{seed}") if keep else Path(tmp)
         root.mkdir(parents=True, exist_ok=True)
         r = run_recipe(f"{algo}-halfcheetah", seed, root, extra)
         found = sorted(root.glob("**/summary.json"), key=lambda p: p.stat().st_mtime)
         s = json.loads(found[-1].read_text()) if found and "error" not in r else {}
-    more = {"eval_return_std": s.get("eval_return_std"), "updates": s.get("updates"), "commit": _commit()}
+    more = {"eval_return_std": s.get("eval_return_std"), "updates": s.get("updates"), "commit": commit}
     return {"side": "ours", "algo": algo, **r, **more}
 
 
