@@ -12,7 +12,8 @@ venv="${SB3_VENV:-$here/.venv-sb3}"
 python="${PYTHON:-python3}"
 
 # torch==2.13.0 resolves to the local CPU wheel on our machines; an unpinned torch pulls CUDA wheels.
-pins=(torch==2.13.0 stable-baselines3==2.9.2 "gymnasium[classic-control]==1.4.0")
+# MuJoCo (benchmarks/continuous_mujoco.py): the same mujoco as constraints-cpu.txt.
+pins=(torch==2.13.0 stable-baselines3==2.9.2 "gymnasium[classic-control,mujoco]==1.4.0" mujoco==4.0.1)
 
 if [ ! -x "$venv/bin/python" ]; then
     "$python" -m venv "$venv"
