@@ -32,6 +32,7 @@ SHORT_REPLAY = [
 ZOO = {
     "dqn-acrobot": ("Acrobot-v1", -76.6, SHORT_REPLAY),
     "a2c-acrobot": ("Acrobot-v1", -83.4, ["--data.total_env_steps", "400"]),
+    "dqn-lunarlander": ("LunarLander-v3", 154, SHORT_REPLAY),
     "ppo-lunarlander": (
         "LunarLander-v3",
         242,
@@ -39,7 +40,7 @@ ZOO = {
     ),
 }
 # recipe -> the module its env needs (an optional extra), skipped where it is not installed
-NEEDS = {"ppo-lunarlander": "Box2D"}
+NEEDS = {"ppo-lunarlander": "Box2D", "dqn-lunarlander": "Box2D"}
 
 
 def header(path: Path) -> str:
