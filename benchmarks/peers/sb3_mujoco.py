@@ -22,7 +22,7 @@ import gymnasium as gym
 import numpy as np
 import stable_baselines3
 import torch
-from sb3_pendulum import eval_start_seeds
+from sb3_pendulum import eval_start_seeds, greedy_eval
 from stable_baselines3 import SAC, TD3
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.noise import NormalActionNoise
@@ -60,20 +60,6 @@ def build(algo: str, env, seed: int, learning_starts: int | None):
     return TD3("MlpPolicy", env, seed=seed, device="cpu", verbose=0, action_noise=noise, **kwargs)
 
 
-def greedy_returns(model, env_id: str, start_seeds: list[int | None]) -> list[float]:
-    """One deterministic episode of ``env_id`` per entry of ``start_seeds`` (``None``: reset unseeded)."""
-    env, scores = gym.make(env_id), []
-    for reset_seed in start_seeds:
-        obs, _ = env.reset(seed=reset_seed)
-        total, over = 0.0, False
-        while not over:
-            obs, reward, terminated, truncated, _ = env.step(model.predict(obs, deterministic=True)[0])
-            total, over = total + float(reward), terminated or truncated
-        scores.append(total)
-    env.close()
-    return scores
-
-
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--algo", choices=["sac", "td3"], required=True)
@@ -103,7 +89,7 @@ def main(argv: list[str] | None = None) -> dict:
     env.close()
 
     t1 = time.perf_counter()
-    rets = greedy_returns(model, ENV_ID, eval_start_seeds(args.eval_seed, args.eval_envs, args.eval_episodes))
+    rets = greedy_eval(model, eval_start_seeds(args.eval_seed, args.eval_envs, args.eval_episodes), ENV_ID)
     steps, scores = int(model.num_timesteps), np.asarray(rets)
     result = {
         "algo": args.algo,

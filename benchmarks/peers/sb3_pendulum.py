@@ -75,9 +75,9 @@ def eval_start_seeds(eval_seed: int, eval_envs: int, episodes: int) -> list[int 
     return seeds
 
 
-def greedy_eval(model, start_seeds: list[int | None]) -> list[float]:
+def greedy_eval(model, start_seeds: list[int | None], env_id: str = ENV_ID) -> list[float]:
     """Returns of one episode per entry of ``start_seeds`` with the deterministic policy."""
-    env = gym.make(ENV_ID)
+    env = gym.make(env_id)
     returns = []
     for reset_seed in start_seeds:
         obs, _ = env.reset(seed=reset_seed)
