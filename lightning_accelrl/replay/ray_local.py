@@ -26,7 +26,7 @@ _MARK = "ACCELRL_RAY_RUN"
 # (every process of that Ray: they inherit it from the head, whatever they rename themselves to), and removes
 # the Ray folder.
 _WATCHDOG = r"""
-import os, shutil, signal, sys
+import os, shutil, signal, sys, time
 if os.fork():  # leave at once: the watchdog itself is nobody's child process (init adopts it)
     os._exit(0)
 signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -34,18 +34,28 @@ folder = sys.argv[1]
 mark = sys.stdin.buffer.readline().strip()
 sys.stdin.buffer.read()
 me, uid = os.getpid(), os.getuid()
-for _ in range(3):
+# Sweep until three sweeps in a row find nothing (a process forked while a sweep ran appears only in a later
+# one), for at most 10 s.
+deadline, clean = time.monotonic() + 10.0, 0
+while clean < 3 and time.monotonic() < deadline:
+    killed = 0
     for entry in os.listdir("/proc"):
         if not entry.isdigit() or int(entry) == me:
             continue
         try:
             if os.stat("/proc/" + entry).st_uid != uid:
                 continue
+            with open("/proc/" + entry + "/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] == "Z":  # dead, waiting to be reaped
+                    continue
             with open("/proc/" + entry + "/environ", "rb") as f:
                 if mark in f.read().split(b"\0"):
                     os.kill(int(entry), signal.SIGKILL)
+                    killed += 1
         except OSError:
             pass
+    clean = clean + 1 if killed == 0 else 0
+    time.sleep(0.05)
 shutil.rmtree(folder, ignore_errors=True)
 """
 
