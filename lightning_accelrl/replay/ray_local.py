@@ -118,8 +118,11 @@ def reaped_with_this_process(folder: str) -> Iterator[None]:
 
 def _start_watchdog(folder: str, mark: str) -> None:
     """A process that cleans up after us when we die; it holds the read end of a pipe only we write to."""
+    # Ray's token stays out of the watchdog's environment: it needs none, and holds no secret it does not need.
+    env = {k: v for k, v in os.environ.items() if k != "RAY_AUTH_TOKEN"}
     proc = subprocess.Popen(
         [sys.executable, "-c", _WATCHDOG, folder],
+        env=env,
         stdin=subprocess.PIPE,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

@@ -81,16 +81,17 @@ class RayTableClient:
         return result
 
     def insert(
-        self, items: TensorDictBase, priority: Any = 1.0, timeout: float | None = None
+        self, items: TensorDictBase, priority: Any = None, timeout: float | None = None
     ) -> torch.Tensor:
-        """Insert a batch of items ([N] = N items, [] = one item); returns their keys. See :meth:`Table.insert`."""
+        """Insert a batch of items ([N] = N items, [] = one item); returns their keys. See :meth:`Table.insert`
+        (``priority=None``: the table's largest priority so far)."""
         if not isinstance(items, TensorDictBase):
             raise TypeError(f"items must be a TensorDict, got {type(items).__name__}")
         if items.batch_dims == 0:
             items = items.unsqueeze(0)
         if isinstance(priority, torch.Tensor):
             priority = priority.detach().cpu().numpy()
-        if not isinstance(priority, (int, float)):
+        if priority is not None and not isinstance(priority, (int, float)):
             priority = np.asarray(priority, dtype=np.float64).reshape(-1)
             if priority.size == 1:
                 priority = float(priority[0])

@@ -139,7 +139,7 @@ class TableActor:
         cond = served.condition()
         async with cond:
             while True:
-                prio = priority if np.isscalar(priority) else priority[done:]
+                prio = priority if priority is None or np.isscalar(priority) else priority[done:]
                 try:
                     keys.append(t.insert(items[done:] if done else items, prio, timeout=0).numpy())
                     done = n

@@ -99,6 +99,9 @@ class Table(TableInserts, TableSampling, TableState):
         self.sampler = sampler.bind(cap)
         self.remover = remover.bind(cap)
         self._max_priority = min(self.sampler.max_priority, self.remover.max_priority)
+        # The priority of an item inserted without one: the largest any item has been given (prioritized experience
+        # replay's p_max, so a new item is sampled at least as often as any other until its first update).
+        self._top_priority = 1.0
         self._limiter = rate_limiter.clone()
         self._cond = threading.Condition(threading.Lock())
         self._rng = np.random.default_rng(seed)
@@ -300,6 +303,7 @@ class Table(TableInserts, TableSampling, TableState):
             self._next_recency += len(slots)
             self._priority[slots] = p
             self._recency[slots] = recency
+            self._top_priority = max(self._top_priority, float(p.max()))
             self.sampler.update(slots, p, recency)
             self.remover.update(slots, p, recency)
 
@@ -320,6 +324,7 @@ class Table(TableInserts, TableSampling, TableState):
         with self._cond:
             self._clear_items()
             self._limiter.reset()
+            self._top_priority = 1.0
             self._blocked_insert_s = 0.0
             self._blocked_sample_s = 0.0
             self._cond.notify_all()

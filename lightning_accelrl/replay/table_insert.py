@@ -33,6 +33,7 @@ class TableInserts:
     _limiter: RateLimiter
     _rng: np.random.Generator
     _max_priority: float
+    _top_priority: float
     _fields: tuple | None
     _slot_of: dict[int, int]
     _free: list[int]
@@ -45,9 +46,13 @@ class TableInserts:
     _scratch: int
 
     def insert(
-        self, items: TensorDictBase, priority: Any = 1.0, timeout: float | None = None
+        self, items: TensorDictBase, priority: Any = None, timeout: float | None = None
     ) -> torch.Tensor:
         """Insert a batch of items ([N] = N items, [] = one item), admitted one by one in order by the limiter.
+
+        ``priority``: one number for every item or one per item; ``None`` gives each item the largest priority any
+        item of this table has been given so far (1.0 before any), as prioritized experience replay inserts new
+        transitions.
 
         Returns the N new int64 keys. On timeout, raises ``TimeoutError`` after keeping the items admitted before
         the deadline (the :class:`InsertTimeout`'s ``keys`` and ``num_inserted`` say which).
@@ -61,11 +66,12 @@ class TableInserts:
                 return key
             items = items.unsqueeze(0)
         n = int(items.batch_size[0])
-        priorities = check_priorities(priority, n, self._max_priority)
+        given = None if priority is None else check_priorities(priority, n, self._max_priority)
         keys = np.empty(n, dtype=np.int64)
         done = 0
         with self._cond:
             leaves = self._check_fields(items)
+            priorities = self._new_priorities(given, n)
             while done < n:
                 k = self._admit(n - done, deadline, timeout, keys[:done], n)
                 self._insert_chunk(items, done, k, priorities, keys, leaves)
@@ -93,7 +99,7 @@ class TableInserts:
         """The insert of one item given without a batch dimension, without adding one (that alone costs more
         than the rest of the insert). Returns None, having changed nothing, when the item's fields differ from the
         table's (or none are known yet), so the general path can report or record them."""
-        if type(priority) is float and 0 <= priority <= self._max_priority:
+        if priority is None or (type(priority) is float and 0 <= priority <= self._max_priority):
             prio = priority
         else:
             prio = float(check_priorities(priority, 1, self._max_priority)[0])
@@ -103,6 +109,10 @@ class TableInserts:
             if signature != self._fields:
                 return None
             self._admit(1, deadline, timeout, np.empty(0, np.int64), 1)
+            if prio is None:
+                prio = self._top_priority
+            elif prio > self._top_priority:
+                self._top_priority = prio
             key = self._next_key
             if len(self._slot_of) >= self.max_size:
                 if not self.remover.evicts_oldest:  # the remover may pick the new item: the general path
@@ -123,6 +133,14 @@ class TableInserts:
             self._limiter.inserts += 1
             self._notify()
         return torch.from_numpy(np.array([key], dtype=np.int64))
+
+    def _new_priorities(self, given: np.ndarray | None, n: int) -> np.ndarray:
+        """The priorities of ``n`` new items (lock held): the given ones, raising the running largest priority,
+        or that largest priority for each."""
+        if given is None:
+            return np.full(n, self._top_priority)
+        self._top_priority = max(self._top_priority, float(given.max()))
+        return given
 
     def _admissible(self, want: int) -> int:
         """How many of the next ``want`` items the limiter admits now, applying ``can_insert(1)`` item by item

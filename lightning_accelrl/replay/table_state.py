@@ -42,6 +42,8 @@ class TableState:
     storage: Storage
     _cond: threading.Condition
     _rng: np.random.Generator
+    _max_priority: float
+    _top_priority: float
 
     def _config(self) -> dict[str, Any]:
         return {
@@ -76,6 +78,7 @@ class TableState:
                 "recency": torch.from_numpy(self._recency[slots].copy()),
                 "next_key": self._next_key,
                 "next_recency": self._next_recency,
+                "top_priority": self._top_priority,
                 "fields": [
                     (list(k), str(d).removeprefix("torch."), list(s)) for k, d, s in self._fields or ()
                 ],
@@ -115,6 +118,10 @@ class TableState:
             raise ValueError(f"Table state has rate limiter {limiter!r}, this table has {self._limiter!r}")
         fields = tuple((tuple(k), _dtype(d), torch.Size(s)) for k, d, s in state.get("fields", []))
         blocked = [float(x) for x in state.get("blocked_s", (0.0, 0.0))]
+        # States saved before the running largest priority was kept: the largest the items hold (at least 1.0).
+        top = float(state.get("top_priority", max(1.0, float(priorities.max(initial=0.0)))))
+        if not 0 <= top <= self._max_priority:
+            raise ValueError(f"Table state has top_priority {top}, outside [0, {self._max_priority:.6g}]")
         with self._cond:
             self._clear_items()
             self.storage.load_state_dict(state["storage"])
@@ -132,6 +139,7 @@ class TableState:
                 self.remover.add(slots[by_key], priorities[by_key], recency[by_key])
             self._next_key = int(state["next_key"])
             self._next_recency = int(state["next_recency"])
+            self._top_priority = top
             self._fields = fields or None
             self._limiter = limiter
             self._blocked_insert_s, self._blocked_sample_s = blocked

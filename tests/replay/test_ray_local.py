@@ -37,6 +37,19 @@ def _with_token(token: str) -> list[int]:
     return pids
 
 
+def _describe(token: str) -> list[str]:
+    """Each process still carrying the token: pid, state, parent and command line (what a failure needs)."""
+    out = []
+    for pid in _with_token(token):
+        with contextlib.suppress(OSError):
+            with open(f"/proc/{pid}/stat") as f:
+                state, ppid = f.read().rsplit(")", 1)[1].split()[:2]
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmd = f.read().replace(b"\0", b" ").decode(errors="replace")[:200]
+            out.append(f"pid {pid} state {state} ppid {ppid}: {cmd}")
+    return out
+
+
 @pytest.mark.slow  # starts a Ray: ~10 s on two busy cores
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 def test_ray_processes_die_within_seconds_of_a_killed_learner():
@@ -51,7 +64,7 @@ def test_ray_processes_die_within_seconds_of_a_killed_learner():
         learner.wait()
         start = time.monotonic()
         while _with_token(token):
-            assert time.monotonic() - start < 5.0, f"Ray processes outlived the learner: {_with_token(token)}"
+            assert time.monotonic() - start < 5.0, f"Ray processes outlived the learner: {_describe(token)}"
             time.sleep(0.05)
     finally:
         if learner.poll() is None:

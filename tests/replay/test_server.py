@@ -87,6 +87,9 @@ def script(t) -> list:
     t.update_priorities(torch.tensor([0, 2, 99]), torch.tensor([9.0, 0.5, 7.0]))  # 99 unknown: ignored
     s = t.sample(2)
     out.append((s["key"].tolist(), s["priority"].tolist(), s["times_sampled"].tolist()))
+    fresh = t.insert(make(1, 20))  # no priority given: the largest so far (9.0, from the update)
+    s = t.sample(1)
+    assert (s["key"].tolist(), s["priority"].tolist()) == (fresh.tolist(), [9.0])
     with pytest.raises(ValueError):
         t.update_priorities([1], [-1.0])
     with pytest.raises(ValueError):

@@ -248,6 +248,43 @@ def test_update_priorities_ignores_unknown_keys_and_last_duplicate_wins():
     t.update_priorities(torch.tensor([12345]), torch.tensor([3.0]))
 
 
+def priorities_by_key(t: Table) -> dict[int, float]:
+    state = t.state_dict()
+    return dict(zip(state["keys"].tolist(), state["priorities"].tolist()))
+
+
+@pytest.mark.parametrize("one", [False, True])
+def test_insert_without_priority_takes_the_largest_given_so_far(one):
+    t = table(selectors.Prioritized(0.6), selectors.Fifo(), max_size=20)
+    # the one-item path (no batch dimension) and the batch path
+    item = (lambda x: make(1, x)[0]) if one else (lambda x: make(1, x))
+    t.insert(make(2))  # none given yet: 1.0
+    t.update_priorities([0], [3.5])
+    t.insert(item(2))
+    t.insert(make(1, 3), priority=7.0)  # an explicit priority counts too
+    t.update_priorities([0, 1], [0.1, 0.2])  # lower priorities never lower the largest so far
+    t.insert(item(4))
+    assert priorities_by_key(t) == {0: 0.1, 1: 0.2, 2: 3.5, 3: 7.0, 4: 7.0}
+    t.reset()
+    t.insert(item(5))
+    assert priorities_by_key(t) == {5: 1.0}
+
+
+def test_largest_priority_survives_a_round_trip_and_old_states_use_the_items():
+    t = table(selectors.Prioritized(0.6), selectors.Fifo(), max_size=20)
+    t.insert(make(2), priority=[2.0, 9.0])
+    t.update_priorities([1], [0.5])  # the largest given (9.0) is no longer held by any item
+    state = t.state_dict()
+    restored = table(selectors.Prioritized(0.6), selectors.Fifo(), max_size=20)
+    restored.load_state_dict(state)
+    restored.insert(make(1, 2))
+    assert priorities_by_key(restored)[2] == 9.0
+    del state["top_priority"]  # a state saved before the running largest priority was kept
+    restored.load_state_dict(state)
+    restored.insert(make(1, 2))
+    assert priorities_by_key(restored)[2] == 2.0  # the state rewinds the keys: key 2 again
+
+
 @pytest.mark.parametrize("bad", [-1.0, float("nan")])
 def test_bad_priorities_raise_and_change_nothing(bad):
     t = table(selectors.Prioritized(1.0), seed=0)

@@ -227,16 +227,17 @@ class TableClient:
 
     # -- the Table API ---------------------------------------------------------------------------------------------
     def insert(
-        self, items: TensorDictBase, priority: Any = 1.0, timeout: float | None = None
+        self, items: TensorDictBase, priority: Any = None, timeout: float | None = None
     ) -> torch.Tensor:
-        """Insert a batch of items ([N] = N items, [] = one item); returns their keys. See :meth:`Table.insert`."""
+        """Insert a batch of items ([N] = N items, [] = one item); returns their keys. See :meth:`Table.insert`
+        (``priority=None``: the table's largest priority so far)."""
         if not isinstance(items, TensorDictBase):
             raise TypeError(f"items must be a TensorDict, got {type(items).__name__}")
         timeout = check_timeout(timeout)
         if items.batch_dims == 0:
             items = items.unsqueeze(0)
         n = int(items.batch_size[0])
-        priority = _priorities(priority, n)
+        priority = None if priority is None else _priorities(priority, n)
         ch = self._channel()
         leaves = field_leaves(items)
         layout = layout_of(leaves)

@@ -353,7 +353,9 @@ class _Server:
             return False
         lo, hi = req.done, req.n
         items = nest(staging.keys, [t[lo:hi] for t in staging.tensors], hi - lo)
-        prio = req.priority if isinstance(req.priority, float) else req.priority[lo:hi]
+        prio = (
+            req.priority if req.priority is None or isinstance(req.priority, float) else req.priority[lo:hi]
+        )
         try:
             req.keys.append(table.insert(items, prio, timeout=0).numpy())
             req.done = req.n

@@ -206,7 +206,7 @@ class Request:
     op: str
     n: int = 0
     timeout: float | None = None
-    priority: float | np.ndarray = 1.0
+    priority: float | np.ndarray | None = None  # None (insert only): the table's largest priority so far
     keys: np.ndarray | None = None
     layout: Layout | None = None
     capacity: int = 0
@@ -319,7 +319,8 @@ def _parse_args(op: str, args: list) -> Request:
         return Request(op, layout=parse_layout(args[0], capacity), capacity=capacity)
     if op == "insert":
         n = _int(args[0], 1, _MAX_N, "n")
-        return Request(op, n=n, priority=_floats(args[1], n), timeout=_timeout(args[2]))
+        priority = None if args[1] is None else _floats(args[1], n)
+        return Request(op, n=n, priority=priority, timeout=_timeout(args[2]))
     if op == "sample":
         return Request(op, n=_int(args[0], 1, _MAX_N, "n"), timeout=_timeout(args[1]))
     if op == "update":
