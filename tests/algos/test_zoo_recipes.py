@@ -32,7 +32,9 @@ SHORT_REPLAY = [
 ZOO = {
     "dqn-acrobot": ("Acrobot-v1", -76.6, SHORT_REPLAY),
     "a2c-acrobot": ("Acrobot-v1", -83.4, ["--data.total_env_steps", "400"]),
+    "ppo-acrobot": ("Acrobot-v1", -73.5, ["--data.total_env_steps", "400", "--data.rollout_steps", "16"]),
     "dqn-lunarlander": ("LunarLander-v3", 154, SHORT_REPLAY),
+    "ppo-mountaincar": ("MountainCar-v0", -110, ["--data.total_env_steps", "1024"]),
     "ppo-lunarlander": (
         "LunarLander-v3",
         242,
