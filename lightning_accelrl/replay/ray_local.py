@@ -22,18 +22,34 @@ __all__ = ["loopback_ray_env", "reaped_with_this_process", "start_local_ray"]
 
 _MARK = "ACCELRL_RAY_RUN"
 # The watchdog: reads the run's mark, then waits for end-of-file on stdin (its parent's end of the pipe closes when
-# the parent dies, however it dies), SIGKILLs this user's processes started with the mark in their environment
-# (every process of that Ray: they inherit it from the head, whatever they rename themselves to), and removes
-# the Ray folder.
+# the parent dies, however it dies), SIGKILLs this user's processes of that Ray, and removes the Ray folder. A
+# process is of that Ray if its environment holds the mark (every process of it inherits the mark from the head),
+# or if it has a file open in the Ray folder (every Ray process logs there): Ray's agents rename themselves with
+# setproctitle, which overwrites the environment /proc shows, so the mark alone misses them.
 _WATCHDOG = r"""
 import os, shutil, signal, sys, time
 if os.fork():  # leave at once: the watchdog itself is nobody's child process (init adopts it)
     os._exit(0)
 signal.signal(signal.SIGINT, signal.SIG_IGN)
-folder = sys.argv[1]
+folder = os.path.realpath(sys.argv[1]) + "/"
 mark = sys.stdin.buffer.readline().strip()
 sys.stdin.buffer.read()
 me, uid = os.getpid(), os.getuid()
+
+
+def of_this_ray(proc):
+    with open(proc + "/environ", "rb") as f:
+        if mark in f.read().split(b"\0"):
+            return True
+    for fd in os.listdir(proc + "/fd"):
+        try:
+            if os.readlink(proc + "/fd/" + fd).startswith(folder):
+                return True
+        except OSError:
+            pass
+    return False
+
+
 # Sweep until three sweeps in a row find nothing (a process forked while a sweep ran appears only in a later
 # one), for at most 10 s.
 deadline, clean = time.monotonic() + 10.0, 0
@@ -42,16 +58,16 @@ while clean < 3 and time.monotonic() < deadline:
     for entry in os.listdir("/proc"):
         if not entry.isdigit() or int(entry) == me:
             continue
+        proc = "/proc/" + entry
         try:
-            if os.stat("/proc/" + entry).st_uid != uid:
+            if os.stat(proc).st_uid != uid:
                 continue
-            with open("/proc/" + entry + "/stat") as f:
+            with open(proc + "/stat") as f:
                 if f.read().rsplit(")", 1)[1].split()[0] == "Z":  # dead, waiting to be reaped
                     continue
-            with open("/proc/" + entry + "/environ", "rb") as f:
-                if mark in f.read().split(b"\0"):
-                    os.kill(int(entry), signal.SIGKILL)
-                    killed += 1
+            if of_this_ray(proc):
+                os.kill(int(entry), signal.SIGKILL)
+                killed += 1
         except OSError:
             pass
     clean = clean + 1 if killed == 0 else 0

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 
 import pytest
@@ -16,7 +18,7 @@ pytest.importorskip("ray")
 _LEARNER = """
 import os, sys, time
 from lightning_accelrl.replay.ray_local import start_local_ray
-assert start_local_ray(num_cpus=1, object_store_memory=80 * 2**20)
+assert start_local_ray(num_cpus=1, object_store_memory=80 * 2**20, _temp_dir=sys.argv[1])
 import ray
 ray.get(ray.remote(lambda: 1).remote())  # a worker process too
 print(os.environ["RAY_AUTH_TOKEN"], flush=True)
@@ -24,23 +26,37 @@ time.sleep(600)
 """
 
 
-def _with_token(token: str) -> list[int]:
+def _of_ray(token: str, folder: str) -> list[int]:
+    """Live processes of the learner's Ray: the token in their environment, or a file open in its folder (Ray's
+    agents overwrite the environment /proc shows when they rename themselves, but keep their logs open)."""
     marker = f"RAY_AUTH_TOKEN={token}".encode()
     pids = []
     for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            with contextlib.suppress(OSError), open(f"/proc/{entry}/environ", "rb") as f:
-                if marker in f.read().split(b"\0"):
-                    with open(f"/proc/{entry}/stat") as s:
-                        if s.read().rsplit(")", 1)[1].split()[0] != "Z":
-                            pids.append(int(entry))
+        if not entry.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            with open(f"/proc/{entry}/stat") as s:
+                if s.read().rsplit(")", 1)[1].split()[0] == "Z":
+                    continue
+            with open(f"/proc/{entry}/environ", "rb") as f:
+                ours = marker in f.read().split(b"\0")
+            fds = f"/proc/{entry}/fd"
+            if ours or any(_link(f"{fds}/{fd}").startswith(folder + "/") for fd in os.listdir(fds)):
+                pids.append(int(entry))
     return pids
 
 
-def _describe(token: str) -> list[str]:
-    """Each process still carrying the token: pid, state, parent and command line (what a failure needs)."""
+def _link(path: str) -> str:
+    try:
+        return os.readlink(path)
+    except OSError:
+        return ""
+
+
+def _describe(pids: list[int]) -> list[str]:
+    """Each process: pid, state, parent and command line (what a failure needs)."""
     out = []
-    for pid in _with_token(token):
+    for pid in pids:
         with contextlib.suppress(OSError):
             with open(f"/proc/{pid}/stat") as f:
                 state, ppid = f.read().rsplit(")", 1)[1].split()[:2]
@@ -55,17 +71,23 @@ def _describe(token: str) -> list[str]:
 def test_ray_processes_die_within_seconds_of_a_killed_learner():
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
     env["OMP_NUM_THREADS"] = "1"
-    learner = subprocess.Popen([sys.executable, "-c", _LEARNER], stdout=subprocess.PIPE, text=True, env=env)
+    folder = os.path.realpath(tempfile.mkdtemp(prefix="accelrl-ray-test-", dir="/tmp"))
+    learner = subprocess.Popen(
+        [sys.executable, "-c", _LEARNER, folder], stdout=subprocess.PIPE, text=True, env=env
+    )
     try:
         token = learner.stdout.readline().strip()
         assert token, "the learner did not start Ray"
-        assert len(_with_token(token)) >= 4  # learner, gcs, raylet, agents, worker
+        assert len(_of_ray(token, folder)) >= 4  # learner, gcs, raylet, agents, worker
         learner.send_signal(signal.SIGKILL)
         learner.wait()
         start = time.monotonic()
-        while _with_token(token):
-            assert time.monotonic() - start < 5.0, f"Ray processes outlived the learner: {_describe(token)}"
+        while (left := _of_ray(token, folder)) or os.path.exists(folder):
+            assert time.monotonic() - start < 5.0, (
+                f"Ray processes outlived the learner: {_describe(left)}" if left else "the Ray folder is left"
+            )
             time.sleep(0.05)
     finally:
         if learner.poll() is None:
             learner.kill()
+        shutil.rmtree(folder, ignore_errors=True)
