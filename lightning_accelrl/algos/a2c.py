@@ -14,6 +14,7 @@ from tensordict import TensorDict
 
 from lightning_accelrl.algos.actor_critic import ActorCriticModule
 from lightning_accelrl.algos.base import anneal
+from lightning_accelrl.algos.pg_losses import loss_policy_gradient, loss_value, normalized
 from lightning_accelrl.algos.returns import gae
 from lightning_accelrl.errors import check
 from lightning_accelrl.nets.actor_critic import LOG_STD_KINDS
@@ -93,19 +94,16 @@ class A2C(ActorCriticModule):
         actions = batch["action"].flatten(0, 1)
         advantages, returns = advantages.reshape(-1), returns.reshape(-1)
         if hp.normalize_advantage:
-            advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+            advantages = normalized(advantages)
 
         params, value = self(obs)  # re-evaluated with gradients; the rollout's values carry none
         dist = self.dist(params)
-        pg_loss = -(advantages * dist.log_prob(actions)).mean()
-        value_loss = ((returns - value.squeeze(-1)) ** 2).mean()
+        pg_loss = loss_policy_gradient(advantages, dist.log_prob(actions))
+        value_loss = loss_value(value.squeeze(-1), returns)
         entropy = dist.entropy().mean()
         loss = pg_loss + hp.value_coef * value_loss - hp.entropy_coef * entropy
 
-        opt.zero_grad()
-        self.manual_backward(loss)
-        self.clip_gradients(opt, gradient_clip_val=hp.max_grad_norm, gradient_clip_algorithm="norm")
-        opt.step()
+        self.gradient_step(opt, loss, hp.max_grad_norm)
 
         self.update_observation_statistics(batch)
         self.policy_version += 1

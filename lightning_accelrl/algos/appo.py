@@ -27,6 +27,7 @@ from typing_extensions import override
 
 from lightning_accelrl.algos.actor_critic import ActorCriticModule
 from lightning_accelrl.algos.base import anneal
+from lightning_accelrl.algos.pg_losses import clip_fraction, loss_clipped_surrogate, loss_value, normalized
 from lightning_accelrl.data.needs import ExperienceNeeds
 from lightning_accelrl.errors import check
 from lightning_accelrl.nets.actor_critic import LOG_STD_KINDS
@@ -189,23 +190,18 @@ class APPO(ActorCriticModule):
                 ).exp()
                 adv = advantages.index_select(0, idx)
                 if hp.normalize_advantage and mb > 1:
-                    adv = (adv - adv.mean()) / (adv.std() + 1e-8)
-                pg_loss = torch.max(
-                    -adv * ratio, -adv * ratio.clamp(1 - hp.clip_coef, 1 + hp.clip_coef)
-                ).mean()
-                value_loss = 0.5 * ((value.squeeze(-1) - vs.index_select(0, idx)) ** 2).mean()
+                    adv = normalized(adv)
+                pg_loss = loss_clipped_surrogate(adv, ratio, hp.clip_coef)
+                value_loss = 0.5 * loss_value(value.squeeze(-1), vs.index_select(0, idx))
                 entropy = dist.entropy().mean()
                 loss = pg_loss + hp.value_coef * value_loss - hp.entropy_coef * entropy
 
-                opt.zero_grad()
-                self.manual_backward(loss)
-                self.clip_gradients(opt, gradient_clip_val=hp.max_grad_norm, gradient_clip_algorithm="norm")
-                opt.step()
+                self.gradient_step(opt, loss, hp.max_grad_norm)
                 with torch.no_grad():
                     stats["pg_loss"].append(pg_loss.detach())
                     stats["value_loss"].append(value_loss.detach())
                     stats["entropy"].append(entropy.detach())
-                    stats["clip_frac"].append(((ratio - 1).abs() > hp.clip_coef).float().mean())
+                    stats["clip_frac"].append(clip_fraction(ratio, hp.clip_coef))
 
         self.update_observation_statistics(batch)
         self.policy_version += 1

@@ -23,6 +23,7 @@ from lightning_accelrl.algos.a2c import a2c_optimizer
 from lightning_accelrl.algos.actor_critic import ActorCriticModule
 from lightning_accelrl.algos.appo import vtrace
 from lightning_accelrl.algos.base import anneal
+from lightning_accelrl.algos.pg_losses import loss_policy_gradient, loss_value
 from lightning_accelrl.data.needs import ExperienceNeeds
 from lightning_accelrl.errors import check
 from lightning_accelrl.nets.actor_critic import LOG_STD_KINDS
@@ -110,14 +111,11 @@ class AsyncA2C(ActorCriticModule):
             )
 
         # 3. IMPALA's loss, one step
-        pg_loss = -(pg_adv.reshape(-1) * log_pi).mean()
-        value_loss = ((vs.reshape(-1) - value.squeeze(-1)) ** 2).mean()
+        pg_loss = loss_policy_gradient(pg_adv.reshape(-1), log_pi)
+        value_loss = loss_value(value.squeeze(-1), vs.reshape(-1))
         entropy = dist.entropy().mean()
         loss = pg_loss + hp.value_coef * value_loss - hp.entropy_coef * entropy
-        opt.zero_grad()
-        self.manual_backward(loss)
-        self.clip_gradients(opt, gradient_clip_val=hp.max_grad_norm, gradient_clip_algorithm="norm")
-        opt.step()
+        self.gradient_step(opt, loss, hp.max_grad_norm)
 
         self.update_observation_statistics(batch)
         self.policy_version += 1

@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch.core.optimizer import LightningOptimizer
 from typing_extensions import override
 
 from lightning_accelrl import __version__
@@ -105,6 +106,15 @@ class RLModule(LightningModule):
             )
         if self.trainer.world_size > 1:  # seed_everything gives every rank the same torch stream
             torch.manual_seed(self._experience.base_seed + 7919 * self.trainer.global_rank)
+
+    # ----- learning ---------------------------------------------------------------------------------------
+    def gradient_step(self, optimizer: LightningOptimizer, loss: torch.Tensor, max_grad_norm: float) -> None:
+        """One optimizer step on ``loss``: clear the gradients, backward through Lightning (precision, DDP),
+        clip the gradients' global norm to ``max_grad_norm``, step."""
+        optimizer.zero_grad()
+        self.manual_backward(loss)
+        self.clip_gradients(optimizer, gradient_clip_val=max_grad_norm, gradient_clip_algorithm="norm")
+        optimizer.step()
 
     # ----- logging ----------------------------------------------------------------------------------------
     def logs_this_batch(self) -> bool:

@@ -209,10 +209,7 @@ class DQN(RLModule):
         losses, td_abs = self.td_loss(batch)
         loss = (self.importance_weights(batch) * losses).mean() if hp.prioritized else losses.mean()
 
-        opt.zero_grad()
-        self.manual_backward(loss)
-        self.clip_gradients(opt, gradient_clip_val=hp.max_grad_norm, gradient_clip_algorithm="norm")
-        opt.step()
+        self.gradient_step(opt, loss, hp.max_grad_norm)
         self.updates += 1
         self.policy_version += 1
 

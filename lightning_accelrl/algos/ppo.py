@@ -15,6 +15,13 @@ from tensordict import TensorDict
 
 from lightning_accelrl.algos.actor_critic import ActorCriticModule
 from lightning_accelrl.algos.base import anneal
+from lightning_accelrl.algos.pg_losses import (
+    clip_fraction,
+    loss_clipped_surrogate,
+    loss_value,
+    loss_value_clipped,
+    normalized,
+)
 from lightning_accelrl.algos.returns import gae
 from lightning_accelrl.errors import check
 from lightning_accelrl.nets.actor_critic import LOG_STD_KINDS
@@ -120,31 +127,26 @@ class PPO(ActorCriticModule):
                 ratio = log_ratio.exp()
                 adv = advantages.index_select(0, idx)
                 if hp.normalize_advantage and mb > 1:
-                    adv = (adv - adv.mean()) / (adv.std() + 1e-8)
-                pg_loss = torch.max(-adv * ratio, -adv * ratio.clamp(1 - clip, 1 + clip)).mean()
+                    adv = normalized(adv)
+                pg_loss = loss_clipped_surrogate(adv, ratio, clip)
 
                 value = value.squeeze(-1)
                 ret = returns.index_select(0, idx)
                 if hp.clip_value_loss:
-                    old_v = old_values.index_select(0, idx)
-                    v_clipped = old_v + (value - old_v).clamp(-clip, clip)
-                    value_loss = 0.5 * torch.max((value - ret) ** 2, (v_clipped - ret) ** 2).mean()
+                    value_loss = 0.5 * loss_value_clipped(value, old_values.index_select(0, idx), ret, clip)
                 else:
-                    value_loss = 0.5 * ((value - ret) ** 2).mean()
+                    value_loss = 0.5 * loss_value(value, ret)
                 entropy = dist.entropy().mean()
                 loss = pg_loss + hp.value_coef * value_loss - hp.entropy_coef * entropy
 
-                opt.zero_grad()
-                self.manual_backward(loss)
-                self.clip_gradients(opt, gradient_clip_val=hp.max_grad_norm, gradient_clip_algorithm="norm")
-                opt.step()
+                self.gradient_step(opt, loss, hp.max_grad_norm)
 
                 with torch.no_grad():
                     stats["pg_loss"].append(pg_loss.detach())
                     stats["value_loss"].append(value_loss.detach())
                     stats["entropy"].append(entropy.detach())
                     stats["approx_kl"].append(((ratio - 1) - log_ratio).mean())
-                    stats["clip_frac"].append(((ratio - 1).abs() > clip).float().mean())
+                    stats["clip_frac"].append(clip_fraction(ratio, clip))
             if hp.target_kl is not None:
                 kl = stats["approx_kl"][-1]
                 if self.trainer.world_size > 1:  # every rank must stop after the same epoch (DDP)
