@@ -12,8 +12,9 @@ venv="${SB3_VENV:-$here/.venv-sb3}"
 python="${PYTHON:-python3}"
 
 # torch==2.13.0 resolves to the local CPU wheel on our machines; an unpinned torch pulls CUDA wheels.
-# MuJoCo (benchmarks/continuous_mujoco.py): the same mujoco as constraints-cpu.txt.
-pins=(torch==2.13.0 stable-baselines3==2.9.2 "gymnasium[classic-control,mujoco]==1.4.0" mujoco==4.0.1)
+# MuJoCo (benchmarks/continuous_mujoco.py): the same mujoco as constraints-cpu.txt; Box2D (LunarLander:
+# peers/sb3_a2c_lunar.py): the box2d our box2d extra installs.
+pins=(torch==2.13.0 stable-baselines3==2.9.2 "gymnasium[classic-control,mujoco]==1.4.0" mujoco==4.0.1 box2d==2.3.10)
 
 if [ ! -x "$venv/bin/python" ]; then
     "$python" -m venv "$venv"

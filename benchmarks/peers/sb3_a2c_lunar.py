@@ -1,7 +1,6 @@
 """Stable-Baselines3 peer for the a2c-lunarlander recipe: SB3's A2C with rl-zoo's LunarLander settings.
 
-Runs inside the SB3 venv (``benchmarks/.venv-sb3``, made by ``benchmarks/setup_peers.sh``, plus
-``pip install box2d==2.3.10`` for LunarLander), never in ours:
+Runs inside the SB3 venv (``benchmarks/.venv-sb3``, made by ``benchmarks/setup_peers.sh``), never in ours:
 
     benchmarks/.venv-sb3/bin/python benchmarks/peers/sb3_a2c_lunar.py --seed 0
 
@@ -23,6 +22,7 @@ import gymnasium as gym
 import numpy as np
 import stable_baselines3
 import torch
+from sb3_cartpole import greedy_eval
 from stable_baselines3 import A2C
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.env_util import make_vec_env
@@ -58,22 +58,6 @@ class CurveCallback(BaseCallback):
         return True
 
 
-def greedy_eval(model: A2C, seed: int, episodes: int) -> list[float]:
-    env = gym.make(ENV_ID)
-    returns = []
-    for i in range(episodes):
-        obs, _ = env.reset(seed=10_000 + 1000 * seed + i)
-        done, total = False, 0.0
-        while not done:
-            action, _ = model.predict(obs, deterministic=True)
-            obs, reward, terminated, truncated, _ = env.step(int(action))
-            total += float(reward)
-            done = terminated or truncated
-        returns.append(total)
-    env.close()
-    return returns
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seed", type=int, default=0)
@@ -95,7 +79,7 @@ def main() -> None:
     wall = time.perf_counter() - t0
     if args.save:
         model.save(args.save)
-    rets = greedy_eval(model, args.seed, args.eval_episodes) if args.eval_episodes > 0 else []
+    rets = greedy_eval(model, args.seed, args.eval_episodes, ENV_ID, 1000) if args.eval_episodes > 0 else []
     result = {
         "algo": "a2c",
         "peer": "stable-baselines3",

@@ -117,11 +117,12 @@ class ThresholdCallback(BaseCallback):
         return True
 
 
-def greedy_eval(model, seed: int, episodes: int) -> list[float]:
-    env = gym.make(ENV_ID)
+def greedy_eval(model, seed: int, episodes: int, env_id: str = ENV_ID, seed_stride: int = 100) -> list[float]:
+    """Returns of ``episodes`` deterministic episodes from the start states ``10_000 + seed_stride·seed + i``."""
+    env = gym.make(env_id)
     returns = []
     for i in range(episodes):
-        obs, _ = env.reset(seed=10_000 + 100 * seed + i)
+        obs, _ = env.reset(seed=10_000 + seed_stride * seed + i)
         done, total = False, 0.0
         while not done:
             action, _ = model.predict(obs, deterministic=True)
