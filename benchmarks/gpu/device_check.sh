@@ -92,7 +92,7 @@ else
   bargs=(--envs 64 128 --repeats 3 --vsteps 128 --device cuda)
 fi
 src=0
-(cd "$root" && timeout "$([[ $cpu == 1 ]] && echo 60 || echo 90)" "$PYTHON" benchmarks/sampler/bench_sampler.py \
+(cd "$root" && timeout "$([[ $cpu == 1 ]] && echo 150 || echo 90)" "$PYTHON" benchmarks/sampler/bench_sampler.py \
   "${bargs[@]}" --skip ef --no-write) >"$out/sampler/bench.log" 2>&1 || src=$?
 summarize sampler "$out/sampler/bench.log" "$src" "$out/sampler/summary.json"
 
