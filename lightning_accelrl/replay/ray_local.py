@@ -32,6 +32,7 @@ if os.fork():  # leave at once: the watchdog itself is nobody's child process (i
     os._exit(0)
 signal.signal(signal.SIGINT, signal.SIG_IGN)
 folder = os.path.realpath(sys.argv[1]) + "/"
+guarded = int(sys.argv[2])  # the process that started us: its pipe can close while it exits, its logs still open
 mark = sys.stdin.buffer.readline().strip()
 sys.stdin.buffer.read()
 me, uid = os.getpid(), os.getuid()
@@ -56,7 +57,7 @@ deadline, clean = time.monotonic() + 10.0, 0
 while clean < 3 and time.monotonic() < deadline:
     killed = 0
     for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) == me:
+        if not entry.isdigit() or int(entry) in (me, guarded):
             continue
         proc = "/proc/" + entry
         try:
@@ -137,7 +138,7 @@ def _start_watchdog(folder: str, mark: str) -> None:
     # Ray's token stays out of the watchdog's environment: it needs none, and holds no secret it does not need.
     env = {k: v for k, v in os.environ.items() if k != "RAY_AUTH_TOKEN"}
     proc = subprocess.Popen(
-        [sys.executable, "-c", _WATCHDOG, folder],
+        [sys.executable, "-c", _WATCHDOG, folder, str(os.getpid())],
         env=env,
         stdin=subprocess.PIPE,
         stdout=subprocess.DEVNULL,

@@ -91,3 +91,28 @@ def test_ray_processes_die_within_seconds_of_a_killed_learner():
         if learner.poll() is None:
             learner.kill()
         shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.mark.slow  # starts a Ray: ~10 s on two busy cores
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_a_learner_that_started_ray_exits_normally_and_leaves_nothing():
+    # The watchdog's pipe closes while the learner's interpreter shuts down, its Ray logs still open: the watchdog
+    # must spare it (it once SIGKILLed it: exit status -9 after a passing test run), and clean up the rest.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    env["OMP_NUM_THREADS"] = "1"
+    folder = os.path.realpath(tempfile.mkdtemp(prefix="accelrl-ray-test-", dir="/tmp"))
+    script = _LEARNER.replace("time.sleep(600)", "")
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-c", script, folder], capture_output=True, text=True, env=env, timeout=120
+        )
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        token = proc.stdout.strip()
+        start = time.monotonic()
+        while (left := _of_ray(token, folder)) or os.path.exists(folder):
+            assert time.monotonic() - start < 15.0, (
+                f"Ray processes outlived the learner: {_describe(left)}" if left else "the Ray folder is left"
+            )
+            time.sleep(0.05)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
