@@ -66,11 +66,26 @@ def _describe(pids: list[int]) -> list[str]:
     return out
 
 
+def _learner_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    env["OMP_NUM_THREADS"] = "1"
+    return env
+
+
+def _wait_gone(token: str, folder: str, limit_s: float) -> None:
+    """Wait until no process of the learner's Ray is left and its folder is removed; fail after ``limit_s``."""
+    start = time.monotonic()
+    while (left := _of_ray(token, folder)) or os.path.exists(folder):
+        assert time.monotonic() - start < limit_s, (
+            f"Ray processes outlived the learner: {_describe(left)}" if left else "the Ray folder is left"
+        )
+        time.sleep(0.05)
+
+
 @pytest.mark.slow  # starts a Ray: ~10 s on two busy cores
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 def test_ray_processes_die_within_seconds_of_a_killed_learner():
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
-    env["OMP_NUM_THREADS"] = "1"
+    env = _learner_env()
     folder = os.path.realpath(tempfile.mkdtemp(prefix="accelrl-ray-test-", dir="/tmp"))
     learner = subprocess.Popen(
         [sys.executable, "-c", _LEARNER, folder], stdout=subprocess.PIPE, text=True, env=env
@@ -81,12 +96,7 @@ def test_ray_processes_die_within_seconds_of_a_killed_learner():
         assert len(_of_ray(token, folder)) >= 4  # learner, gcs, raylet, agents, worker
         learner.send_signal(signal.SIGKILL)
         learner.wait()
-        start = time.monotonic()
-        while (left := _of_ray(token, folder)) or os.path.exists(folder):
-            assert time.monotonic() - start < 5.0, (
-                f"Ray processes outlived the learner: {_describe(left)}" if left else "the Ray folder is left"
-            )
-            time.sleep(0.05)
+        _wait_gone(token, folder, 5.0)
     finally:
         if learner.poll() is None:
             learner.kill()
@@ -98,8 +108,7 @@ def test_ray_processes_die_within_seconds_of_a_killed_learner():
 def test_a_learner_that_started_ray_exits_normally_and_leaves_nothing():
     # The watchdog's pipe closes while the learner's interpreter shuts down, its Ray logs still open: the watchdog
     # must spare it (it once SIGKILLed it: exit status -9 after a passing test run), and clean up the rest.
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
-    env["OMP_NUM_THREADS"] = "1"
+    env = _learner_env()
     folder = os.path.realpath(tempfile.mkdtemp(prefix="accelrl-ray-test-", dir="/tmp"))
     script = _LEARNER.replace("time.sleep(600)", "")
     try:
@@ -108,11 +117,6 @@ def test_a_learner_that_started_ray_exits_normally_and_leaves_nothing():
         )
         assert proc.returncode == 0, proc.stderr[-2000:]
         token = proc.stdout.strip()
-        start = time.monotonic()
-        while (left := _of_ray(token, folder)) or os.path.exists(folder):
-            assert time.monotonic() - start < 15.0, (
-                f"Ray processes outlived the learner: {_describe(left)}" if left else "the Ray folder is left"
-            )
-            time.sleep(0.05)
+        _wait_gone(token, folder, 15.0)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
