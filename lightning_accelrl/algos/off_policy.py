@@ -79,7 +79,13 @@ class OffPolicyContinuous(RLModule):
     @override
     def experience_needs(self) -> ExperienceNeeds:
         hp = self.hparams
-        return ExperienceNeeds(kind="replay", n_step=hp.n_step, gamma=hp.gamma, actions="continuous")
+        return ExperienceNeeds(
+            kind="replay",
+            n_step=hp.n_step,
+            gamma=hp.gamma,
+            bootstrap_truncated=hp.bootstrap_truncated,
+            actions="continuous",
+        )
 
     # ----- networks -----------------------------------------------------------------------------------------
     def build_networks(self, spec: EnvSpec) -> None:

@@ -69,6 +69,7 @@ class SAC(OffPolicyContinuous):
         alpha_lr: float = 3e-4,
         gamma: float = 0.99,
         n_step: int = 1,
+        bootstrap_truncated: bool = True,
         tau: float = 0.005,
         entropy_coef: float | None = None,
         initial_entropy_coef: float = 1.0,

@@ -51,6 +51,7 @@ class TD3(OffPolicyContinuous):
         critic_lr: float = 1e-3,
         gamma: float = 0.99,
         n_step: int = 1,
+        bootstrap_truncated: bool = True,
         tau: float = 0.005,
         policy_delay: int = 2,
         target_policy_noise: float = 0.2,

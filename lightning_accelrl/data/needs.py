@@ -27,7 +27,9 @@ class ExperienceNeeds:
       ``("next", "state_value")``).
     - ``kind="replay"``: samples of n-step transitions from a replay table (``observation``, ``action``,
       ``("next", "observation"|"reward")``, ``bootstrap_discount``, and the table's ``key``, ``probability``,
-      ``table_size``, ``priority``); ``prioritized`` tables take priority write-backs.
+      ``table_size``, ``priority``); ``prioritized`` tables take priority write-backs. ``bootstrap_truncated``:
+      whether a truncated step (a time limit) bootstraps from its final observation (the default, Gymnasium's
+      meaning of truncation) or ends the n-step return like a terminal step (``bootstrap_discount`` 0).
     - ``actions``: the action spaces the algorithm handles: ``"discrete"`` (one Discrete), ``"continuous"`` (a Box)
       or ``"any"``.
     - ``lag_corrected``: rollouts may come from older policies (the algorithm corrects for the lag with the
@@ -41,6 +43,7 @@ class ExperienceNeeds:
     gamma: float = 0.99
     prioritized: bool = False
     priority_exponent: float = 0.6
+    bootstrap_truncated: bool = True
     actions: Literal["any", "discrete", "continuous"] = "any"
     lag_corrected: bool = False
 

@@ -105,7 +105,7 @@ class TransitionProducer:
     def __init__(self, sampler: SyncSampler, needs: ExperienceNeeds, first_stream: int) -> None:
         spec = sampler.env.spec
         self.sampler = sampler
-        self.writer = NStepWriter(needs.n_step, needs.gamma, sampler.num_envs)
+        self.writer = NStepWriter(needs.n_step, needs.gamma, sampler.num_envs, needs.bootstrap_truncated)
         self.indexer = (
             StreamIndexer(sampler.num_envs, spec.observation_shape[0], first_stream)
             if stores_frames(spec)

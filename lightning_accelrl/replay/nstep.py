@@ -11,8 +11,11 @@ Key conventions of an emitted item (batch [M]):
   masks) are copied from the *starting* step t;
 - every ``("next", ...)`` key (``observation``, ``terminated``, ``truncated``, ``done`` and extras such as
   ``("next", "step")``) comes from the *last* step t+m-1, except ``("next", "reward")`` = sum_{k<m} gamma^k r_{t+k};
-- ``bootstrap_discount`` = gamma^m, or 0 if the last step terminated (truncation still bootstraps from the true
-  final observation). m = n, or less when the episode ended (terminated or truncated) before n steps.
+- ``bootstrap_discount`` = gamma^m, or 0 if the last step terminated. Truncation (a time limit) bootstraps from the
+  true final observation, unless the writer is built with ``bootstrap_truncated=False``: then a truncated step
+  ends the return like a terminal one (discount 0), as replay buffers stored time limits before Gymnasium's
+  terminated/truncated split (Stable-Baselines3's ``handle_timeout_termination=False``). m = n, or less when the
+  episode ended (terminated or truncated) before n steps.
 """
 
 from __future__ import annotations
@@ -43,7 +46,7 @@ class NStepWriter:
     async batch or an alternating sampler produces.
     """
 
-    def __init__(self, n: int, gamma: float, num_envs: int) -> None:
+    def __init__(self, n: int, gamma: float, num_envs: int, bootstrap_truncated: bool = True) -> None:
         if n < 1:
             raise ValueError(f"n must be >= 1, got {n}")
         if not 0.0 <= gamma <= 1.0:
@@ -53,6 +56,7 @@ class NStepWriter:
         self.n = int(n)
         self.gamma = float(gamma)
         self.num_envs = int(num_envs)
+        self.bootstrap_truncated = bool(bootstrap_truncated)
         # discount[k, k'] = gamma^(k'-k) for k' >= k: the return of every start in a window is one matmul.
         ar = torch.arange(self.n, dtype=torch.float64)
         expo = ar[None, :] - ar[:, None]
@@ -90,7 +94,7 @@ class NStepWriter:
             raise ValueError(
                 f"reward trailing shape {tuple(reward.shape[1:])} != first step's {self._reward_shape}"
             )
-        terminated = self._flag(nxt, "terminated", len(rows))
+        terminated = self._ends_return(nxt, len(rows))
         ended = terminated | self._flag(nxt, "truncated", len(rows)) | self._flag(nxt, "done", len(rows))
 
         pos = self._ptr[rows]
@@ -113,7 +117,7 @@ class NStepWriter:
     def _one_step(self, step: TensorDict) -> TensorDict:
         """n = 1: every step is a finished transition; no ring needed (the DQN default, on the hot path)."""
         b = int(step.batch_size[0])
-        terminated = self._flag(step.get("next"), "terminated", b)
+        terminated = self._ends_return(step.get("next"), b)
         fields = {key: value.clone() for key, value in field_leaves(step)}
         reward = fields[("next", "reward")]
         dtype = reward.dtype if reward.dtype.is_floating_point else torch.float32
@@ -201,6 +205,12 @@ class NStepWriter:
         if len(rows) != step.batch_size[0]:
             raise ValueError(f"{len(rows)} env_ids for a step of batch {step.batch_size[0]}")
         return rows
+
+    def _ends_return(self, nxt: TensorDict, b: int) -> torch.Tensor:
+        """The steps whose return stops there (bootstrap discount 0): terminated, and truncated unless truncation
+        bootstraps."""
+        terminated = self._flag(nxt, "terminated", b)
+        return terminated if self.bootstrap_truncated else terminated | self._flag(nxt, "truncated", b)
 
     @staticmethod
     def _flag(nxt: TensorDict, key: str, b: int) -> torch.Tensor:

@@ -8,7 +8,7 @@ import math
 import lightning as L
 import pytest
 import torch
-from foundation_helpers import COUNTING_ID, trainer_kwargs
+from foundation_helpers import COUNTING_ID, COUNTING_TL_ID, TIME_LIMIT, trainer_kwargs
 from tensordict import TensorDict
 
 from lightning_accelrl import DQN, CategoricalDQN, ExperienceDataModule
@@ -229,6 +229,29 @@ def test_n_step_transitions_in_the_table_match_a_hand_computation() -> None:
         assert float(batch["next", "observation"][i, 0]) == t + m
         terminal = t + m == length
         assert float(batch["bootstrap_discount"][i]) == pytest.approx(0.0 if terminal else 0.5**m)
+
+
+@pytest.mark.parametrize("bootstrap_truncated", [True, False])
+def test_time_limit_ends_bootstrap_unless_the_algorithm_says_otherwise(bootstrap_truncated: bool) -> None:
+    """Episodes of lengths 2..6 under a time limit of 4: the items that end at the limit bootstrap with γ^m by
+    default and carry discount 0 with ``bootstrap_truncated=False``; real ends carry 0 either way."""
+    model = DQN(hidden=(8,), n_step=2, gamma=0.5, bootstrap_truncated=bootstrap_truncated)
+    assert model.experience_needs().bootstrap_truncated is bootstrap_truncated
+    dm = fit_replay(
+        model, env=COUNTING_TL_ID, num_envs=5, total_env_steps=200, batch_size=4, replay_ratio=0.5,
+        learning_starts=20,
+    )  # fmt: skip
+    batch = dm.source.table.storage.read(torch.arange(dm.source.table.size))
+    cut = 0
+    for i in range(len(batch)):
+        t, length = (float(v) for v in batch["observation"][i])
+        end = min(t + 2, length, TIME_LIMIT)
+        terminal, truncated = end == length, end == TIME_LIMIT  # Gymnasium: both at a length-4 episode's end
+        cut += truncated and not terminal
+        stops = terminal or (truncated and not bootstrap_truncated)
+        assert float(batch["bootstrap_discount"][i]) == pytest.approx(0.0 if stops else 0.5 ** (end - t))
+        assert bool(batch["next", "truncated"][i]) is truncated  # the env's flags are stored as they were
+    assert cut > 0
 
 
 def test_replay_mode_budget_and_config_errors() -> None:

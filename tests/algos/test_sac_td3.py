@@ -163,6 +163,13 @@ def test_ddpg_is_td3_with_one_critic_and_no_delay_or_smoothing() -> None:
     assert td3.critic.size == 2 and td3.hparams.policy_delay == 2
 
 
+@pytest.mark.parametrize("algo", [SAC, TD3, DDPG])
+def test_time_limits_bootstrap_unless_told_otherwise(algo: type) -> None:
+    """The option reaches the data side through the declared needs (the writer honours it: tests/replay)."""
+    assert algo().experience_needs().bootstrap_truncated is True
+    assert algo(bootstrap_truncated=False).experience_needs().bootstrap_truncated is False
+
+
 def test_policies_act_within_the_box() -> None:
     for algo in (SAC, TD3):
         model = algo(env_spec=PENDULUM.to_dict(), random_steps=10)

@@ -87,6 +87,23 @@ def test_hand_computed_n3(reward_dim: bool) -> None:
     assert w.num_pending == 0 and w.flush() is None
 
 
+def test_truncation_ends_the_return_when_it_does_not_bootstrap() -> None:
+    """The hand-computed n=3 sequence without bootstrapping at truncation: env 1's items that end at its time limit
+    (t=3) keep their returns and lose their discount; everything else is as before."""
+    w = NStepWriter(n=3, gamma=0.5, num_envs=2, bootstrap_truncated=False)
+    seq = [([1, 1], [0, 0], [0, 0]), ([2, 2], [0, 1], [0, 0]), ([3, 3], [0, 0], [0, 0]), ([4, 4], [0, 0], [0, 1])]
+    got = [rows(w.add(make_step(t, r, te, tr))) for t, (r, te, tr) in enumerate(seq)]
+    assert got[1] == [(0, 1, 2, 2.0, 0.0), (1, 1, 2, 2.0, 0.0)]
+    assert got[2] == [(0, 0, 3, 2.75, 0.125)]
+    assert got[3] == [(1, 0, 4, 4.5, 0.125), (2, 1, 4, 5.0, 0.0), (3, 1, 4, 4.0, 0.0)]
+    # a flush cuts an episode that did not end: it still bootstraps
+    assert rows(w.flush()) == [(2, 0, 4, 3 + 0.5 * 4, 0.25), (3, 0, 4, 4.0, 0.5)]
+    one = NStepWriter(n=1, gamma=0.9, num_envs=3, bootstrap_truncated=False)
+    out = one.add(make_step(5, [1.0, -2.0, 0.5], terminated=[0, 1, 0], truncated=[0, 0, 1]))
+    assert out["bootstrap_discount"].tolist() == pytest.approx([0.9, 0.0, 0.0])
+    assert out["next", "terminated"].tolist() == [False, True, False]  # the flags are the env's, untouched
+
+
 def test_n1_is_plain_transitions() -> None:
     gamma = 0.9
     w = NStepWriter(n=1, gamma=gamma, num_envs=3)
@@ -145,8 +162,11 @@ def test_state_dict_roundtrip() -> None:
         NStepWriter(n=2, gamma=0.9, num_envs=2).load_state_dict(a.state_dict())
 
 
-def naive(n: int, gamma: float, steps: list[TensorDict]) -> list[list[tuple]]:
-    """Per env, per start: sum the rewards up to n steps or the episode's end; the last list is the flush."""
+def naive(
+    n: int, gamma: float, steps: list[TensorDict], bootstrap_truncated: bool = True
+) -> list[list[tuple]]:
+    """Per env, per start: sum the rewards up to n steps or the episode's end; the last list is the flush.
+    Without ``bootstrap_truncated`` a truncated end has discount 0, as a terminated one."""
     b = steps[0].batch_size[0]
     pending: list[list[int]] = [[] for _ in range(b)]
     outs = []
@@ -154,6 +174,7 @@ def naive(n: int, gamma: float, steps: list[TensorDict]) -> list[list[tuple]]:
         rew = step["next", "reward"].reshape(b)
         term = step["next", "terminated"].reshape(b)
         end = term | step["next", "truncated"].reshape(b)
+        stops = term if bootstrap_truncated else end
         emitted = []
         for e in range(b):
             pending[e].append(t)
@@ -161,7 +182,7 @@ def naive(n: int, gamma: float, steps: list[TensorDict]) -> list[list[tuple]]:
             for s in starts:
                 m = t - s + 1
                 ret = sum(gamma**k * float(steps[s + k]["next", "reward"].reshape(b)[e]) for k in range(m))
-                disc = 0.0 if term[e] else gamma**m
+                disc = 0.0 if stops[e] else gamma**m
                 emitted.append((s, e, t + 1, round(ret, 5), round(disc, 5)))
             pending[e] = [] if end[e] else pending[e][len(starts) :]
         del rew
@@ -183,13 +204,16 @@ def naive(n: int, gamma: float, steps: list[TensorDict]) -> list[list[tuple]]:
     b=st.integers(1, 3),
     gamma=st.sampled_from([0.0, 0.5, 0.99, 1.0]),
     reward_dim=st.booleans(),
+    bootstrap_truncated=st.booleans(),
     data=st.lists(
         st.lists(st.tuples(st.integers(-3, 3), st.integers(0, 5), st.integers(0, 5)), min_size=3, max_size=3),
         min_size=1,
         max_size=14,
     ),
 )
-def test_matches_naive_reference(n: int, b: int, gamma: float, reward_dim: bool, data) -> None:
+def test_matches_naive_reference(
+    n: int, b: int, gamma: float, reward_dim: bool, bootstrap_truncated: bool, data
+) -> None:
     steps = [
         make_step(
             t,
@@ -200,8 +224,8 @@ def test_matches_naive_reference(n: int, b: int, gamma: float, reward_dim: bool,
         )
         for t, row in enumerate(data)
     ]
-    w = NStepWriter(n=n, gamma=gamma, num_envs=b)
+    w = NStepWriter(n=n, gamma=gamma, num_envs=b, bootstrap_truncated=bootstrap_truncated)
     got = [rows(w.add(s)) for s in steps]
     got.append(rows(w.flush()))
-    assert got == naive(n, gamma, steps)
+    assert got == naive(n, gamma, steps, bootstrap_truncated)
     assert w.num_pending == 0
