@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.core.optimizer import LightningOptimizer
+from tensordict import TensorDict
 from typing_extensions import override
 
 from lightning_accelrl import __version__
@@ -160,6 +161,12 @@ class RLModule(LightningModule):
         if spec is not None and self.hparams.get("env_spec") is None:
             self.hparams["env_spec"] = spec
         self.configure_model()
+
+
+def replay_updates(batch: TensorDict) -> tuple[TensorDict, ...]:
+    """The samples of each update in a replay training batch: ``[K, B]`` (an algorithm's ``updates_per_batch``
+    K > 1) gives K batches of ``[B]``; a ``[B]`` batch is one update."""
+    return batch.unbind(0) if batch.batch_dims == 2 else (batch,)
 
 
 def is_logging_batch(trainer: Trainer) -> bool:

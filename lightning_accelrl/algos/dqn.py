@@ -18,7 +18,7 @@ from tensordict import TensorDict
 from torch import nn
 from typing_extensions import override
 
-from lightning_accelrl.algos.base import RLModule, anneal
+from lightning_accelrl.algos.base import RLModule, anneal, replay_updates
 from lightning_accelrl.algos.large_batch import LrScaling, scaled_lr, scaled_period, scaled_tau
 from lightning_accelrl.data.needs import ExperienceNeeds
 from lightning_accelrl.envs.base import EnvSpec
@@ -48,6 +48,7 @@ class DQN(RLModule):
         gamma: float = 0.99,
         n_step: int = 1,
         bootstrap_truncated: bool = True,
+        updates_per_batch: int = 1,
         double_q: bool = False,
         dueling: bool = False,
         target_update_period: int = 250,
@@ -75,6 +76,7 @@ class DQN(RLModule):
         check(lr > 0, f"lr must be > 0, got {lr}")
         check(0 < gamma <= 1, f"gamma must be in (0, 1], got {gamma}")
         check(n_step >= 1, f"n_step must be >= 1, got {n_step}")
+        check(updates_per_batch >= 1, f"updates_per_batch must be >= 1, got {updates_per_batch}")
         check(target_update_period >= 1, f"target_update_period must be >= 1, got {target_update_period}")
         check(0 < target_tau <= 1, f"target_tau must be in (0, 1], got {target_tau}")
         check(
@@ -103,6 +105,7 @@ class DQN(RLModule):
             n_step=hp.n_step,
             gamma=hp.gamma,
             bootstrap_truncated=hp.bootstrap_truncated,
+            updates_per_batch=hp.updates_per_batch,
             prioritized=hp.prioritized,
             priority_exponent=hp.priority_exponent,
             actions="discrete",
@@ -204,7 +207,23 @@ class DQN(RLModule):
         w = n_p.clamp_min(1e-12).pow(-beta)
         return (w / w.max()).to(torch.float32).to(self.device)
 
+    @override
     def training_step(self, batch: TensorDict, batch_idx: int) -> None:
+        """One update per replay sample of the batch (``updates_per_batch`` of them), then the logs."""
+        for sample in replay_updates(batch):
+            loss, td_abs, lr = self.update(sample)
+        if self.logs_this_batch():
+            self.log_rollout_stats(
+                {
+                    "train/loss": loss.detach(),
+                    "train/q_abs_td": td_abs.mean(),
+                    "train/lr": lr,
+                    "train/epsilon": self.epsilon,
+                }
+            )
+
+    def update(self, batch: TensorDict) -> tuple[torch.Tensor, torch.Tensor, float]:
+        """One gradient step on a replay sample ``[B]``; returns the loss, |TD error| per item and the lr."""
         hp = self.hparams
         opt = self.optimizers()
         lr = anneal(opt.optimizer, self.base_lr(batch.batch_size[0]), self.progress, hp.anneal_lr)
@@ -218,15 +237,7 @@ class DQN(RLModule):
         if hp.prioritized:
             self.update_priorities(batch["key"], td_abs + hp.priority_epsilon)
         self.update_target(batch.batch_size[0])
-        if self.logs_this_batch():
-            self.log_rollout_stats(
-                {
-                    "train/loss": loss.detach(),
-                    "train/q_abs_td": td_abs.mean(),
-                    "train/lr": lr,
-                    "train/epsilon": self.epsilon,
-                }
-            )
+        return loss, td_abs, lr
 
     @torch.no_grad()
     def base_lr(self, batch_size: int) -> float:

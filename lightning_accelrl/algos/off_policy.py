@@ -12,10 +12,11 @@ from collections.abc import Iterable
 from typing import Any
 
 import torch
+from tensordict import TensorDict
 from torch import nn
 from typing_extensions import override
 
-from lightning_accelrl.algos.base import RLModule
+from lightning_accelrl.algos.base import RLModule, replay_updates
 from lightning_accelrl.algos.large_batch import scaled_lr, scaled_tau
 from lightning_accelrl.data.needs import ExperienceNeeds
 from lightning_accelrl.envs.base import EnvSpec
@@ -50,6 +51,7 @@ def check_common_arguments(
     random_steps: int,
     lr_scaling: str,
     reference_batch_size: int,
+    updates_per_batch: int,
 ) -> None:
     """The arguments SAC and TD3 share, each refused in one line (``ConfigError``)."""
     check(0 < gamma <= 1, f"gamma must be in (0, 1], got {gamma}")
@@ -62,6 +64,7 @@ def check_common_arguments(
         f"lr_scaling must be none, linear or sqrt, got {lr_scaling!r}",
     )
     check(reference_batch_size >= 1, f"reference_batch_size must be >= 1, got {reference_batch_size}")
+    check(updates_per_batch >= 1, f"updates_per_batch must be >= 1, got {updates_per_batch}")
 
 
 class OffPolicyContinuous(RLModule):
@@ -84,8 +87,21 @@ class OffPolicyContinuous(RLModule):
             n_step=hp.n_step,
             gamma=hp.gamma,
             bootstrap_truncated=hp.bootstrap_truncated,
+            updates_per_batch=hp.updates_per_batch,
             actions="continuous",
         )
+
+    # ----- learning -----------------------------------------------------------------------------------------
+    @override
+    def training_step(self, batch: TensorDict, batch_idx: int) -> None:
+        """One update per replay sample of the batch (``updates_per_batch`` of them), then the logs."""
+        for sample in replay_updates(batch):
+            metrics = self.update(sample)
+        self.log_rollout_stats(metrics)
+
+    def update(self, batch: TensorDict) -> dict[str, torch.Tensor]:
+        """One update on a replay sample ``[B]``; returns the metrics to log."""
+        raise NotImplementedError
 
     # ----- networks -----------------------------------------------------------------------------------------
     def build_networks(self, spec: EnvSpec) -> None:

@@ -70,6 +70,7 @@ class SAC(OffPolicyContinuous):
         gamma: float = 0.99,
         n_step: int = 1,
         bootstrap_truncated: bool = True,
+        updates_per_batch: int = 1,
         tau: float = 0.005,
         entropy_coef: float | None = None,
         initial_entropy_coef: float = 1.0,
@@ -87,7 +88,7 @@ class SAC(OffPolicyContinuous):
         for name, lr in (("actor_lr", actor_lr), ("critic_lr", critic_lr), ("alpha_lr", alpha_lr)):
             check(lr > 0, f"{name} must be > 0, got {lr}")
         check_common_arguments(
-            gamma, n_step, tau, num_critics, random_steps, lr_scaling, reference_batch_size
+            gamma, n_step, tau, num_critics, random_steps, lr_scaling, reference_batch_size, updates_per_batch
         )
         check(entropy_coef is None or entropy_coef >= 0, f"entropy_coef must be >= 0, got {entropy_coef}")
         check(initial_entropy_coef > 0, f"initial_entropy_coef must be > 0, got {initial_entropy_coef}")
@@ -128,7 +129,7 @@ class SAC(OffPolicyContinuous):
 
     # ----- learning -----------------------------------------------------------------------------------------
     @override
-    def training_step(self, batch: TensorDict, batch_idx: int) -> None:
+    def update(self, batch: TensorDict) -> dict[str, torch.Tensor]:
         hp = self.hparams
         actor_opt, critic_opt = self.optimizers()
         n = batch.batch_size[0]
@@ -171,12 +172,10 @@ class SAC(OffPolicyContinuous):
 
         # 4. targets
         self.polyak(self.critic_target, self.critic, n)
-        self.log_rollout_stats(
-            {
-                "train/critic_loss": critic_loss.detach(),
-                "train/actor_loss": actor_loss.detach(),
-                "train/alpha": alpha,
-                "train/entropy": -log_prob.detach().mean(),
-                "train/q_mean": q.detach().mean(),
-            }
-        )
+        return {
+            "train/critic_loss": critic_loss.detach(),
+            "train/actor_loss": actor_loss.detach(),
+            "train/alpha": alpha,
+            "train/entropy": -log_prob.detach().mean(),
+            "train/q_mean": q.detach().mean(),
+        }

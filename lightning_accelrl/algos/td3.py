@@ -52,6 +52,7 @@ class TD3(OffPolicyContinuous):
         gamma: float = 0.99,
         n_step: int = 1,
         bootstrap_truncated: bool = True,
+        updates_per_batch: int = 1,
         tau: float = 0.005,
         policy_delay: int = 2,
         target_policy_noise: float = 0.2,
@@ -69,7 +70,7 @@ class TD3(OffPolicyContinuous):
         super().__init__()
         check(actor_lr > 0 and critic_lr > 0, f"learning rates must be > 0, got {actor_lr}, {critic_lr}")
         check_common_arguments(
-            gamma, n_step, tau, num_critics, random_steps, lr_scaling, reference_batch_size
+            gamma, n_step, tau, num_critics, random_steps, lr_scaling, reference_batch_size, updates_per_batch
         )
         check(policy_delay >= 1, f"policy_delay must be >= 1, got {policy_delay}")
         check(target_policy_noise >= 0, f"target_policy_noise must be >= 0, got {target_policy_noise}")
@@ -104,7 +105,7 @@ class TD3(OffPolicyContinuous):
 
     # ----- learning -----------------------------------------------------------------------------------------
     @override
-    def training_step(self, batch: TensorDict, batch_idx: int) -> None:
+    def update(self, batch: TensorDict) -> dict[str, torch.Tensor]:
         hp = self.hparams
         actor_opt, critic_opt = self.optimizers()
         n = batch.batch_size[0]
@@ -148,7 +149,7 @@ class TD3(OffPolicyContinuous):
         metrics = {"train/critic_loss": critic_loss.detach(), "train/q_mean": q.detach().mean()}
         if update_actor:
             metrics["train/actor_loss"] = actor_loss.detach()
-        self.log_rollout_stats(metrics)
+        return metrics
 
 
 class DDPG(TD3):

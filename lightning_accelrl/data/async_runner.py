@@ -266,9 +266,12 @@ class AsyncRunner(ExperienceSource):
         if self.kind == "replay":
             if self.env_steps >= self.budget and self.all_finished():
                 return None
-            batch_size = int(self.ctx.settings["batch_size"])
             return watched_sample(
-                self._watchdog, self.client.sample, batch_size, self.all_finished, "the replay table server"
+                self._watchdog,
+                self.client.sample,
+                self.ctx.sample_size,
+                self.all_finished,
+                "the replay table server",
             )
         if self.updates >= self.total_updates:
             return None

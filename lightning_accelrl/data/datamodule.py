@@ -139,6 +139,7 @@ class ExperienceDataModule(LightningDataModule):
         self._spec: EnvSpec | None = None
         self._world_size, self._rank = 1, 0
         self.updates_done = 0
+        self._updates_per_batch = 1  # replay: the algorithm's updates per training batch ([K, B] batches)
         self._env_steps_all: int | None = None
         self.lags = LagMeter()
         self._elapsed_before = 0.0  # wall time of earlier runs (resume)
@@ -187,6 +188,7 @@ class ExperienceDataModule(LightningDataModule):
         self._rank, self._world_size = trainer.global_rank, trainer.world_size
         needs = consumer.experience_needs()
         check_needs(needs, self.env_spec, type(consumer).__name__)
+        self._updates_per_batch = needs.updates_per_batch if needs.kind == "replay" else 1
         ctx = SourceContext(
             make_env=self.env_factory(),
             env_spec=self.env_spec,
@@ -266,7 +268,9 @@ class ExperienceDataModule(LightningDataModule):
             self._exhausted = True
             self.trainer.should_stop = True
             return None
-        self.updates_done += 1
+        self.updates_done += self._updates_per_batch  # replay: updates; rollouts: training batches
+        if self._updates_per_batch > 1:  # K updates' samples, drawn in one call: [K * B] -> [K, B]
+            batch = batch.reshape(self._updates_per_batch, -1)
         agent.set_env_steps(self.env_steps, self.total_env_steps)  # this batch included
         self.lags.add(self.source.policy_lag(agent, batch))
         if self.source.exhausted:  # the last batch: end the epoch after it (no empty epoch to start)

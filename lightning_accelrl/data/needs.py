@@ -30,6 +30,9 @@ class ExperienceNeeds:
       ``table_size``, ``priority``); ``prioritized`` tables take priority write-backs. ``bootstrap_truncated``:
       whether a truncated step (a time limit) bootstraps from its final observation (the default, Gymnasium's
       meaning of truncation) or ends the n-step return like a terminal step (``bootstrap_discount`` 0).
+      ``updates_per_batch`` K: one training batch feeds K updates of ``batch_size`` each. The data side samples
+      ``K · batch_size`` items at once and hands them as ``[K, batch_size]`` (``[batch_size]`` when K is 1), so
+      Lightning's per-batch work and the table's per-call work are paid once for K updates.
     - ``actions``: the action spaces the algorithm handles: ``"discrete"`` (one Discrete), ``"continuous"`` (a Box)
       or ``"any"``.
     - ``lag_corrected``: rollouts may come from older policies (the algorithm corrects for the lag with the
@@ -44,6 +47,7 @@ class ExperienceNeeds:
     prioritized: bool = False
     priority_exponent: float = 0.6
     bootstrap_truncated: bool = True
+    updates_per_batch: int = 1
     actions: Literal["any", "discrete", "continuous"] = "any"
     lag_corrected: bool = False
 

@@ -179,9 +179,12 @@ class RayRunner(ExperienceSource):
         if self.kind == "replay":
             if self.env_steps >= self.budget and self.fleet.status["all_finished"]:
                 return None
-            batch_size = int(self.ctx.settings["batch_size"])
             return watched_sample(
-                self._watchdog, self.table.sample, batch_size, self.all_finished, "the ray replay table"
+                self._watchdog,
+                self.table.sample,
+                self.ctx.sample_size,
+                self.all_finished,
+                "the ray replay table",
             )
         if self.updates >= self.total_updates:
             return None

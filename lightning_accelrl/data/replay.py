@@ -36,21 +36,23 @@ from lightning_accelrl.sampling import SyncSampler
 from lightning_accelrl.sampling.agent import Agent
 
 
-def replay_limiter(samples_per_insert: float, min_size: int, batch_size: int, error_buffer: float | None):
+def replay_limiter(samples_per_insert: float, min_size: int, sample_size: int, error_buffer: float | None):
     """SampleToInsertRatio whose band is wide enough for a single-threaded loop to always make progress.
 
     Sampling ``n`` needs ``x − n ≥ min_diff`` and inserting needs ``x + spi ≤ max_diff`` (x = I·spi − S):
-    both refused is impossible when ``max_diff − min_diff ≥ n + spi``.
+    both refused is impossible when ``max_diff − min_diff ≥ n + spi``. ``sample_size`` is one training batch's
+    sample: ``batch_size`` × the algorithm's ``updates_per_batch``.
     """
     needed = max(
-        (batch_size + samples_per_insert) / 2, samples_per_insert, 1.0
+        (sample_size + samples_per_insert) / 2, samples_per_insert, 1.0
     )  # Reverb: band >= 2·max(1, spi)
     if error_buffer is None:
-        error_buffer = max(needed, float(batch_size))
+        error_buffer = max(needed, float(sample_size))
     elif error_buffer < needed:
         raise ConfigError(
-            f"replay_error_buffer {error_buffer} is too small for batch_size {batch_size} and replay_ratio "
-            f"{samples_per_insert}: use at least {needed:g} (or leave it unset)"
+            f"replay_error_buffer {error_buffer} is too small for samples of {sample_size} items per training "
+            f"batch (batch_size × updates_per_batch) and replay_ratio {samples_per_insert}: use at least "
+            f"{needed:g} (or leave it unset)"
         )
     return rate_limiters.SampleToInsertRatio(samples_per_insert, min_size, error_buffer)
 
@@ -88,7 +90,7 @@ def make_replay_table(
         rate_limiter=replay_limiter(
             settings["replay_ratio"],
             settings["learning_starts"],
-            settings["batch_size"],
+            settings["batch_size"] * needs.updates_per_batch,  # one training batch's sample
             settings["replay_error_buffer"],
         ),
         storage=FrameStackStorage(capacity) if frames else None,
@@ -161,7 +163,7 @@ class ReplaySource(ExperienceSource):
         self.table = make_replay_table(
             ctx.needs, ctx.settings, stores_frames(env.spec), seed=ctx.seed + 104_729 * ctx.rank
         )
-        self.batch_size = int(ctx.settings["batch_size"])
+        self.batch_size = ctx.sample_size
         self.pending: TensorDict | None = None
         self.env_time = 0.0  # seconds spent stepping envs because the limiter refused a sample
         self.sample_time = 0.0

@@ -52,6 +52,12 @@ class SourceContext:
     settings: dict[str, Any] = field(default_factory=dict)
 
     @property
+    def sample_size(self) -> int:
+        """Items a replay source samples for one training batch: ``batch_size`` for each of the algorithm's
+        ``updates_per_batch`` updates (the data module hands them on as ``[updates_per_batch, batch_size]``)."""
+        return int(self.settings["batch_size"]) * self.needs.updates_per_batch
+
+    @property
     def budget(self) -> int:
         """This rank's share of the env-step budget."""
         return math.ceil(self.total_env_steps / self.world_size)

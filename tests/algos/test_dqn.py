@@ -155,6 +155,10 @@ def test_replay_limiter_band_is_wide_enough_or_rejected() -> None:
     assert lim.max_diff - lim.min_diff >= 64 + 4.0
     with pytest.raises(ConfigError, match="replay_error_buffer"):
         replay_limiter(4.0, 100, 64, 10.0)
+    # a training batch of K updates samples K·B at once: the band must hold that sample
+    assert replay_limiter(4.0, 100, 3 * 64, 100.0).max_diff >= replay_limiter(4.0, 100, 64, 100.0).max_diff
+    with pytest.raises(ConfigError, match="updates_per_batch"):
+        replay_limiter(4.0, 100, 3 * 64, 50.0)
 
 
 def fit_replay(model, **data) -> ExperienceDataModule:
@@ -252,6 +256,36 @@ def test_time_limit_ends_bootstrap_unless_the_algorithm_says_otherwise(bootstrap
         assert float(batch["bootstrap_discount"][i]) == pytest.approx(0.0 if stops else 0.5 ** (end - t))
         assert bool(batch["next", "truncated"][i]) is truncated  # the env's flags are stored as they were
     assert cut > 0
+
+
+@pytest.mark.parametrize("prioritized", [False, True])
+def test_updates_per_batch_gives_each_update_its_own_share_of_one_sample(prioritized: bool, monkeypatch) -> None:
+    """K = 3: one table sample of 3·B items per training batch, split into 3 updates of B in order; the
+    replay ratio and the update count are those of one update per batch."""
+    calls: list[torch.Tensor] = []
+    batches: list[torch.Tensor] = []
+    update, next_batch = DQN.update, ExperienceDataModule.next_batch
+
+    def recording_update(self, batch):
+        calls.append(batch["key"].clone())
+        return update(self, batch)
+
+    def recording_batch(self):
+        batch = next_batch(self)
+        if batch is not None:
+            batches.append(batch["key"].clone())
+        return batch
+
+    monkeypatch.setattr(DQN, "update", recording_update)
+    monkeypatch.setattr(ExperienceDataModule, "next_batch", recording_batch)
+    model = DQN(hidden=(16,), updates_per_batch=3, prioritized=prioritized)
+    dm = fit_replay(model, num_envs=4, total_env_steps=1_200, batch_size=8, replay_ratio=4.0, learning_starts=100)
+    assert len(calls) == model.updates == dm.updates_done == 3 * len(batches) and model.updates > 30
+    assert all(keys.shape == (3, 8) for keys in batches)
+    assert torch.equal(torch.stack(calls), torch.cat(batches))  # update k of a batch gets row k of its sample
+    info = dm.source.table.info()
+    assert info["samples"] == 8 * model.updates
+    assert abs(info["samples"] / info["inserts"] - 4.0) < 0.5  # the limiter still holds the ratio
 
 
 def test_replay_mode_budget_and_config_errors() -> None:

@@ -278,11 +278,22 @@ def test_sac_actor_reads_the_critics_after_their_step() -> None:
     assert all(torch.equal(s, a) for s, a in zip(seen, after))
 
 
+def test_updates_per_batch_runs_the_updates_of_a_batch_in_turn() -> None:
+    """K = 3 updates per training batch with the actor every 3rd update: every batch moves the critics, and the
+    actor and both targets once (the delay counts updates, not batches)."""
+    model = TD3(policy_delay=3, updates_per_batch=3, actor_hidden=(16,), critic_hidden=(16,))
+    changes = Changes(("actor", "critic", "actor_target", "critic_target"))
+    dm = fit(model, budget=120, callbacks=[changes], replay_ratio=16.0)
+    assert model.updates == 3 * len(changes.changed) == dm.updates_done and len(changes.changed) >= 3
+    assert all(c == {"actor", "critic", "actor_target", "critic_target"} for c in changes.changed)
+
+
 @pytest.mark.parametrize("algo", [SAC, TD3], ids=["sac", "td3"])
 def test_async_samplers_feed_the_continuous_algorithms(algo: type) -> None:
-    model = algo(actor_hidden=(16,), critic_hidden=(16,), random_steps=50)
+    """Served replay tables too: 2 updates per training batch, sampled from the table server in one call."""
+    model = algo(actor_hidden=(16,), critic_hidden=(16,), random_steps=50, updates_per_batch=2)
     dm = fit(model, budget=1000, sampler="async", num_sampler_procs=2, replay_ratio=8.0)
-    assert dm.env_steps >= 1000 and model.updates > 100
+    assert dm.env_steps >= 1000 and model.updates > 100 and model.updates == dm.updates_done
     assert len(dm.tracker.recent_returns) >= 4  # 4 envs x 250 steps: 200-step episodes ended
 
 

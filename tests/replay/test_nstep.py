@@ -91,7 +91,12 @@ def test_truncation_ends_the_return_when_it_does_not_bootstrap() -> None:
     """The hand-computed n=3 sequence without bootstrapping at truncation: env 1's items that end at its time limit
     (t=3) keep their returns and lose their discount; everything else is as before."""
     w = NStepWriter(n=3, gamma=0.5, num_envs=2, bootstrap_truncated=False)
-    seq = [([1, 1], [0, 0], [0, 0]), ([2, 2], [0, 1], [0, 0]), ([3, 3], [0, 0], [0, 0]), ([4, 4], [0, 0], [0, 1])]
+    seq = [
+        ([1, 1], [0, 0], [0, 0]),
+        ([2, 2], [0, 1], [0, 0]),
+        ([3, 3], [0, 0], [0, 0]),
+        ([4, 4], [0, 0], [0, 1]),
+    ]
     got = [rows(w.add(make_step(t, r, te, tr))) for t, (r, te, tr) in enumerate(seq)]
     assert got[1] == [(0, 1, 2, 2.0, 0.0), (1, 1, 2, 2.0, 0.0)]
     assert got[2] == [(0, 0, 3, 2.75, 0.125)]
