@@ -15,6 +15,7 @@ Runs are interleaved (ours, bare, ours, bare, ...), one torch thread; medians ar
     .venv/bin/python benchmarks/update_cost.py                        # dqn c51 ppo, 3 repeats
     .venv/bin/python benchmarks/update_cost.py --algo dqn --repeats 5
     .venv/bin/python benchmarks/update_cost.py --algo dqn --profile    # cProfile of one of our runs
+    .venv/bin/python benchmarks/update_cost.py --algo dqn c51 --updates-per-batch 4
 """
 
 from __future__ import annotations
@@ -74,7 +75,12 @@ class _Env:
 
 
 def ours(
-    algo: str, env_steps: int, warm: int, profile: bool = False, log_every: int | None = None
+    algo: str,
+    env_steps: int,
+    warm: int,
+    profile: bool = False,
+    log_every: int | None = None,
+    updates_per_batch: int = 1,
 ) -> dict[str, float]:
     """One fit of the recipe (shortened to ``env_steps``; ``log_every`` replaces its ``log_every_n_steps``): ms
     per update, full and without env stepping."""
@@ -115,15 +121,19 @@ def ours(
 
     class Mark(Callback):
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-            updates = trainer.datamodule.updates_done
-            if updates == warm or "start" in marks:
-                marks["start" if updates == warm else "end"] = (*_clock(), _Env.wall, _Env.cpu, updates)
+            updates = trainer.datamodule.updates_done  # counts updates (K per batch with updates_per_batch K)
+            if "start" in marks:
+                marks["end"] = (*_clock(), _Env.wall, _Env.cpu, updates)
+            elif updates >= warm:
+                marks["start"] = (*_clock(), _Env.wall, _Env.cpu, updates)
 
     data = dict(recipe["data"], total_env_steps=env_steps)
     if replay:
         data["sampler"] = TimedReplay
     L.seed_everything(recipe["seed_everything"], verbose=False)
     dm = TimedData(**data)
+    if replay:
+        recipe["model"]["init_args"]["updates_per_batch"] = updates_per_batch
     model = model_from(recipe)
     if log_every is not None:
         recipe["trainer"]["log_every_n_steps"] = log_every
@@ -307,6 +317,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--bare-updates", type=int, default=None, help="updates of each bare run")
     p.add_argument("--profile", action="store_true", help="cProfile one of our runs per algorithm instead")
     p.add_argument("--log-every", type=int, default=None, help="replace the recipes' log_every_n_steps")
+    p.add_argument("--updates-per-batch", type=int, default=1, help="DQN/C51: updates per training batch")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, {os.cpu_count()} cores")
@@ -315,15 +326,17 @@ def main(argv: list[str] | None = None) -> int:
         env_steps = args.env_steps or env_steps
         if args.profile:
             print(f"== {algo}: cProfile of one run ({env_steps} env steps), load {loadavg()}")
-            ours(algo, env_steps, warm, profile=True, log_every=args.log_every)
+            ours(algo, env_steps, warm, True, args.log_every, args.updates_per_batch)
             continue
         bare_updates = args.bare_updates or (60 if algo == "ppo" else 600)
         rows: dict[str, list[float]] = {}
         every = "" if args.log_every is None else f", log_every_n_steps {args.log_every}"
+        if args.updates_per_batch > 1 and algo != "ppo":
+            every += f", {args.updates_per_batch} updates per batch"
         print(f"== {algo} ({RECIPE[algo]}, {env_steps} env steps per run, warm after {warm} updates{every})")
         for rep in range(args.repeats):
             load = loadavg()
-            o = ours(algo, env_steps, warm, log_every=args.log_every)
+            o = ours(algo, env_steps, warm, False, args.log_every, args.updates_per_batch)
             b = bare(algo, bare_updates, bare_updates // 10)
             for key, value in [*o.items(), ("bare_ms", b["update_ms"]), ("bare_cpu_ms", b["update_cpu_ms"])]:
                 rows.setdefault(key, []).append(value)
