@@ -163,6 +163,19 @@ class RLModule(LightningModule):
         self.configure_model()
 
 
+def replay_needs(hparams: Any, **more: Any) -> ExperienceNeeds:
+    """Replay needs from the options every replay algorithm has (``n_step``, ``gamma``, ``bootstrap_truncated``,
+    ``updates_per_batch``), plus the algorithm's own (``actions``, ``prioritized``...)."""
+    return ExperienceNeeds(
+        kind="replay",
+        n_step=hparams.n_step,
+        gamma=hparams.gamma,
+        bootstrap_truncated=hparams.bootstrap_truncated,
+        updates_per_batch=hparams.updates_per_batch,
+        **more,
+    )
+
+
 def replay_updates(batch: TensorDict) -> tuple[TensorDict, ...]:
     """The samples of each update in a replay training batch: ``[K, B]`` (an algorithm's ``updates_per_batch``
     K > 1) gives K batches of ``[B]``; a ``[B]`` batch is one update."""

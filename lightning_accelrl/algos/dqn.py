@@ -18,7 +18,7 @@ from tensordict import TensorDict
 from torch import nn
 from typing_extensions import override
 
-from lightning_accelrl.algos.base import RLModule, anneal, replay_updates
+from lightning_accelrl.algos.base import RLModule, anneal, replay_needs, replay_updates
 from lightning_accelrl.algos.large_batch import LrScaling, scaled_lr, scaled_period, scaled_tau
 from lightning_accelrl.data.needs import ExperienceNeeds
 from lightning_accelrl.envs.base import EnvSpec
@@ -100,15 +100,8 @@ class DQN(RLModule):
     def experience_needs(self) -> ExperienceNeeds:
         """Replay of n-step transitions of a discrete-action env, prioritized when asked."""
         hp = self.hparams
-        return ExperienceNeeds(
-            kind="replay",
-            n_step=hp.n_step,
-            gamma=hp.gamma,
-            bootstrap_truncated=hp.bootstrap_truncated,
-            updates_per_batch=hp.updates_per_batch,
-            prioritized=hp.prioritized,
-            priority_exponent=hp.priority_exponent,
-            actions="discrete",
+        return replay_needs(
+            hp, prioritized=hp.prioritized, priority_exponent=hp.priority_exponent, actions="discrete"
         )
 
     def build_networks(self, spec: EnvSpec) -> None:

@@ -16,7 +16,7 @@ from tensordict import TensorDict
 from torch import nn
 from typing_extensions import override
 
-from lightning_accelrl.algos.base import RLModule, replay_updates
+from lightning_accelrl.algos.base import RLModule, replay_needs, replay_updates
 from lightning_accelrl.algos.large_batch import scaled_lr, scaled_tau
 from lightning_accelrl.data.needs import ExperienceNeeds
 from lightning_accelrl.envs.base import EnvSpec
@@ -81,15 +81,7 @@ class OffPolicyContinuous(RLModule):
     # ----- what the data module must provide ------------------------------------------------------------
     @override
     def experience_needs(self) -> ExperienceNeeds:
-        hp = self.hparams
-        return ExperienceNeeds(
-            kind="replay",
-            n_step=hp.n_step,
-            gamma=hp.gamma,
-            bootstrap_truncated=hp.bootstrap_truncated,
-            updates_per_batch=hp.updates_per_batch,
-            actions="continuous",
-        )
+        return replay_needs(self.hparams, actions="continuous")
 
     # ----- learning -----------------------------------------------------------------------------------------
     @override
