@@ -46,7 +46,8 @@ class ExperienceDataModule(LightningDataModule):
         seed: base seed; env i of rank r gets ``seed + r * num_envs + i``. Defaults to ``seed_everything``'s seed.
         updates_per_epoch: training batches per Lightning epoch (checkpoints are written at epoch ends).
         episode_window: finished episodes averaged into ``episode_return_mean``.
-        batch_size: replay: transitions per training batch (``table.sample(batch_size)``).
+        batch_size: replay: transitions per update (a training batch samples ``batch_size`` for each of the
+            algorithm's ``updates_per_batch`` updates in one ``table.sample``).
         replay_capacity: replay: table size (oldest transitions are evicted first).
         replay_ratio: replay: sampled transitions per inserted transition (the limiter's samples_per_insert: the
             update-to-data ratio times the batch size).
