@@ -25,7 +25,7 @@ import torch
 from tensordict import TensorDict, TensorDictBase
 
 from .frames_item import _MAX_STREAM, _NO_KEY, _STREAM_SHIFT, _ZERO, FrameItemPath, _Views
-from .storage import Leaves, TensorStorage, new_tensordict
+from .storage import Leaves, TensorStorage, copy_rows_, new_tensordict
 
 __all__ = ["FrameStackStorage", "StreamIndexer"]
 
@@ -328,7 +328,7 @@ class FrameStackStorage(FrameItemPath):
             candidates = self._frames.index_select(0, safe)
             candidates[miss] = source
             self._check_consistent(items, candidates, inv, n)
-        self._frames.index_copy_(0, new[stored], source.index_select(0, stored))
+        copy_rows_(self._frames, new[stored], source.index_select(0, stored))
         self._frame_key.index_copy_(0, new[stored], uniq[miss][stored])
 
         slot_u = cached.clone()
@@ -348,7 +348,7 @@ class FrameStackStorage(FrameItemPath):
             where = sel.nonzero().squeeze(1)
             if len(where):
                 stacks = items.get(key).reshape(n * s, *self._frames.shape[1:])
-                out[where] = stacks.index_select(0, item[where] * s + col[where] % s)
+                copy_rows_(out, where, stacks.index_select(0, item[where] * s + col[where] % s))
         return out
 
     def _check_consistent(

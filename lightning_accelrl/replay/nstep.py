@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from tensordict import TensorDict, TensorDictBase
 
-from lightning_accelrl.replay.storage import field_leaves, new_tensordict
+from lightning_accelrl.replay.storage import copy_rows_, field_leaves, new_tensordict
 
 __all__ = ["NStepWriter"]
 
@@ -101,10 +101,10 @@ class NStepWriter:
         flat = pos * self.num_envs + rows
         for key, value in field_leaves(step):
             if key[0] != "next":
-                self._ring[key].index_copy_(0, flat, value)
+                copy_rows_(self._ring[key], flat, value)
         next_leaves = dict(field_leaves(nxt))
         for key, buf in self._last_next.items():
-            buf.index_copy_(0, rows, next_leaves[key])
+            copy_rows_(buf, rows, next_leaves[key])
         self._rewards[pos, rows] = reward.reshape(len(rows)).to(torch.float64)
         count = self._count[rows] + 1  # <= n: between calls every env has < n pending starts
 

@@ -39,6 +39,7 @@ __all__ = [
     "Leaves",
     "Storage",
     "TensorStorage",
+    "copy_rows_",
     "describe_mismatch",
     "field_leaves",
     "new_tensordict",
@@ -210,7 +211,7 @@ class TensorStorage:
         for buf, value in zip(self._buffers, values):
             if value.device != buf.device:
                 value = value.to(buf.device)
-            buf.index_copy_(0, slots, value)
+            copy_rows_(buf, slots, value)
 
     def _numpy_views(self) -> list[Any]:
         """Numpy views of the buffers for per-item writes (numpy indexing costs far less than torch's for one
@@ -328,7 +329,7 @@ class TensorStorage:
             buf = torch.zeros((self.capacity, *rows.shape[1:]), dtype=rows.dtype, device=device)
             if self._shared:
                 buf.share_memory_()
-            buf.index_copy_(0, slots, rows.to(device))
+            copy_rows_(buf, slots, rows.to(device))
             buffers.append(buf)
         self._set_layout(keys, buffers)
 
@@ -338,6 +339,32 @@ class TensorStorage:
 
 
 _new_unsafe = getattr(TensorDict, "_new_unsafe", None)
+
+
+def copy_rows_(dst: torch.Tensor, index: torch.Tensor, src: torch.Tensor) -> torch.Tensor:
+    """``dst.index_copy_(0, index, src)``, moving each row as 8-byte words where the rows allow it.
+
+    ``index_copy_`` copies element by element: for rows of bytes (Atari frames, frame stacks, masks) that is
+    several times slower than the same bytes copied as int64 (256 uint8 frames of 84x84 on one core: 1.03 ms
+    against 0.16 ms). A bit view changes only how many elements the copy walks, never the bytes.
+    """
+    if _word_rows(dst) and _word_rows(src) and src.dtype == dst.dtype and src.device == dst.device:
+        words = dst.view(dst.shape[0], -1).view(torch.int64)
+        words.index_copy_(0, index, src.reshape(src.shape[0], -1).view(torch.int64))
+        return dst
+    return dst.index_copy_(0, index, src)
+
+
+def _word_rows(t: torch.Tensor) -> bool:
+    """Contiguous rows of a multiple of 8 bytes, 8-byte aligned, of elements narrower than 8 bytes."""
+    size = t.element_size()
+    return (
+        t.dim() >= 2
+        and size < 8
+        and t.is_contiguous()
+        and (t[0].numel() * size) % 8 == 0
+        and (t.storage_offset() * size) % 8 == 0
+    )
 
 
 def new_tensordict(tree: dict[str, Any], n: int, device: torch.device | None = None) -> TensorDict:

@@ -1,5 +1,6 @@
-"""The zoo recipes (Acrobot, LunarLander): each header states its rl-zoo target, budget and source, the YAML
-agrees with the header, and ``accelrl fit --recipe NAME`` runs a few hundred env steps end to end.
+"""The zoo recipes (Acrobot, MountainCar, LunarLander): each header states its rl-zoo target, budget and
+source, the YAML agrees with the header, and ``accelrl fit --recipe NAME`` runs a few hundred env steps end to
+end.
 
 The learning proof (seeds 0, 1 and 2 over the whole budget, 5 to 25 minutes a seed on 2 CPU cores) is in
 ``benchmarks/RESULTS.md``, section "Classic-control zoo" (``python benchmarks/learning_report.py --recipes
@@ -34,6 +35,7 @@ ZOO = {
     "a2c-acrobot": ("Acrobot-v1", -83.4, ["--data.total_env_steps", "400"]),
     "ppo-acrobot": ("Acrobot-v1", -73.5, ["--data.total_env_steps", "400", "--data.rollout_steps", "16"]),
     "dqn-lunarlander": ("LunarLander-v3", 154, SHORT_REPLAY),
+    "dqn-mountaincar": ("MountainCar-v0", -101, SHORT_REPLAY),
     "ppo-mountaincar": ("MountainCar-v0", -110, ["--data.total_env_steps", "1024"]),
     "ppo-lunarlander": (
         "LunarLander-v3",

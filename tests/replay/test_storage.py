@@ -7,6 +7,7 @@ import torch
 from tensordict import TensorDict
 
 from lightning_accelrl.replay import Storage, Table, TensorStorage, rate_limiters, selectors
+from lightning_accelrl.replay.storage import copy_rows_
 
 
 def items(n: int, start: int = 0) -> TensorDict:
@@ -153,3 +154,36 @@ def test_shared_storage_is_read_by_a_forked_process_without_copies():
     assert parent.recv() == torch.arange(12.0).reshape(3, 4).tolist()
     proc.join(10)
     assert proc.exitcode == 0
+
+
+@pytest.mark.parametrize(
+    ("dtype", "row"),
+    [
+        (torch.uint8, (4, 84, 84)),  # frame stacks: copied as int64 words
+        (torch.bool, (16,)),
+        (torch.float32, (6,)),
+        (torch.int16, (3, 4)),
+        (torch.uint8, (3, 5)),  # 15-byte rows: the element-wise fallback
+        (torch.int64, (2,)),  # already 8-byte elements
+        (torch.float32, ()),  # one number per row
+    ],
+)
+def test_copy_rows_writes_what_index_copy_writes(dtype: torch.dtype, row: tuple[int, ...]) -> None:
+    gen = torch.Generator().manual_seed(0)
+    dst = (torch.rand((20, *row), generator=gen) * 100).to(dtype)
+    src = (torch.rand((5, *row), generator=gen) * 100).to(dtype)
+    index = torch.tensor([7, 0, 19, 3, 12])
+    expected = dst.clone().index_copy_(0, index, src)
+    assert copy_rows_(dst, index, src) is dst and torch.equal(dst, expected)
+    if dst.dim() >= 2:
+        n = dst[0].numel()
+        flat = torch.zeros(21 * n + 1, dtype=dtype)
+        # a view one row in (aligned) and a view one element in (misaligned: the element-wise path)
+        for view in (flat[n : 21 * n].view(20, *row), flat[1 : 20 * n + 1].view(20, *row)):
+            expected = view.clone().index_copy_(0, index, src)
+            assert torch.equal(copy_rows_(view, index, src), expected)
+        strided = torch.stack([src, src], 1)[:, 0]  # rows two apart: a non-contiguous source
+        assert not strided.is_contiguous()
+        assert torch.equal(
+            copy_rows_(dst.clone(), index, strided), dst.clone().index_copy_(0, index, strided)
+        )
