@@ -64,6 +64,22 @@ def test_needs_are_checked_against_the_env_at_setup() -> None:
     assert dm.source is None
 
 
+@pytest.mark.parametrize(
+    "needs",
+    [
+        ExperienceNeeds(kind="rollout", updates_per_batch=2),
+        ExperienceNeeds(kind="replay", updates_per_batch=0),
+    ],
+)
+def test_updates_per_batch_is_refused_where_it_means_nothing(needs: ExperienceNeeds) -> None:
+    """A user's algorithm may declare any needs: K updates per batch must be >= 1, and replay only."""
+    from lightning_accelrl.data.settings import check_needs
+
+    spec = ExperienceDataModule("CartPole-v1").env_spec
+    with pytest.raises(ConfigError, match="updates per batch: use 1 or more, with replay only"):
+        check_needs(needs, spec, "MyAlgorithm")
+
+
 def test_schedules_follow_the_pushed_env_steps() -> None:
     """ε is a function of the env steps the source pushed, not of anything read from a Trainer."""
     model = DQN(exploration_initial=1.0, exploration_final=0.1, exploration_fraction=0.5)

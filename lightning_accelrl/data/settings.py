@@ -67,3 +67,8 @@ def check_needs(needs: ExperienceNeeds, spec: EnvSpec, algorithm: str) -> None:
         raise ConfigError(
             f"{algorithm} asks for {needs.kind!r} experience; sources provide rollout or replay"
         )
+    if needs.updates_per_batch < 1 or (needs.kind == "rollout" and needs.updates_per_batch != 1):
+        raise ConfigError(
+            f"{algorithm} asks for {needs.updates_per_batch} updates per batch: use 1 or more, with replay only "
+            "(a rollout is one training batch; the algorithm sets its own epochs and minibatches)"
+        )
