@@ -5,6 +5,7 @@ token, no usage stats or dashboard) with a small object store; a Ray started her
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator
 from types import ModuleType
 
@@ -49,7 +50,13 @@ def loopback_cluster(**sampler_node: float) -> Iterator[tuple[object, object]]:
     loopback_ray_env()
     folder = tempfile.mkdtemp(prefix="accelrl-rc-", dir="/tmp")
     small = {"object_store_memory": 80 * 2**20}
-    with reaped_with_this_process(folder):
+    # Ray's Cluster writes its address file to Ray's default folder ($RAY_TMPDIR/ray, else /tmp/ray) whatever the
+    # head's temp_dir, and fails where that folder was never made (a machine that never ran Ray): point the
+    # default at this run's folder, so nothing lands in /tmp/ray either.
+    os.makedirs(os.path.join(folder, "ray"))
+    saved = os.environ.get("RAY_TMPDIR")
+    os.environ["RAY_TMPDIR"] = folder
+    with reaped_with_this_process(folder), _restored("RAY_TMPDIR", saved):
         cluster = Cluster(
             initialize_head=True,
             head_node_args={"num_cpus": 1, "include_dashboard": False, "temp_dir": folder, **small},
@@ -61,3 +68,15 @@ def loopback_cluster(**sampler_node: float) -> Iterator[tuple[object, object]]:
         finally:
             ray.shutdown()
             cluster.shutdown()
+
+
+@contextlib.contextmanager
+def _restored(name: str, value: str | None) -> Iterator[None]:
+    """Put the environment variable ``name`` back to ``value`` (unset for None) on the way out."""
+    try:
+        yield
+    finally:
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
