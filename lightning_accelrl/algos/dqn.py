@@ -127,7 +127,7 @@ class DQN(RLModule):
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.Adam(
-            self.q.parameters(), lr=self.hparams.lr, eps=self.hparams.adam_eps, fused=True
+            self.q.parameters(), lr=self.hparams.lr, eps=self.hparams.adam_eps, fused=self.fused_optimizers
         )
 
     # ----- acting -------------------------------------------------------------------------------------------
@@ -240,6 +240,7 @@ class DQN(RLModule):
             return hp.lr
         return scaled_lr(hp.lr, batch_size, hp.reference_batch_size, hp.lr_scaling)
 
+    @torch.no_grad()  # an in-place average under autograd would chain a graph node per update onto the target
     def update_target(self, batch_size: int) -> None:
         """Hard copy every ``target_update_period`` updates, or Polyak averaging with ``target_tau < 1`` every update.
 

@@ -113,9 +113,12 @@ def test_hard_and_polyak_target_updates() -> None:
         torch.equal(a, b) for a, b in zip(hard.q.parameters(), hard.q_target.parameters(), strict=True)
     )
     old = [p.clone() for p in soft.q_target.parameters()]
-    soft.update_target(32)
+    for _ in range(2):  # the second average starts from the first's result
+        soft.update_target(32)
     for o, t, q in zip(old, soft.q_target.parameters(), soft.q.parameters(), strict=True):
-        assert torch.allclose(t, 0.5 * (o + q))
+        assert torch.allclose(t, 0.25 * o + 0.75 * q)
+        # averaged in place outside autograd: the target stays a constant leaf, no graph chained across updates
+        assert t.is_leaf and not t.requires_grad and t.grad_fn is None
 
 
 def test_importance_weights_follow_probabilities() -> None:

@@ -233,6 +233,14 @@ def test_td3_updates_the_actor_and_targets_every_policy_delay_updates() -> None:
     for i, changed in enumerate(changes.changed, start=1):
         delayed = {"actor", "actor_target", "critic_target"}
         assert changed == ({"critic"} | delayed if i % 3 == 0 else {"critic"}), (i, changed)
+    assert_constant_leaves(model.actor_target, model.critic_target)
+
+
+def assert_constant_leaves(*targets: nn.Module) -> None:
+    """Polyak averaging runs outside autograd: the target networks stay leaves that need no gradient (an
+    in-place average under autograd would chain one graph node per update onto every target parameter)."""
+    for target in targets:
+        assert all(p.is_leaf and not p.requires_grad and p.grad_fn is None for p in target.parameters())
 
 
 def test_sac_steps_actor_critics_and_temperature_every_update() -> None:
@@ -247,6 +255,7 @@ def test_sac_steps_actor_critics_and_temperature_every_update() -> None:
     fit(model, budget=120, callbacks=[changes, Alpha()], replay_ratio=16.0)
     assert len(changes.changed) >= 9
     assert all(c == {"actor", "critic", "critic_target"} for c in changes.changed)
+    assert_constant_leaves(model.critic_target)
     assert len(set(alphas)) == len(alphas)  # the temperature moves every update
     fixed = SAC(entropy_coef=0.1, actor_hidden=(16,), critic_hidden=(16,))
     fit(fixed, budget=100, replay_ratio=16.0)
