@@ -22,12 +22,14 @@ from lightning_accelrl.nets.factory import network_argument
 from lightning_accelrl.nets.interfaces import NetworkArg
 
 
-def a2c_optimizer(parameters: Iterable[torch.nn.Parameter], hp: Mapping[str, Any]) -> torch.optim.Optimizer:
-    """RMSprop as in the original A2C (``hp.optimizer == "rmsprop"``), or fused Adam; ``lr``, ``eps``,
-    ``rmsprop_alpha`` from the hyper-parameters."""
+def a2c_optimizer(
+    parameters: Iterable[torch.nn.Parameter], hp: Mapping[str, Any], fused: bool = True
+) -> torch.optim.Optimizer:
+    """RMSprop as in the original A2C (``hp.optimizer == "rmsprop"``), or Adam (``fused``: one kernel); ``lr``,
+    ``eps``, ``rmsprop_alpha`` from the hyper-parameters."""
     if hp["optimizer"] == "rmsprop":
         return torch.optim.RMSprop(parameters, lr=hp["lr"], alpha=hp["rmsprop_alpha"], eps=hp["eps"])
-    return torch.optim.Adam(parameters, lr=hp["lr"], eps=hp["eps"], fused=True)
+    return torch.optim.Adam(parameters, lr=hp["lr"], eps=hp["eps"], fused=fused)
 
 
 class A2C(ActorCriticModule):
@@ -73,7 +75,7 @@ class A2C(ActorCriticModule):
         self.hparams["network"] = network  # a subclass's **kwargs): its plain form, a name or a class path
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        return a2c_optimizer(self.parameters(), self.hparams)
+        return a2c_optimizer(self.parameters(), self.hparams, self.fused_optimizers)
 
     def training_step(self, batch: TensorDict, batch_idx: int) -> None:
         hp = self.hparams

@@ -135,7 +135,9 @@ class APPO(ActorCriticModule):
         return ExperienceNeeds(kind="rollout", next_observation=True, lag_corrected=True)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.Adam(self.parameters(), lr=self.hparams.lr, eps=self.hparams.adam_eps, fused=True)
+        return torch.optim.Adam(
+            self.parameters(), lr=self.hparams.lr, eps=self.hparams.adam_eps, fused=self.fused_optimizers
+        )
 
     # acting: ActorCriticModule.act, one batched forward for all envs
     # ----- learning -----------------------------------------------------------------------------------------

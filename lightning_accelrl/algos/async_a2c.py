@@ -77,7 +77,7 @@ class AsyncA2C(ActorCriticModule):
 
     @override
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        return a2c_optimizer(self.parameters(), self.hparams)
+        return a2c_optimizer(self.parameters(), self.hparams, self.fused_optimizers)
 
     # acting: ActorCriticModule.act, one batched forward for all envs
     # ----- learning -----------------------------------------------------------------------------------------

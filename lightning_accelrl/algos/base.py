@@ -109,6 +109,13 @@ class RLModule(LightningModule):
             torch.manual_seed(self._experience.base_seed + 7919 * self.trainer.global_rank)
 
     # ----- learning ---------------------------------------------------------------------------------------
+    @property
+    def fused_optimizers(self) -> bool:
+        """Whether ``configure_optimizers`` may build fused optimizers (one kernel per step). Not under Lightning's
+        mixed precision (``16-mixed``, ``bf16-mixed``): its plugin refuses to clip the gradients of an optimizer
+        that unscales inside its own step, as fused Adam does, even for bf16, which has nothing to unscale."""
+        return self._trainer is None or not str(self.trainer.precision).endswith("-mixed")
+
     def gradient_step(self, optimizer: LightningOptimizer, loss: torch.Tensor, max_grad_norm: float) -> None:
         """One optimizer step on ``loss``: clear the gradients, backward through Lightning (precision, DDP),
         clip the gradients' global norm to ``max_grad_norm``, step."""

@@ -108,7 +108,7 @@ class SAC(OffPolicyContinuous):
 
     @override
     def configure_optimizers(self) -> tuple[torch.optim.Optimizer, torch.optim.Optimizer]:
-        """Two fused Adams: the actor's (with the temperature as a second group) and the critics'."""
+        """Two Adams (fused where allowed): the actor's (with the temperature as a second group), the critics'."""
         hp = self.hparams
         actor_groups = [{"params": list(self.actor.parameters()), "lr": hp.actor_lr, "base_lr": hp.actor_lr}]
         if hp.entropy_coef is None:
@@ -116,7 +116,8 @@ class SAC(OffPolicyContinuous):
         critic_groups = [
             {"params": list(self.critic.parameters()), "lr": hp.critic_lr, "base_lr": hp.critic_lr}
         ]
-        return torch.optim.Adam(actor_groups, fused=True), torch.optim.Adam(critic_groups, fused=True)
+        fused = self.fused_optimizers
+        return torch.optim.Adam(actor_groups, fused=fused), torch.optim.Adam(critic_groups, fused=fused)
 
     # ----- acting -------------------------------------------------------------------------------------------
     @override

@@ -85,11 +85,11 @@ class TD3(OffPolicyContinuous):
 
     @override
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
-        """Two fused Adams: the critics step every update, the actor every ``policy_delay`` updates."""
+        """Two Adams (fused where allowed): the critics step every update, the actor every ``policy_delay`` updates."""
         hp = self.hparams
         return [
-            torch.optim.Adam(self.actor.parameters(), lr=hp.actor_lr, fused=True),
-            torch.optim.Adam(self.critic.parameters(), lr=hp.critic_lr, fused=True),
+            torch.optim.Adam(self.actor.parameters(), lr=hp.actor_lr, fused=self.fused_optimizers),
+            torch.optim.Adam(self.critic.parameters(), lr=hp.critic_lr, fused=self.fused_optimizers),
         ]
 
     # ----- acting -------------------------------------------------------------------------------------------

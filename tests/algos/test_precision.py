@@ -1,0 +1,87 @@
+"""Lightning's mixed precision (``Trainer(precision="bf16-mixed")``) with every kind of algorithm, on the CPU.
+
+The updates run under bf16 autocast (matrix products in bf16, parameters and optimizer state in fp32); the
+optimizers are built unfused there, because Lightning's mixed-precision plugin refuses to clip the gradients of
+an optimizer that unscales inside its own step (fused Adam), and fused elsewhere.
+"""
+
+from __future__ import annotations
+
+import lightning as L
+import pytest
+import torch
+from foundation_helpers import trainer_kwargs
+from torch import nn
+
+from lightning_accelrl import DQN, PPO, SAC, ExperienceDataModule
+
+CASES = {
+    "dqn": (
+        lambda: DQN(hidden=(32,)),
+        "CartPole-v1",
+        {"batch_size": 32, "replay_ratio": 8.0, "learning_starts": 64},
+    ),
+    "ppo": (lambda: PPO(hidden=(32,), minibatch_size=32), "CartPole-v1", {"rollout_steps": 32}),
+    "sac": (
+        lambda: SAC(actor_hidden=(32,), critic_hidden=(32,), random_steps=64),
+        "Pendulum-v1",
+        {"batch_size": 32, "replay_ratio": 8.0, "learning_starts": 64},
+    ),
+}
+
+
+class LinearOutputDtypes(L.Callback):
+    """The dtypes of every ``nn.Linear`` output seen during training batches (not while acting)."""
+
+    def __init__(self) -> None:
+        self.dtypes: set[torch.dtype] = set()
+        self.training = False
+
+    def on_fit_start(self, trainer, pl_module) -> None:  # noqa: ANN001
+        for module in pl_module.modules():
+            if isinstance(module, nn.Linear):
+                module.register_forward_hook(self.record)
+
+    def record(self, module: nn.Module, args: tuple, output: torch.Tensor) -> None:
+        if self.training:
+            self.dtypes.add(output.dtype)
+
+    def on_train_batch_start(self, *args) -> None:  # noqa: ANN002
+        self.training = True
+
+    def on_train_batch_end(self, *args) -> None:  # noqa: ANN002
+        self.training = False
+
+
+def fit(name: str, precision: str) -> tuple[L.LightningModule, LinearOutputDtypes]:
+    make, env, data = CASES[name]
+    L.seed_everything(0, verbose=False)
+    model, seen = make(), LinearOutputDtypes()
+    dm = ExperienceDataModule(env, num_envs=2, total_env_steps=400, seed=0, **data)
+    trainer = L.Trainer(**trainer_kwargs(precision=precision), max_epochs=-1, callbacks=[seen])
+    trainer.fit(model, datamodule=dm)
+    return model, seen
+
+
+def optimizers(model: L.LightningModule) -> list[torch.optim.Optimizer]:
+    found = model.trainer.optimizers
+    return list(found) if isinstance(found, list | tuple) else [found]
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_bf16_mixed_runs_the_updates_in_bf16_with_unfused_optimizers(name: str) -> None:
+    model, seen = fit(name, "bf16-mixed")
+    assert seen.dtypes == {torch.bfloat16}  # every layer of every update ran under autocast
+    assert all(not opt.defaults["fused"] for opt in optimizers(model))
+    params = [p for p in model.parameters() if p.requires_grad]
+    assert all(p.dtype == torch.float32 and torch.isfinite(p).all() for p in params)
+    assert all(
+        state["exp_avg"].dtype == torch.float32 for opt in optimizers(model) for state in opt.state.values()
+    )
+
+
+@pytest.mark.parametrize("name", ["dqn", "sac"])
+def test_full_precision_keeps_fused_optimizers(name: str) -> None:
+    model, seen = fit(name, "32-true")
+    assert seen.dtypes == {torch.float32}
+    assert all(opt.defaults["fused"] for opt in optimizers(model))
