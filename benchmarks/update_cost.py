@@ -1,6 +1,7 @@
 """Per-update cost of our full training loop against a bare PyTorch loop doing the same maths, in one process.
 
-For DQN, C51 (replay, the ``*-cartpole`` recipes' settings) and PPO (rollouts, ``ppo-cartpole``) on CartPole-v1:
+For DQN, C51 (replay, the ``*-cartpole`` recipes' settings) and PPO (rollouts, ``ppo-cartpole``) on CartPole-v1,
+and PPO on Atari (``ppo-atari``: the ``ppo-breakout`` recipe, Nature CNN on 84×84×4 uint8 frames):
 
 - **ours**: ``Trainer.fit`` with the recipe's algorithm, ``ExperienceDataModule``, replay table, CSV and TensorBoard
   loggers, the CLI's default callbacks (env-step progress bar, ``last.ckpt``, RNG state, ``RunSummary``). Timed
@@ -16,6 +17,7 @@ Runs are interleaved (ours, bare, ours, bare, ...), one torch thread; medians ar
     .venv/bin/python benchmarks/update_cost.py --algo dqn --repeats 5
     .venv/bin/python benchmarks/update_cost.py --algo dqn --profile    # cProfile of one of our runs
     .venv/bin/python benchmarks/update_cost.py --algo dqn c51 --updates-per-batch 4
+    .venv/bin/python benchmarks/update_cost.py --algo ppo-atari --repeats 3      # ale-py (the atari extra)
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ import yaml
 
 HERE = Path(__file__).resolve().parent
 RECIPES = HERE.parent / "lightning_accelrl" / "recipes"
-RECIPE = {"dqn": "dqn-cartpole", "c51": "c51-cartpole", "ppo": "ppo-cartpole"}
+RECIPE = {"dqn": "dqn-cartpole", "c51": "c51-cartpole", "ppo": "ppo-cartpole", "ppo-atari": "ppo-breakout"}
 
 
 def load_recipe(algo: str) -> dict[str, Any]:
@@ -96,7 +98,7 @@ def ours(
     from lightning_accelrl.data.replay import ReplaySource
 
     recipe = load_recipe(algo)
-    replay = algo != "ppo"
+    replay = not is_ppo(algo)
     _Env.wall = _Env.cpu = 0.0
 
     class TimedReplay(ReplaySource):
@@ -178,10 +180,16 @@ def ours(
 
 
 # --------------------------------------------------------------------------------------------- bare loops
-def _spec():
+def is_ppo(algo: str) -> bool:
+    return algo.startswith("ppo")
+
+
+def _spec(recipe: dict[str, Any]):
+    """The env spec of the recipe's env (with its env kwargs)."""
     from lightning_accelrl import ExperienceDataModule
 
-    return ExperienceDataModule("CartPole-v1").env_spec
+    data = recipe["data"]
+    return ExperienceDataModule(data["env"], env_kwargs=data.get("env_kwargs")).env_spec
 
 
 def bare_q(algo: str, updates: int, warm: int) -> dict[str, float]:
@@ -191,7 +199,7 @@ def bare_q(algo: str, updates: int, warm: int) -> dict[str, float]:
 
     recipe = load_recipe(algo)
     hp, data = recipe["model"]["init_args"], recipe["data"]
-    spec = _spec()
+    spec = _spec(recipe)
     atoms = hp.get("num_atoms", 1)
     q = QNetwork(spec, "auto", hp["hidden"], dueling=hp["dueling"], num_atoms=atoms)
     q_target = QNetwork(spec, "auto", hp["hidden"], dueling=hp["dueling"], num_atoms=atoms)
@@ -235,19 +243,23 @@ def bare_q(algo: str, updates: int, warm: int) -> dict[str, float]:
     return _mean_ms(times)
 
 
-def bare_ppo(updates: int, warm: int) -> dict[str, float]:
-    """PPO's update written out: GAE over a [T, B] rollout, then ``update_epochs`` passes of minibatches."""
+def bare_ppo(algo: str, updates: int, warm: int) -> dict[str, float]:
+    """PPO's update written out: GAE over a [T, B] rollout, then ``update_epochs`` passes of minibatches (with
+    the value loss clipped where the recipe clips it)."""
     from lightning_accelrl.algos.returns import gae
     from lightning_accelrl.nets.actor_critic import ActionDist
     from lightning_accelrl.nets.factory import build_actor_critic
 
-    recipe = load_recipe("ppo")
+    recipe = load_recipe(algo)
     hp, data = recipe["model"]["init_args"], recipe["data"]
-    spec = _spec()
-    net = build_actor_critic(spec, "auto", hp["hidden"], "tanh")
+    spec = _spec(recipe)
+    net = build_actor_critic(spec, hp.get("network", "auto"), hp.get("hidden", (64, 64)), "tanh")
     opt = torch.optim.Adam(net.parameters(), lr=hp["lr"], eps=1e-5, fused=True)
     t_steps, b = data["rollout_steps"], data["num_envs"]
-    obs = torch.randn(t_steps, b, spec.observation_shape[0])
+    if spec.observation_dtype == torch.uint8:  # frames: the network scales them
+        obs = torch.randint(0, 256, (t_steps, b, *spec.observation_shape), dtype=torch.uint8)
+    else:
+        obs = torch.randn(t_steps, b, *spec.observation_shape)
     reward, value, next_value = (
         torch.ones(t_steps, b, 1),
         torch.randn(t_steps, b, 1),
@@ -278,7 +290,15 @@ def bare_ppo(updates: int, warm: int) -> dict[str, float]:
                 ad = adv.index_select(0, idx)
                 ad = (ad - ad.mean()) / (ad.std() + 1e-8)
                 pg = torch.max(-ad * ratio, -ad * ratio.clamp(1 - clip, 1 + clip)).mean()
-                vl = 0.5 * ((v.squeeze(-1) - ret.index_select(0, idx)) ** 2).mean()
+                v, r = v.squeeze(-1), ret.index_select(0, idx)
+                if hp.get(
+                    "clip_value_loss", False
+                ):  # CleanRL's clipped value loss, around the rollout's values
+                    v_old = value.reshape(-1).index_select(0, idx)
+                    v_clipped = v_old + (v - v_old).clamp(-clip, clip)
+                    vl = 0.5 * torch.max((v - r) ** 2, (v_clipped - r) ** 2).mean()
+                else:
+                    vl = 0.5 * ((v - r) ** 2).mean()
                 loss = pg + hp["value_coef"] * vl - hp["entropy_coef"] * dist.entropy().mean()
                 opt.zero_grad()
                 loss.backward()
@@ -302,11 +322,13 @@ def _mean_ms(times: list[tuple[float, float]]) -> dict[str, float]:
 
 
 def bare(algo: str, updates: int, warm: int) -> dict[str, float]:
-    return bare_ppo(updates, warm) if algo == "ppo" else bare_q(algo, updates, warm)
+    return bare_ppo(algo, updates, warm) if is_ppo(algo) else bare_q(algo, updates, warm)
 
 
 # --------------------------------------------------------------------------------------------- main
-DEFAULTS = {"dqn": (12_000, 200), "c51": (12_000, 200), "ppo": (60_000, 30)}  # env steps, warm updates
+# env steps of each of our runs, warm-up updates (ppo-atari: one update is a 1,024-step rollout's 16 CNN steps)
+DEFAULTS = {"dqn": (12_000, 200), "c51": (12_000, 200), "ppo": (60_000, 30), "ppo-atari": (10_240, 2)}
+BARE_UPDATES = {"ppo": 60, "ppo-atari": 6}  # the replay algorithms: 600
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -328,16 +350,16 @@ def main(argv: list[str] | None = None) -> int:
             print(f"== {algo}: cProfile of one run ({env_steps} env steps), load {loadavg()}")
             ours(algo, env_steps, warm, True, args.log_every, args.updates_per_batch)
             continue
-        bare_updates = args.bare_updates or (60 if algo == "ppo" else 600)
+        bare_updates = args.bare_updates or BARE_UPDATES.get(algo, 600)
         rows: dict[str, list[float]] = {}
         every = "" if args.log_every is None else f", log_every_n_steps {args.log_every}"
-        if args.updates_per_batch > 1 and algo != "ppo":
+        if args.updates_per_batch > 1 and not is_ppo(algo):
             every += f", {args.updates_per_batch} updates per batch"
         print(f"== {algo} ({RECIPE[algo]}, {env_steps} env steps per run, warm after {warm} updates{every})")
         for rep in range(args.repeats):
             load = loadavg()
             o = ours(algo, env_steps, warm, False, args.log_every, args.updates_per_batch)
-            b = bare(algo, bare_updates, bare_updates // 10)
+            b = bare(algo, bare_updates, max(1, bare_updates // 10))
             for key, value in [*o.items(), ("bare_ms", b["update_ms"]), ("bare_cpu_ms", b["update_cpu_ms"])]:
                 rows.setdefault(key, []).append(value)
             print(
