@@ -402,8 +402,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise
 
 
+# Trainer flags Lightning refuses for modules that step their own optimizers (every algorithm here), with what
+# an RL user sets instead; appended to Lightning's own message
+_MANUAL_OPTIMIZATION_HINTS = {
+    "gradient clipping": "the algorithms clip their own gradients: set --model.init_args.max_grad_norm instead",
+    "gradient accumulation": "each training batch is one update: for larger updates raise --data.batch_size "
+    "(replay) or --data.num_envs / --data.rollout_steps (rollouts)",
+}
+
+
 def _user_error(exc: BaseException) -> str | None:
-    """A ConfigError or argument error anywhere in the cause chain (jsonargparse wraps constructor errors)."""
+    """A ConfigError, argument error or Lightning misconfiguration (a Trainer flag that cannot apply) anywhere in
+    the cause chain (jsonargparse wraps constructor errors)."""
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+
     from lightning_accelrl.errors import ConfigError
 
     seen = exc
@@ -412,6 +424,15 @@ def _user_error(exc: BaseException) -> str | None:
             return str(seen)
         if type(seen).__name__ == "ArgumentError":
             return _condense_argument_error(str(seen))
+        if isinstance(seen, MisconfigurationException):
+            import re
+
+            message = " ".join(str(seen).split())
+            hints = [hint for key, hint in _MANUAL_OPTIMIZATION_HINTS.items() if key in message]
+            flag = re.search(r"`(Trainer\([^`]*\))`", message)
+            if hints and flag:  # Lightning's "switch to automatic optimization" is not the user's to do here
+                message = f"{flag.group(1)} does not apply: {hints[0]}"
+            return message
         seen = seen.__cause__ or seen.__context__
     return None
 

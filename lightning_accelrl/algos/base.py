@@ -98,7 +98,13 @@ class RLModule(LightningModule):
 
     @override
     def on_fit_start(self) -> None:
-        """Fail at once without an experience source; per-rank randomness for action sampling."""
+        """Fail at once without an experience source or with 64-bit precision; per-rank randomness for action
+        sampling."""
+        if str(self.trainer.precision).startswith("64"):
+            raise ConfigError(
+                f"Trainer precision {self.trainer.precision!r} is not supported: envs hand over float32 "
+                "observations and replay stores float32; use 32-true (the default), bf16-mixed or 16-mixed"
+            )
         if self._experience is None:
             raise ConfigError(
                 f"{type(self).__name__} trains on {self.experience_needs().describe()} from an experience "

@@ -91,6 +91,19 @@ def test_recipes_show_prints_yaml(tmp_path: Path) -> None:
             "env processes need",
         ),
         (["train"], "unknown command 'train'"),
+        (
+            ["fit", "--recipe", "dqn-cartpole", "--trainer.gradient_clip_val", "1.0"],
+            "Trainer(gradient_clip_val=1.0) does not apply: the algorithms clip their own gradients: set "
+            "--model.init_args.max_grad_norm instead",
+        ),
+        (
+            ["fit", "--recipe", "ppo-cartpole", "--trainer.accumulate_grad_batches", "2"],
+            "Trainer(accumulate_grad_batches=2) does not apply: each training batch is one update",
+        ),
+        (
+            ["fit", "--recipe", "ppo-cartpole", "--trainer.precision", "64-true"],
+            "precision '64-true' is not supp",
+        ),
     ],
 )
 def test_bad_input_is_one_line_and_exit_code_2(tmp_path: Path, args: list[str], fragment: str) -> None:
