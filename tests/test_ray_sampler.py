@@ -242,3 +242,18 @@ def _restart_fit(kill_at: list[int], restarts: int, budget: int) -> tuple[DQN, E
     model, kill = DQN(hidden=[16]), _KillAt(kill_at)
     dm = _fit(kill, model, total_env_steps=budget, sampler_restarts=restarts)
     return model, dm, kill
+
+
+def test_placement_tells_a_request_the_cluster_lacks_from_a_slow_start() -> None:
+    """``fits`` decides which deadline applies to an actor that has not started: the short one when the cluster's
+    totals cannot hold it (a lost node, a resource no node offers), the long one when they can (a slow start)."""
+    from lightning_accelrl.data.ray_fleet import PLACEMENT_TIMEOUT_S, START_TIMEOUT_S, fits
+
+    cluster = {"CPU": 3.0, "memory": 1e9, "sampler_node": 2.0}
+    assert fits({"num_cpus": 1}, cluster)
+    assert fits({"num_cpus": 1, "resources": {"sampler_node": 2}}, cluster)
+    assert not fits({"num_cpus": 1, "resources": {"sampler_node": 3}}, cluster)
+    assert not fits({"num_cpus": 1, "resources": {"lost_node": 1}}, cluster)  # its node left the totals
+    assert not fits({"num_cpus": 4}, cluster)
+    assert fits({"num_cpus": 0}, {})
+    assert PLACEMENT_TIMEOUT_S < START_TIMEOUT_S

@@ -10,9 +10,11 @@ watching, replacing and stopping one rank's sampler actors.
 - **Coordinator**: the published weights with their version, each sampler's env steps and acting version, the
   finished episodes not yet read by the learner, and the stop flag.
 - **Supervision**: a sampler actor that dies or raises is replaced while ``sampler_restarts`` allows (a fresh actor,
-  an env stream no sampler used, its slot's env-step count); one that no node can take within
-  :data:`PLACEMENT_TIMEOUT_S` (its node was lost and no other has the resources) or a failure beyond the restarts
-  raises :class:`~lightning_accelrl.data.supervision.SamplerProcessError` (one line): never a silent wait.
+  an env stream no sampler used, its slot's env-step count); one whose resources the cluster lacks for
+  :data:`PLACEMENT_TIMEOUT_S` (its node was lost and no other has the resources), one the cluster could hold that
+  still has not started after :data:`START_TIMEOUT_S` (on a loaded machine starting a worker and importing torch
+  can take a minute), or a failure beyond the restarts raises
+  :class:`~lightning_accelrl.data.supervision.SamplerProcessError` (one line): never a silent wait.
 """
 
 from __future__ import annotations
@@ -39,12 +41,13 @@ try:
 except ImportError as err:  # pragma: no cover - exercised only without the extra
     raise ConfigError("sampler='ray' needs Ray: pip install 'lightning-accelrl[ray]'") from err
 
-__all__ = ["PLACEMENT_TIMEOUT_S", "RayFleet", "learner_node_options"]
+__all__ = ["PLACEMENT_TIMEOUT_S", "START_TIMEOUT_S", "RayFleet", "fits", "learner_node_options"]
 
 log = logging.getLogger(__name__)
 
 #: how long a sampler actor may wait for a node with its resources before the run fails
-PLACEMENT_TIMEOUT_S = 60.0
+PLACEMENT_TIMEOUT_S = 60.0  # an actor asking for more than the cluster has (a lost node): fail after this
+START_TIMEOUT_S = 600.0  # an actor the cluster could hold that has not started yet: fail after this
 _STOP_GRACE_S = 3.0  # close(): how long running calls get to return by themselves before actors are killed
 
 
@@ -169,6 +172,14 @@ def _check_reachable(address: str) -> None:
             f"nothing answers at ray_address={address!r} ({err.strerror or err}): start the cluster's head there "
             "(`ray start --head --port PORT`) or fix the address"
         ) from None
+
+
+def fits(actor_options: dict[str, Any], cluster: dict[str, float]) -> bool:
+    """Whether the cluster's total resources (``ray.cluster_resources()``) cover what one actor asks for: its
+    CPUs and custom resources. A lost node's resources leave the totals, so a request only it could meet stops
+    fitting."""
+    need = {"CPU": float(actor_options.get("num_cpus", 0)), **actor_options.get("resources", {})}
+    return all(cluster.get(name, 0.0) >= amount for name, amount in need.items() if amount > 0)
 
 
 def learner_node_options() -> dict[str, Any]:
@@ -326,21 +337,32 @@ class RayFleet:
         self._spawn(idx)
 
     def check_placement(self) -> None:
-        """Raise one line for a sampler actor that no node took within :data:`PLACEMENT_TIMEOUT_S`."""
+        """Raise one line for a sampler actor not started in time: within :data:`PLACEMENT_TIMEOUT_S` while the
+        cluster lacks its resources, within :data:`START_TIMEOUT_S` while it has them (a slow start)."""
         waiting = [(i, entry) for i, entry in enumerate(self._ready) if entry is not None]
         if not waiting:
             return
         ready, _ = ray.wait([ref for _, (ref, _) in waiting], num_returns=len(waiting), timeout=0)
         now = time.monotonic()
-        for i, (ref, since) in waiting:
+        late = [(i, now - since) for i, (ref, since) in waiting if ref not in ready]
+        for i, (ref, _) in waiting:
             if ref in ready:
                 self._ready[i] = None
-            elif now - since > PLACEMENT_TIMEOUT_S:
-                raise SamplerProcessError(
-                    f"ray sampler actor {i} of rank {self.ctx.rank} found no node with "
-                    f"{self.actor_options} for {PLACEMENT_TIMEOUT_S:.0f} s (a lost node, or ray_sampler_resources "
-                    "that no node offers); stopping the run"
-                )
+        if not any(waited > PLACEMENT_TIMEOUT_S for _, waited in late):
+            return
+        i, waited = max(late, key=lambda entry: entry[1])
+        if not fits(self.actor_options, ray.cluster_resources()):
+            raise SamplerProcessError(
+                f"ray sampler actor {i} of rank {self.ctx.rank} found no node with "
+                f"{self.actor_options} for {PLACEMENT_TIMEOUT_S:.0f} s (a lost node, or ray_sampler_resources "
+                "that no node offers); stopping the run"
+            )
+        if waited > START_TIMEOUT_S:
+            raise SamplerProcessError(
+                f"ray sampler actor {i} of rank {self.ctx.rank} has not started after {START_TIMEOUT_S:.0f} s "
+                f"although the cluster has {self.actor_options} (workers too slow to start, or the cluster's "
+                "CPUs held by other actors); stopping the run"
+            )
 
     def node_ids(self, timeout: float = 30.0) -> list[str]:
         """The node each sampler actor runs on, as the actors reported when they started (waits for them)."""
