@@ -45,9 +45,10 @@ __all__ = ["PLACEMENT_TIMEOUT_S", "START_TIMEOUT_S", "RayFleet", "fits", "learne
 
 log = logging.getLogger(__name__)
 
-#: how long a sampler actor may wait for a node with its resources before the run fails
-PLACEMENT_TIMEOUT_S = 60.0  # an actor asking for more than the cluster has (a lost node): fail after this
-START_TIMEOUT_S = 600.0  # an actor the cluster could hold that has not started yet: fail after this
+# how long a sampler actor may take to start before the run fails: while it asks for more than the cluster has
+# (a lost node, resources no node offers), and while the cluster could hold it (a slow start on a busy machine)
+PLACEMENT_TIMEOUT_S = 60.0
+START_TIMEOUT_S = 600.0
 _STOP_GRACE_S = 3.0  # close(): how long running calls get to return by themselves before actors are killed
 
 
