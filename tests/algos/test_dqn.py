@@ -262,7 +262,9 @@ def test_time_limit_ends_bootstrap_unless_the_algorithm_says_otherwise(bootstrap
 
 
 @pytest.mark.parametrize("prioritized", [False, True])
-def test_updates_per_batch_gives_each_update_its_own_share_of_one_sample(prioritized: bool, monkeypatch) -> None:
+def test_updates_per_batch_gives_each_update_its_own_share_of_one_sample(
+    prioritized: bool, monkeypatch
+) -> None:
     """K = 3: one table sample of 3·B items per training batch, split into 3 updates of B in order; the
     replay ratio and the update count are those of one update per batch."""
     calls: list[torch.Tensor] = []
@@ -282,7 +284,9 @@ def test_updates_per_batch_gives_each_update_its_own_share_of_one_sample(priorit
     monkeypatch.setattr(DQN, "update", recording_update)
     monkeypatch.setattr(ExperienceDataModule, "next_batch", recording_batch)
     model = DQN(hidden=(16,), updates_per_batch=3, prioritized=prioritized)
-    dm = fit_replay(model, num_envs=4, total_env_steps=1_200, batch_size=8, replay_ratio=4.0, learning_starts=100)
+    dm = fit_replay(
+        model, num_envs=4, total_env_steps=1_200, batch_size=8, replay_ratio=4.0, learning_starts=100
+    )
     assert len(calls) == model.updates == dm.updates_done == 3 * len(batches) and model.updates > 30
     assert all(keys.shape == (3, 8) for keys in batches)
     assert torch.equal(torch.stack(calls), torch.cat(batches))  # update k of a batch gets row k of its sample
