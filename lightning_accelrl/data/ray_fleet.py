@@ -345,13 +345,15 @@ class RayFleet:
             return
         ready, _ = ray.wait([ref for _, (ref, _) in waiting], num_returns=len(waiting), timeout=0)
         now = time.monotonic()
-        late = [(i, now - since) for i, (ref, since) in waiting if ref not in ready]
-        for i, (ref, _) in waiting:
+        late = []  # (slot, seconds waited) of the actors still starting
+        for i, (ref, since) in waiting:
             if ref in ready:
                 self._ready[i] = None
-        if not any(waited > PLACEMENT_TIMEOUT_S for _, waited in late):
+            else:
+                late.append((i, now - since))
+        i, waited = max(late, key=lambda entry: entry[1], default=(None, 0.0))
+        if waited <= PLACEMENT_TIMEOUT_S:
             return
-        i, waited = max(late, key=lambda entry: entry[1])
         if not fits(self.actor_options, ray.cluster_resources()):
             raise SamplerProcessError(
                 f"ray sampler actor {i} of rank {self.ctx.rank} found no node with "
