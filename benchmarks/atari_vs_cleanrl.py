@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/atari_vs_cleanrl.py                       # 40,960 env steps, seeds 0 1 2
     .venv/bin/python benchmarks/atari_vs_cleanrl.py --steps 8192 --seeds 0 --ours-threads 1 --peer-threads 1
+    .venv/bin/python benchmarks/atari_vs_cleanrl.py --ours-precision bf16-mixed         # ours' update in bf16
 
 For each seed, ours (``accelrl fit --recipe ppo-breakout`` with ``--data.total_env_steps`` and
 ``--torch_threads``) then the peer (``peers/cleanrl_ppo_atari.py``: CleanRL's algorithm and loop on the same v5
@@ -10,12 +11,15 @@ training-loop figure (ours: ``summary.json``'s fit wall time; the peer: its loop
 by default each side uses every core for torch, as each does out of the box (CleanRL never sets a thread count;
 ours' default of 1 leaves the cores to env processes, so the recipe is run with ``--torch_threads`` = cores:
 the ALE vector env steps in C++ threads while the learner waits, and the update has the machine to itself).
+``--ours-precision`` runs ours under that ``--trainer.precision`` (``bf16-mixed``: the update's matrix maths in
+bfloat16, fast on CPUs with AVX512-BF16 or AMX; the peer stays in float32, as it ships).
 Prints one JSON line per run, then a Markdown table with the ratio ours / peer per seed and its median.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import statistics
@@ -31,11 +35,12 @@ HERE = Path(__file__).resolve().parent
 PEER = HERE / "peers" / "cleanrl_ppo_atari.py"
 
 
-def ours(seed: int, steps: int, threads: int) -> dict:
+def ours(seed: int, steps: int, threads: int, precision: str) -> dict:
     extra = ["--data.total_env_steps", str(steps), "--torch_threads", str(threads)]
+    extra += ["--trainer.precision", precision]
     with tempfile.TemporaryDirectory() as tmp:
         r = run_recipe("ppo-breakout", seed, Path(tmp), extra)
-    return {"side": "ours", "torch_threads": threads, **r}
+    return {"side": "ours", "torch_threads": threads, "precision": precision, **r}
 
 
 def peer(seed: int, steps: int, threads: int) -> dict:
@@ -55,16 +60,21 @@ def main() -> None:
     cores = os.cpu_count() or 1
     p.add_argument("--ours-threads", type=int, default=cores)
     p.add_argument("--peer-threads", type=int, default=cores)
+    p.add_argument("--ours-precision", default="32-true", help="ours' --trainer.precision (e.g. bf16-mixed)")
     args = p.parse_args()
+    runs = (
+        ("ours", functools.partial(ours, precision=args.ours_precision), args.ours_threads),
+        ("cleanrl", peer, args.peer_threads),
+    )
     rows = []
     for seed in args.seeds:
-        for side, fn, threads in (("ours", ours, args.ours_threads), ("cleanrl", peer, args.peer_threads)):
+        for side, fn, threads in runs:
             r = timed(fn, seed, args.steps, threads)
             r["side"] = side
             print(json.dumps(r), flush=True)
             rows.append(r)
     print(
-        f"\n| seed | ours env steps/s ({args.ours_threads} torch threads) | CleanRL env steps/s "
+        f"\n| seed | ours env steps/s ({args.ours_threads} torch threads, {args.ours_precision}) | CleanRL env steps/s "
         f"({args.peer_threads}) | ours / CleanRL | load ours | load CleanRL |\n|---|---|---|---|---|---|"
     )
     ratios = []
