@@ -36,6 +36,10 @@ def run(recipe: str, seed: int, root: Path, extra: list[str]) -> dict:
     return read_summary(root, seed)
 
 
+def _round(x: float | None) -> float | None:
+    return None if x is None else round(x, 1)
+
+
 def read_summary(root: Path, seed: int) -> dict:
     """One seed's figures from the newest ``summary.json`` under ``root`` (the loggers write under it)."""
     summaries = sorted(root.glob("**/summary.json"), key=lambda p: p.stat().st_mtime)
@@ -44,7 +48,7 @@ def read_summary(root: Path, seed: int) -> dict:
     s = json.loads(summaries[-1].read_text())
     return {
         "seed": seed,
-        "final_return": round(s["episode_return_mean"], 1),
+        "final_return": _round(s["episode_return_mean"]),  # None: no episode ended (short Atari runs)
         "eval_return": s.get("eval_return_mean"),  # greedy evaluation, for recipes that run one
         "first_at_threshold": s.get("env_steps_to_threshold"),
         "env_steps": s["env_steps"],
