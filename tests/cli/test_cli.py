@@ -155,3 +155,16 @@ def test_fit_writes_summary_and_checkpoint_then_evaluate_and_resume(tmp_path: Pa
 
     proc = accelrl("fit", "--recipe", "a2c-cartpole", "--ckpt_path", str(ckpt), *QUIET, cwd=tmp_path)
     assert_one_line_error(proc, "written by PPO")
+
+
+def test_fit_in_bf16_mixed_prints_no_lightning_warning(tmp_path: Path) -> None:
+    # Lightning's model summary warns under bf16-mixed that it counts 32 bits a parameter: true for our fp32
+    # weights, so the CLI keeps it off the user's screen (the summary itself is printed)
+    budget = ["--data.total_env_steps", "512", "--data.updates_per_epoch", "2"]
+    proc = accelrl(
+        "fit", "--recipe", "ppo-cartpole", *budget, "--trainer.precision", "bf16-mixed",
+        "--trainer.enable_progress_bar", "false", cwd=tmp_path,
+    )  # fmt: skip
+    _summary(proc, tmp_path)
+    assert "Total params" in proc.stdout, proc.stdout[-2000:]
+    assert "Warning" not in proc.stderr and "model summary" not in proc.stderr, proc.stderr[-2000:]
