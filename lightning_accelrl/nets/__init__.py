@@ -9,7 +9,7 @@ from lightning_accelrl.nets.interfaces import (
     QValueNetwork,
     RecordsInitArgs,
 )
-from lightning_accelrl.nets.mlp import MLP, layer_init
+from lightning_accelrl.nets.mlp import MLP, OutputLinear, layer_init
 
 __all__ = [
     "MLP",
@@ -18,6 +18,7 @@ __all__ = [
     "ActorCriticNetwork",
     "DistributionalQNetwork",
     "NetworkArg",
+    "OutputLinear",
     "QValueNetwork",
     "RecordsInitArgs",
     "layer_init",

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from lightning_accelrl.envs.base import EnvSpec
-from lightning_accelrl.nets.mlp import layer_init, policy_params
+from lightning_accelrl.nets.mlp import OutputLinear, layer_init, policy_params
 
 
 def _normalise(obs: torch.Tensor, channels_last: bool, hwc: bool = False) -> torch.Tensor:
@@ -213,8 +213,8 @@ class ActorCriticCNN(nn.Module):
         self.obs_ndim = len(spec.observation_shape)
         self.encoder = build_encoder(encoder, spec.observation_shape, channels_last, spec.layout)
         out = spec.num_actions if spec.discrete else spec.action_dim
-        self.policy_head = layer_init(nn.Linear(self.encoder.out_dim, out), gain=0.01)
-        self.value_head = layer_init(nn.Linear(self.encoder.out_dim, 1), gain=1.0)
+        self.policy_head = layer_init(OutputLinear(self.encoder.out_dim, out), gain=0.01)
+        self.value_head = layer_init(OutputLinear(self.encoder.out_dim, 1), gain=1.0)
         self.log_std = None if spec.discrete else nn.Parameter(torch.zeros(spec.action_dim))
         # a compiled *function*, not a module attribute: the state dict keeps the same keys either way
         self._compiled = torch.compile(self.encoder.forward, dynamic=True) if compile else None

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lightning_accelrl.envs.base import EnvSpec
-from lightning_accelrl.nets.mlp import ACTIVATIONS, flatten_obs
+from lightning_accelrl.nets.mlp import ACTIVATIONS, OutputLinear, flatten_obs
 
 LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0  # the squashed Gaussian's log-std range (as CleanRL's SAC)
 
@@ -56,16 +56,21 @@ class EnsembleLinear(nn.Module):
     """``size`` independent linear layers applied to ``[size, N, in]`` in one ``baddbmm``.
 
     Each member is initialised as ``nn.Linear`` would be (uniform in ±1/√in for weights and biases).
+    ``output=True``: the critics' output layer, float32 even under autocast (as ``OutputLinear``).
     """
 
-    def __init__(self, size: int, in_features: int, out_features: int) -> None:
+    def __init__(self, size: int, in_features: int, out_features: int, output: bool = False) -> None:
         super().__init__()
+        self.output = output
         bound = 1.0 / math.sqrt(in_features)
         self.weight = nn.Parameter(torch.empty(size, in_features, out_features).uniform_(-bound, bound))
         self.bias = nn.Parameter(torch.empty(size, 1, out_features).uniform_(-bound, bound))
 
     def forward(self, x: torch.Tensor, detach: bool = False) -> torch.Tensor:
         w, b = (self.weight.detach(), self.bias.detach()) if detach else (self.weight, self.bias)
+        if self.output and torch.is_autocast_enabled(x.device.type):
+            with torch.autocast(x.device.type, enabled=False):
+                return torch.baddbmm(b, x.float(), w)
         return torch.baddbmm(b, x, w)
 
 
@@ -82,7 +87,10 @@ class CriticEnsemble(nn.Module):
         super().__init__()
         self.spec, self.size = spec, size
         widths = [math.prod(spec.observation_shape) + spec.action_dim, *hidden, 1]
-        self.layers = nn.ModuleList(EnsembleLinear(size, i, o) for i, o in zip(widths[:-1], widths[1:]))
+        pairs = list(zip(widths[:-1], widths[1:]))
+        self.layers = nn.ModuleList(
+            EnsembleLinear(size, i, o, output=k == len(pairs) - 1) for k, (i, o) in enumerate(pairs)
+        )
         self.activation = ACTIVATIONS[activation]()
 
     def forward(self, obs: torch.Tensor, action: torch.Tensor, detach_params: bool = False) -> torch.Tensor:
@@ -115,8 +123,8 @@ class SquashedGaussianActor(nn.Module):
         super().__init__()
         self.spec = spec
         self.trunk, width = mlp_trunk(math.prod(spec.observation_shape), hidden, activation)
-        self.mean = nn.Linear(width, spec.action_dim)
-        self.log_std = nn.Linear(width, spec.action_dim)
+        self.mean = OutputLinear(width, spec.action_dim)
+        self.log_std = OutputLinear(width, spec.action_dim)
 
     def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         h = self.trunk(observation_features(obs, self.spec))
@@ -145,7 +153,7 @@ class DeterministicActor(nn.Module):
         super().__init__()
         self.spec = spec
         self.trunk, width = mlp_trunk(math.prod(spec.observation_shape), hidden, activation)
-        self.out = nn.Linear(width, spec.action_dim)
+        self.out = OutputLinear(width, spec.action_dim)
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
         return torch.tanh(self.out(self.trunk(observation_features(obs, self.spec))))

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 import torch
 from torch import nn
+from typing_extensions import override
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {"tanh": nn.Tanh, "relu": nn.ReLU, "elu": nn.ELU, "gelu": nn.GELU}
 
@@ -18,8 +19,25 @@ def layer_init(layer: nn.Linear, gain: float = math.sqrt(2), bias: float = 0.0) 
     return layer
 
 
+class OutputLinear(nn.Linear):
+    """A network's output layer (logits, values, Q-values, action means): float32 even under autocast.
+
+    Under ``bf16-mixed`` autocast would hand back the outputs in bfloat16, whose 8-bit mantissa rounds a Q-value
+    of 300 to steps of 2 and a log-probability to ~1% (noise in PPO's ratio); this layer casts its input features
+    up and runs in float32 instead. It is small next to the network it ends, so the update stays bf16-fast. Without
+    autocast it is ``nn.Linear`` (same parameters, init and state-dict keys).
+    """
+
+    @override
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.is_autocast_enabled(x.device.type):
+            with torch.autocast(x.device.type, enabled=False):
+                return super().forward(x.float())
+        return super().forward(x)
+
+
 class MLP(nn.Sequential):
-    """``in_dim -> hidden... -> out_dim``; the last layer is linear with its own init gain."""
+    """``in_dim -> hidden... -> out_dim``; the last layer is an ``OutputLinear`` with its own init gain."""
 
     def __init__(
         self,
@@ -35,7 +53,7 @@ class MLP(nn.Sequential):
             layers += [layer_init(nn.Linear(last, width)), ACTIVATIONS[activation]()]
             last = width
         if out_dim is not None:
-            layers.append(layer_init(nn.Linear(last, out_dim), gain=out_gain))
+            layers.append(layer_init(OutputLinear(last, out_dim), gain=out_gain))
             last = out_dim
         super().__init__(*layers)
         self.out_dim = last

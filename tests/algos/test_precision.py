@@ -1,11 +1,13 @@
 """Lightning's mixed precision (``Trainer(precision="bf16-mixed")``) with every kind of algorithm, on the CPU.
 
-The updates run under bf16 autocast (matrix products in bf16, parameters and optimizer state in fp32); the
-optimizers are built unfused there, because Lightning's mixed-precision plugin refuses to clip the gradients of
-an optimizer that unscales inside its own step (fused Adam), and fused elsewhere.
+The updates run under bf16 autocast (matrix products in bf16 except the networks' output layers, parameters and
+optimizer state in fp32); the optimizers are built unfused there, because Lightning's mixed-precision plugin
+refuses to clip the gradients of an optimizer that unscales inside its own step (fused Adam), and fused elsewhere.
 """
 
 from __future__ import annotations
+
+import functools
 
 import lightning as L
 import pytest
@@ -14,6 +16,8 @@ from foundation_helpers import trainer_kwargs
 from torch import nn
 
 from lightning_accelrl import DQN, PPO, SAC, ExperienceDataModule
+from lightning_accelrl.nets.continuous import EnsembleLinear
+from lightning_accelrl.nets.mlp import OutputLinear
 
 CASES = {
     "dqn": (
@@ -31,20 +35,24 @@ CASES = {
 
 
 class LinearOutputDtypes(L.Callback):
-    """The dtypes of every ``nn.Linear`` output seen during training batches (not while acting)."""
+    """The dtypes of the linear layers' outputs seen during training batches (not while acting): the networks'
+    output layers (``OutputLinear``, the critics' last ``EnsembleLinear``) and the layers inside, apart."""
 
     def __init__(self) -> None:
-        self.dtypes: set[torch.dtype] = set()
+        self.inner: set[torch.dtype] = set()
+        self.outputs: set[torch.dtype] = set()
         self.training = False
 
     def on_fit_start(self, trainer, pl_module) -> None:  # noqa: ANN001
         for module in pl_module.modules():
-            if isinstance(module, nn.Linear):
-                module.register_forward_hook(self.record)
+            if isinstance(module, OutputLinear) or (isinstance(module, EnsembleLinear) and module.output):
+                module.register_forward_hook(functools.partial(self.record, self.outputs))
+            elif isinstance(module, nn.Linear | EnsembleLinear):
+                module.register_forward_hook(functools.partial(self.record, self.inner))
 
-    def record(self, module: nn.Module, args: tuple, output: torch.Tensor) -> None:
+    def record(self, seen: set, module: nn.Module, args: tuple, output: torch.Tensor) -> None:
         if self.training:
-            self.dtypes.add(output.dtype)
+            seen.add(output.dtype)
 
     def on_train_batch_start(self, *args) -> None:  # noqa: ANN002
         self.training = True
@@ -71,7 +79,8 @@ def optimizers(model: L.LightningModule) -> list[torch.optim.Optimizer]:
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_bf16_mixed_runs_the_updates_in_bf16_with_unfused_optimizers(name: str) -> None:
     model, seen = fit(name, "bf16-mixed")
-    assert seen.dtypes == {torch.bfloat16}  # every layer of every update ran under autocast
+    assert seen.inner == {torch.bfloat16}  # every inner layer of every update ran under autocast
+    assert seen.outputs == {torch.float32}  # the output layers (logits, values, Q, actions) in float32
     assert all(not opt.defaults["fused"] for opt in optimizers(model))
     params = [p for p in model.parameters() if p.requires_grad]
     assert all(p.dtype == torch.float32 and torch.isfinite(p).all() for p in params)
@@ -83,5 +92,5 @@ def test_bf16_mixed_runs_the_updates_in_bf16_with_unfused_optimizers(name: str) 
 @pytest.mark.parametrize("name", ["dqn", "sac"])
 def test_full_precision_keeps_fused_optimizers(name: str) -> None:
     model, seen = fit(name, "32-true")
-    assert seen.dtypes == {torch.float32}
+    assert seen.inner == seen.outputs == {torch.float32}
     assert all(opt.defaults["fused"] for opt in optimizers(model))
