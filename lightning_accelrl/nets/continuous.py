@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lightning_accelrl.envs.base import EnvSpec
-from lightning_accelrl.nets.mlp import ACTIVATIONS, OutputLinear, flatten_obs
+from lightning_accelrl.nets.mlp import ACTIVATIONS, OutputLinear, flatten_obs, in_float32
 
 LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0  # the squashed Gaussian's log-std range (as CleanRL's SAC)
 
@@ -68,9 +68,8 @@ class EnsembleLinear(nn.Module):
 
     def forward(self, x: torch.Tensor, detach: bool = False) -> torch.Tensor:
         w, b = (self.weight.detach(), self.bias.detach()) if detach else (self.weight, self.bias)
-        if self.output and torch.is_autocast_enabled(x.device.type):
-            with torch.autocast(x.device.type, enabled=False):
-                return torch.baddbmm(b, x.float(), w)
+        if self.output:
+            return in_float32(lambda h: torch.baddbmm(b, h, w), x)
         return torch.baddbmm(b, x, w)
 
 

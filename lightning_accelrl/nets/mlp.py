@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
@@ -30,10 +30,15 @@ class OutputLinear(nn.Linear):
 
     @override
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if torch.is_autocast_enabled(x.device.type):
-            with torch.autocast(x.device.type, enabled=False):
-                return super().forward(x.float())
-        return super().forward(x)
+        return in_float32(super().forward, x)
+
+
+def in_float32(layer: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """``layer(x)`` in float32 even under autocast (``x`` cast up); without autocast, ``layer(x)`` as it is."""
+    if torch.is_autocast_enabled(x.device.type):
+        with torch.autocast(x.device.type, enabled=False):
+            return layer(x.float())
+    return layer(x)
 
 
 class MLP(nn.Sequential):
