@@ -117,17 +117,25 @@ class RLModule(LightningModule):
     # ----- learning ---------------------------------------------------------------------------------------
     @property
     def fused_optimizers(self) -> bool:
-        """Whether ``configure_optimizers`` may build fused optimizers (one kernel per step). Not under Lightning's
-        mixed precision (``16-mixed``, ``bf16-mixed``): its plugin refuses to clip the gradients of an optimizer
-        that unscales inside its own step, as fused Adam does, even for bf16, which has nothing to unscale."""
-        return self._trainer is None or not str(self.trainer.precision).endswith("-mixed")
+        """Whether ``configure_optimizers`` may build fused optimizers (one kernel per step: on a CPU, ~0.4 ms
+        against ~1-5 ms for the per-tensor Adam on the Nature CNN's 1.7M parameters). Everywhere but under
+        ``16-mixed``, whose gradient scaler must unscale the gradients before they are clipped, which a fused
+        optimizer only does inside its own step."""
+        return self._trainer is None or str(self.trainer.precision) != "16-mixed"
 
     def gradient_step(self, optimizer: LightningOptimizer, loss: torch.Tensor, max_grad_norm: float) -> None:
         """One optimizer step on ``loss``: clear the gradients, backward through Lightning (precision, DDP),
         clip the gradients' global norm to ``max_grad_norm``, step."""
         optimizer.zero_grad()
         self.manual_backward(loss)
-        self.clip_gradients(optimizer, gradient_clip_val=max_grad_norm, gradient_clip_algorithm="norm")
+        if str(self.trainer.precision) == "bf16-mixed":
+            # Lightning's mixed-precision plugin refuses to clip for any fused optimizer, because fp16's scaler
+            # would have to unscale first; bf16 has no scaler and its gradients are the true ones: clip them as
+            # they are, with the same global-norm rule as the plugin.
+            params = [p for group in optimizer.param_groups for p in group["params"]]
+            torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+        else:
+            self.clip_gradients(optimizer, gradient_clip_val=max_grad_norm, gradient_clip_algorithm="norm")
         optimizer.step()
 
     # ----- logging ----------------------------------------------------------------------------------------

@@ -1,8 +1,9 @@
 """Lightning's mixed precision (``Trainer(precision="bf16-mixed")``) with every kind of algorithm, on the CPU.
 
 The updates run under bf16 autocast (matrix products in bf16 except the networks' output layers, parameters and
-optimizer state in fp32); the optimizers are built unfused there, because Lightning's mixed-precision plugin
-refuses to clip the gradients of an optimizer that unscales inside its own step (fused Adam), and fused elsewhere.
+optimizer state in fp32); the optimizers are fused there as in full precision, and the gradients are clipped
+before the step although Lightning's mixed-precision plugin refuses to clip for fused optimizers (bf16 has no
+gradient scaler, so the library clips the true gradients itself).
 """
 
 from __future__ import annotations
@@ -32,6 +33,17 @@ CASES = {
         {"batch_size": 32, "replay_ratio": 8.0, "learning_starts": 64},
     ),
 }
+
+
+class GradientNorms(L.Callback):
+    """The global gradient norm each optimizer step sees (after clipping, before the step)."""
+
+    def __init__(self) -> None:
+        self.norms: list[float] = []
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:  # noqa: ANN001
+        grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        self.norms.append(float(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads]))))
 
 
 class LinearOutputDtypes(L.Callback):
@@ -77,11 +89,11 @@ def optimizers(model: L.LightningModule) -> list[torch.optim.Optimizer]:
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
-def test_bf16_mixed_runs_the_updates_in_bf16_with_unfused_optimizers(name: str) -> None:
+def test_bf16_mixed_runs_the_updates_in_bf16_with_fused_optimizers(name: str) -> None:
     model, seen = fit(name, "bf16-mixed")
     assert seen.inner == {torch.bfloat16}  # every inner layer of every update ran under autocast
     assert seen.outputs == {torch.float32}  # the output layers (logits, values, Q, actions) in float32
-    assert all(not opt.defaults["fused"] for opt in optimizers(model))
+    assert all(opt.defaults["fused"] for opt in optimizers(model))
     params = [p for p in model.parameters() if p.requires_grad]
     assert all(p.dtype == torch.float32 and torch.isfinite(p).all() for p in params)
     assert all(
@@ -94,3 +106,14 @@ def test_full_precision_keeps_fused_optimizers(name: str) -> None:
     model, seen = fit(name, "32-true")
     assert seen.inner == seen.outputs == {torch.float32}
     assert all(opt.defaults["fused"] for opt in optimizers(model))
+
+
+@pytest.mark.parametrize("precision", ["bf16-mixed", "32-true"])
+def test_gradients_are_clipped_to_max_grad_norm_in_every_precision(precision: str) -> None:
+    L.seed_everything(0, verbose=False)
+    model, norms = DQN(hidden=(32,), max_grad_norm=1e-3), GradientNorms()
+    dm = ExperienceDataModule("CartPole-v1", num_envs=2, total_env_steps=300, seed=0, **CASES["dqn"][2])
+    trainer = L.Trainer(**trainer_kwargs(precision=precision), max_epochs=-1, callbacks=[norms])
+    trainer.fit(model, datamodule=dm)
+    assert len(norms.norms) > 10
+    assert max(norms.norms) <= 1e-3 * (1 + 1e-4)  # the TD loss's raw gradients are far larger than 1e-3
