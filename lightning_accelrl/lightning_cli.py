@@ -133,8 +133,9 @@ class AccelRLCLI(LightningCLI):
 
     def after_fit(self) -> None:
         summary = next((cb for cb in self.trainer.callbacks if isinstance(cb, RunSummary)), None)
-        if self.trainer.is_global_zero and summary is not None and summary.path is not None:
-            print(f"summary: {summary.path}", flush=True)
+        path = summary.written_path(self.trainer) if summary is not None else None
+        if self.trainer.is_global_zero and path is not None:
+            print(f"summary: {path}", flush=True)
 
 
 def _resume_defaults(

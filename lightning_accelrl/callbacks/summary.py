@@ -103,6 +103,15 @@ class RunSummary(Callback):
             with atomic_write(self.path) as file:
                 file.write((json.dumps(_finite(summary), indent=2) + "\n").encode())
 
+    def written_path(self, trainer: Trainer) -> Path | None:
+        """The ``summary.json`` this fit wrote, or ``None``: ``path`` in the process that wrote it; in the
+        process that launched ``ddp_spawn`` workers (the fit and this callback's copy ran in them), the file in
+        the run's log directory, which the launcher shares with them."""
+        if self.path is not None:
+            return self.path
+        candidate = Path(trainer.log_dir or trainer.default_root_dir) / self.filename
+        return candidate if candidate.is_file() else None
+
     def _evaluate(self, trainer: Trainer, pl_module: LightningModule, dm: Any) -> dict[str, Any]:
         from lightning_accelrl.evaluation import evaluate_policy
 

@@ -168,3 +168,14 @@ def test_fit_in_bf16_mixed_prints_no_lightning_warning(tmp_path: Path) -> None:
     _summary(proc, tmp_path)
     assert "Total params" in proc.stdout, proc.stdout[-2000:]
     assert "Warning" not in proc.stderr and "model summary" not in proc.stderr, proc.stderr[-2000:]
+
+
+def test_fit_with_ddp_spawn_prints_the_summary_line(tmp_path: Path) -> None:
+    # ddp_spawn runs the fit in spawned workers: the launching process prints the file they wrote
+    budget = ["--data.total_env_steps", "1024", "--data.updates_per_epoch", "2", "--data.num_envs", "4"]
+    ddp = ["--trainer.strategy", "ddp_spawn", "--trainer.devices", "2", "--trainer.accelerator", "cpu"]
+    path, summary = _summary(
+        accelrl("fit", "--recipe", "ppo-cartpole", *budget, *ddp, *QUIET, cwd=tmp_path), tmp_path
+    )
+    assert summary["world_size"] == 2 and summary["env_steps"] == 1024
+    assert path.parent.name == "version_0" and (path.parent / "metrics.csv").is_file()
