@@ -124,8 +124,11 @@ class AccelRLCLI(LightningCLI):
             isinstance(c, ProgressBar) for c in configured
         ):
             callbacks = [*callbacks, EnvStepProgressBar()]
-        if config.get("enable_checkpointing", True) is not False and not any(
-            isinstance(c, ModelCheckpoint) for c in configured
+        # not under fast_dev_run, which writes nothing (Lightning's save_last at the end of training ignores it)
+        if (
+            config.get("enable_checkpointing", True) is not False
+            and not config.get("fast_dev_run")
+            and not any(isinstance(c, ModelCheckpoint) for c in configured)
         ):
             callbacks = [*callbacks, ModelCheckpoint(save_last=True)]  # checkpoints/last.ckpt to resume from
         callbacks, config = _resume_defaults(config, configured, callbacks)

@@ -56,7 +56,9 @@ class RunSummary(Callback):
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         dm = trainer.datamodule
-        if not isinstance(dm, ExperienceLink):
+        # fast_dev_run is a smoke test that writes nothing (Lightning drops its loggers and checkpoints too):
+        # without a log directory the file would land in the working directory
+        if not isinstance(dm, ExperienceLink) or trainer.fast_dev_run:
             return
         stats = dm.statistics()
         wall = dm.wall_time

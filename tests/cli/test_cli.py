@@ -179,3 +179,11 @@ def test_fit_with_ddp_spawn_prints_the_summary_line(tmp_path: Path) -> None:
     )
     assert summary["world_size"] == 2 and summary["env_steps"] == 1024
     assert path.parent.name == "version_0" and (path.parent / "metrics.csv").is_file()
+
+
+def test_fast_dev_run_writes_no_summary(tmp_path: Path) -> None:
+    # a smoke test writes nothing, as Lightning's loggers and checkpoints under fast_dev_run
+    proc = accelrl("fit", "--recipe", "ppo-cartpole", "--trainer.fast_dev_run", "2", *QUIET, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "summary:" not in proc.stdout
+    assert not list(tmp_path.rglob("summary.json")) and not list(tmp_path.rglob("*.ckpt"))
