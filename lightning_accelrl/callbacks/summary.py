@@ -108,8 +108,8 @@ class RunSummary(Callback):
     def written_path(self, trainer: Trainer) -> Path | None:
         """The ``summary.json`` this fit wrote, or ``None``: ``path`` in the process that wrote it; in the
         process that launched ``ddp_spawn`` workers (the fit and this callback's copy ran in them), the file in
-        the run's log directory, which the launcher shares with them."""
-        if self.path is not None:
+        the run's log directory, which the launcher shares with them (none under fast_dev_run)."""
+        if self.path is not None or trainer.fast_dev_run:
             return self.path
         candidate = Path(trainer.log_dir or trainer.default_root_dir) / self.filename
         return candidate if candidate.is_file() else None

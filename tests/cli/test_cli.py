@@ -182,8 +182,11 @@ def test_fit_with_ddp_spawn_prints_the_summary_line(tmp_path: Path) -> None:
 
 
 def test_fast_dev_run_writes_no_summary(tmp_path: Path) -> None:
-    # a smoke test writes nothing, as Lightning's loggers and checkpoints under fast_dev_run
+    # a smoke test writes nothing, as Lightning's loggers and checkpoints under fast_dev_run; nor does it name
+    # a summary.json an earlier run left in the working directory
+    (tmp_path / "summary.json").write_text("{}")
     proc = accelrl("fit", "--recipe", "ppo-cartpole", "--trainer.fast_dev_run", "2", *QUIET, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "summary:" not in proc.stdout
-    assert not list(tmp_path.rglob("summary.json")) and not list(tmp_path.rglob("*.ckpt"))
+    assert list(tmp_path.rglob("summary.json")) == [tmp_path / "summary.json"]
+    assert (tmp_path / "summary.json").read_text() == "{}" and not list(tmp_path.rglob("*.ckpt"))
