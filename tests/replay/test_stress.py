@@ -20,6 +20,13 @@ from lightning_accelrl.replay import Table, TableServer, rate_limiters, selector
 SLACK_S = 3.0
 
 
+def _gated(gate, target, client, *args) -> None:  # noqa: ANN001, ANN002
+    """Connect to the server, wait for the gate, then run ``target(client, *args)``."""
+    client.info()
+    gate.wait(120)
+    target(client, *args)
+
+
 @pytest.mark.slow  # 64 processes: ~20-40 s on two busy cores
 def test_64_client_processes_on_one_server(tmp_path):
     shm_before = set(os.listdir("/dev/shm"))
@@ -37,11 +44,22 @@ def test_64_client_processes_on_one_server(tmp_path):
     )
     server = TableServer(factory, start_method="fork").start()
     c = server.client()
+    gate = mp.get_context("fork").Event()
     procs = [
-        _start(_producer, c, 10_000 * i, per_producer, 4, str(tmp_path / f"p{i}.npy"), 10.0)
+        _start(_gated, gate, _producer, c, 10_000 * i, per_producer, 4, str(tmp_path / f"p{i}.npy"), 10.0)
         for i in range(producers)
     ]
-    procs += [_start(_consumer, c, total, 4, str(tmp_path / f"c{i}.npy"), 0.5) for i in range(consumers)]
+    procs += [
+        _start(_gated, gate, _consumer, c, total, 4, str(tmp_path / f"c{i}.npy"), 0.5)
+        for i in range(consumers)
+    ]
+    # every client connects before any starts its work: on a busy machine the first processes would otherwise
+    # finish before the last ones start, and the server would never hold all 64 at once
+    deadline = time.monotonic() + 120
+    while c.info()["clients"] < len(procs) + 1 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert c.info()["clients"] == len(procs) + 1  # the 64 and this process
+    gate.set()
     peak_clients = 0
     while any(p.is_alive() for p in procs):
         info = c.info()
