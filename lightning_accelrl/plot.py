@@ -26,6 +26,7 @@ import csv
 import json
 import math
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,7 @@ from lightning_accelrl.errors import ConfigError
 from lightning_accelrl.run_name import config_id, identity_items
 
 Y_KEY = "episode_return_mean"
+LEGEND_WIDTH = 48  # characters per legend line (fontsize 8 on a 6.4-inch axes)
 #: what ``--y`` may draw, with its axis label
 Y_LABELS = {
     "episode_return_mean": "episode return (mean of recent episodes)",
@@ -285,6 +287,18 @@ def _check_out(out: Path) -> None:
         raise ConfigError(f"cannot write {str(out)!r}: permission denied")
 
 
+def legend_label(text: str, width: int = LEGEND_WIDTH) -> str:
+    """``text`` on lines of at most ``width`` characters, broken before a ``+`` (run names carry their
+    overrides: ``ppo-cartpole+model.lr=0.001+...``) or after a space; a longer piece keeps its own line. Legends
+    sit inside the axes, so an unbroken long name would squeeze the plot to the side of the figure."""
+    lines = [""]
+    for piece in re.split(r"(?=\+)|(?<= )", text):
+        if lines[-1] and len(lines[-1]) + len(piece) > width:
+            lines.append("")
+        lines[-1] += piece
+    return "\n".join(line.rstrip() for line in lines)
+
+
 def plot_runs(
     paths: list[str | Path],
     out: str | Path,
@@ -313,7 +327,7 @@ def plot_runs(
 
     axes_x = ["env_steps", "wall_time"] if x == "both" else [x]
     fig, axes = plt.subplots(1, len(axes_x), figsize=(6.4 * len(axes_x), 4.2), squeeze=False)
-    drawn: dict[str, Any] = {"runs": len(runs), "groups": {}}
+    drawn: dict[str, Any] = {"runs": len(runs), "groups": {}, "legend": []}
     for ax, xkey in zip(axes[0], axes_x):
         for i, (label, members) in enumerate(groups.items()):
             color = f"C{i % 10}"
@@ -326,7 +340,9 @@ def plot_runs(
                 if len(series) > 1
                 else ""
             )
-            text += " ~time" if approx else ""
+            text = legend_label(text + (" ~time" if approx else ""))
+            if text not in drawn["legend"]:
+                drawn["legend"].append(text)
             if len(series) == 1:
                 xs, ys = series[0]
                 ax.plot(xs, ys, color=color, label=text, lw=1.6)

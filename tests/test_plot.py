@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from lightning_accelrl import cli
-from lightning_accelrl.plot import aggregate, find_runs, group_runs, plot_runs
+from lightning_accelrl.plot import LEGEND_WIDTH, aggregate, find_runs, group_runs, plot_runs
 
 pytest.importorskip("matplotlib")
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -99,6 +99,24 @@ def test_runs_wall_time_groups_and_resumed_runs(tmp_path: Path) -> None:
     out = tmp_path / "curve.png"
     drawn = plot_runs([tmp_path / "runs"], out, spread="std")
     assert out.read_bytes().startswith(PNG) and drawn["groups"] == {"ppo": 2, "a2c": 1}
+
+
+def test_long_run_names_are_broken_into_legend_lines(tmp_path: Path) -> None:
+    """A run name with its overrides (as ``accelrl fit`` names runs) is drawn on lines of at most
+    ``LEGEND_WIDTH`` characters, broken before each ``+``; short labels stay on one line."""
+    name = (
+        "ppo-minatar-breakout+model.activation=relu+model.hidden=_256,256_+model.lr=0.001+model.network=mlp"
+    )
+    write_run(tmp_path / f"runs/{name}/version_0", [100, 200], [1, 2])
+    write_run(tmp_path / f"runs/{name}/version_1", [100, 200], [2, 3])
+    write_run(tmp_path / "runs/ppo-cartpole/version_0", [100, 200], [10, 20])
+    drawn = plot_runs([tmp_path / "runs"], tmp_path / "curve.png", x="env_steps", group_by="name")
+    long, short = sorted(drawn["legend"], key=len, reverse=True)
+    assert short == "ppo-cartpole"
+    lines = long.split("\n")
+    assert len(lines) > 1 and all(len(line) <= LEGEND_WIDTH for line in lines)
+    assert all(line.startswith("+") for line in lines[1:])
+    assert "".join(lines) == f"{name} (mean of 2, min–max)"
 
 
 def test_runs_are_grouped_by_config_up_to_seeds(tmp_path: Path) -> None:
