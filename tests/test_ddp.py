@@ -23,7 +23,7 @@ NUM_ENVS, ROLLOUT, SEED = 2, 32, 3
 UPDATES = 6
 SCRIPT = textwrap.dedent(
     f"""
-    import os, sys
+    import atexit, os, sys
     import torch
     torch.set_num_threads(1)
     import lightning as L
@@ -49,8 +49,17 @@ SCRIPT = textwrap.dedent(
             self.local_episodes.append(trainer.datamodule.tracker.episodes)
 
 
+    def record_process_group_at_exit(out):
+        # registered before fit, so it runs after every exit handler registered during fit
+        import torch.distributed as dist
+        rank = os.environ.get("LOCAL_RANK", "0")
+        with open(os.path.join(out, f"exit{{rank}}.txt"), "w") as f:
+            f.write(str(dist.is_initialized()))
+
+
     def main():
         out = sys.argv[1]
+        atexit.register(record_process_group_at_exit, out)
         L.seed_everything(0, verbose=False)
         rec, mem = Record(), MemLogger()
         model = PPO(update_epochs=2, minibatch_size=32, hidden=(16, 16))
@@ -103,7 +112,13 @@ def ddp_run(tmp_path_factory) -> dict[int, dict]:
         path = tmp / f"rank{rank}.pt"
         assert path.exists(), text[-4000:]
         results[rank] = torch.load(path, weights_only=False)
+        results[rank]["initialized_at_exit"] = (tmp / f"exit{rank}.txt").read_text()
     return results
+
+
+def test_process_groups_are_destroyed_before_the_interpreter_exits(ddp_run) -> None:
+    # a gloo group left to interpreter finalization can abort the process with SIGABRT after a finished fit
+    assert [ddp_run[rank]["initialized_at_exit"] for rank in (0, 1)] == ["False", "False"]
 
 
 def test_both_ranks_ran_the_same_updates(ddp_run) -> None:

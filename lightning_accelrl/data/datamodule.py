@@ -20,7 +20,12 @@ from lightning.pytorch import LightningDataModule
 from tensordict import TensorDict
 
 from lightning_accelrl.data.needs import ExperienceConsumer, as_consumer
-from lightning_accelrl.data.ranks import all_ranks_step, gather_rank_states, own_rank_state
+from lightning_accelrl.data.ranks import (
+    all_ranks_step,
+    destroy_process_groups_at_exit,
+    gather_rank_states,
+    own_rank_state,
+)
 from lightning_accelrl.data.settings import check_arguments, check_needs
 from lightning_accelrl.data.source import ExperienceSource, SourceContext, SourceFactory
 from lightning_accelrl.data.sources import source_factory
@@ -187,6 +192,7 @@ class ExperienceDataModule(LightningDataModule):
         trainer = self.trainer
         consumer = as_consumer(trainer.lightning_module)
         self._rank, self._world_size = trainer.global_rank, trainer.world_size
+        destroy_process_groups_at_exit()  # the strategy has set up the process group by now (if any)
         needs = consumer.experience_needs()
         check_needs(needs, self.env_spec, type(consumer).__name__)
         self._updates_per_batch = needs.updates_per_batch if needs.kind == "replay" else 1

@@ -9,6 +9,7 @@ object collectives over NCCL would stage every rank's pickled table in GPU memor
 
 from __future__ import annotations
 
+import atexit
 from typing import Any
 
 import torch
@@ -16,10 +17,30 @@ import torch
 from lightning_accelrl.errors import ConfigError
 
 _CPU_GROUP: list[Any] = [None, None]  # [default process group it was made for, the gloo group]
+_DESTROY_AT_EXIT: list[bool] = [False]  # whether this process registered the exit handler
 
 
 def distributed() -> bool:
     return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
+def destroy_process_groups_at_exit() -> None:
+    """Destroy the process groups when this process exits, while the interpreter is still whole (once per
+    process; a no-op outside a distributed run).
+
+    Lightning registers this for NCCL only. A gloo group left to interpreter finalization can abort the process
+    (``terminate called without an active exception``, pytorch/pytorch#190489): a ``ddp_spawn`` worker, which
+    exits through ``sys.exit``, died with SIGABRT after its fit had finished.
+    """
+    if distributed() and not _DESTROY_AT_EXIT[0]:
+        atexit.register(_destroy_process_groups)
+        _DESTROY_AT_EXIT[0] = True
+
+
+def _destroy_process_groups() -> None:
+    if distributed():
+        torch.distributed.destroy_process_group()  # the default group and every group made from it
+    _CPU_GROUP[:] = [None, None]
 
 
 def _cpu_group() -> Any:
