@@ -40,7 +40,6 @@ def destroy_process_groups_at_exit() -> None:
 def _destroy_process_groups() -> None:
     if distributed():
         torch.distributed.destroy_process_group()  # the default group and every group made from it
-    _CPU_GROUP[:] = [None, None]
 
 
 def _cpu_group() -> Any:
