@@ -46,6 +46,11 @@ def evaluate_policy(
                 lengths.append(int(length[i]))
             ret[i], length[i] = 0.0, 0
         obs = step.observation
+    return episode_statistics(returns, lengths)
+
+
+def episode_statistics(returns: list[float], lengths: list[int]) -> dict[str, Any]:
+    """Count, mean/std/min/max of the returns (NaN without episodes), the mean length and the rounded returns."""
     arr = np.asarray(returns, dtype=np.float64)
     return {
         "episodes": len(returns),

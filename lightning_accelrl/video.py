@@ -15,7 +15,6 @@ Install with ``pip install 'lightning-accelrl[video]'``.
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,6 +24,7 @@ import numpy as np
 import torch
 
 from lightning_accelrl.errors import ConfigError
+from lightning_accelrl.evaluation import episode_statistics
 
 
 def video_format() -> str:
@@ -224,15 +224,8 @@ def record_episodes(
             frame_counts.append(len(frames))
     finally:
         env.close()
-    arr = np.asarray(returns, dtype=np.float64)
     return {
-        "episodes": len(returns),
-        "return_mean": float(arr.mean()) if len(arr) else math.nan,
-        "return_std": float(arr.std()) if len(arr) else math.nan,
-        "return_min": float(arr.min()) if len(arr) else math.nan,
-        "return_max": float(arr.max()) if len(arr) else math.nan,
-        "length_mean": float(np.mean(lengths)) if lengths else math.nan,
-        "returns": [round(r, 4) for r in returns],
+        **episode_statistics(returns, lengths),
         "lengths": lengths,
         "videos": videos,
         "frames": frame_counts,
