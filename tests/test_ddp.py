@@ -23,12 +23,15 @@ NUM_ENVS, ROLLOUT, SEED = 2, 32, 3
 UPDATES = 6
 SCRIPT = textwrap.dedent(
     f"""
-    import atexit, os, sys
+    import atexit, os, sys, weakref
     import torch
     torch.set_num_threads(1)
     import lightning as L
     from lightning_accelrl import PPO, ExperienceDataModule
     from rank_recording import MemLogger, flat
+
+
+    WORLD = [lambda: None]  # a weak reference to the default process group, taken when training starts
 
 
     class Record(L.Callback):
@@ -38,6 +41,7 @@ SCRIPT = textwrap.dedent(
             self.local_episodes = []
 
         def on_train_start(self, trainer, pl_module):
+            WORLD[0] = weakref.ref(torch.distributed.group.WORLD)  # whether anything still holds it at exit
             self.initial = flat(pl_module)
             self.rng_state = torch.get_rng_state()  # what action sampling will draw from
 
@@ -49,17 +53,17 @@ SCRIPT = textwrap.dedent(
             self.local_episodes.append(trainer.datamodule.tracker.episodes)
 
 
-    def record_process_group_at_exit(out):
+    def record_process_group_at_exit(out, world):
         # registered before fit, so it runs after every exit handler registered during fit
         import torch.distributed as dist
         rank = os.environ.get("LOCAL_RANK", "0")
         with open(os.path.join(out, f"exit{{rank}}.txt"), "w") as f:
-            f.write(str(dist.is_initialized()))
+            f.write(f"{{dist.is_initialized()}} {{world[0]() is not None}}")
 
 
     def main():
         out = sys.argv[1]
-        atexit.register(record_process_group_at_exit, out)
+        atexit.register(record_process_group_at_exit, out, WORLD)
         L.seed_everything(0, verbose=False)
         rec, mem = Record(), MemLogger()
         model = PPO(update_epochs=2, minibatch_size=32, hidden=(16, 16))
@@ -67,8 +71,9 @@ SCRIPT = textwrap.dedent(
             "CartPole-v1", num_envs={NUM_ENVS}, rollout_steps={ROLLOUT},
             total_env_steps={UPDATES * 2 * NUM_ENVS * ROLLOUT}, seed={SEED},
         )
+        # checkpoints on: saving one gathers every rank's sampler state over a gloo group of the library's
         trainer = L.Trainer(
-            strategy="ddp", devices=2, accelerator="cpu", logger=mem, log_every_n_steps=1, enable_checkpointing=False,
+            strategy="ddp", devices=2, accelerator="cpu", logger=mem, log_every_n_steps=1, default_root_dir=out,
             enable_progress_bar=False, enable_model_summary=False, callbacks=[rec],
         )
         trainer.fit(model, datamodule=dm)
@@ -116,9 +121,10 @@ def ddp_run(tmp_path_factory) -> dict[int, dict]:
     return results
 
 
-def test_process_groups_are_destroyed_before_the_interpreter_exits(ddp_run) -> None:
-    # a gloo group left to interpreter finalization can abort the process with SIGABRT after a finished fit
-    assert [ddp_run[rank]["initialized_at_exit"] for rank in (0, 1)] == ["False", "False"]
+def test_process_groups_are_destroyed_and_freed_before_the_interpreter_exits(ddp_run) -> None:
+    # a gloo group left to interpreter finalization can abort the process with SIGABRT after a finished fit:
+    # at exit no group is initialized, and nothing holds the default group any more (it was freed)
+    assert [ddp_run[rank]["initialized_at_exit"] for rank in (0, 1)] == ["False False", "False False"]
 
 
 def test_both_ranks_ran_the_same_updates(ddp_run) -> None:

@@ -10,6 +10,7 @@ object collectives over NCCL would stage every rank's pickled table in GPU memor
 from __future__ import annotations
 
 import atexit
+import gc
 from typing import Any
 
 import torch
@@ -25,7 +26,7 @@ def distributed() -> bool:
 
 
 def destroy_process_groups_at_exit() -> None:
-    """Destroy the process groups when this process exits, while the interpreter is still whole (once per
+    """Destroy and free the process groups when this process exits, while the interpreter is still whole (once per
     process; a no-op outside a distributed run).
 
     Lightning registers this for NCCL only. A gloo group left to interpreter finalization can abort the process
@@ -38,8 +39,12 @@ def destroy_process_groups_at_exit() -> None:
 
 
 def _destroy_process_groups() -> None:
+    _CPU_GROUP[:] = [None, None]  # our own references go first, so the groups can be freed here
     if distributed():
         torch.distributed.destroy_process_group()  # the default group and every group made from it
+    # free now what still refers to a group from a reference cycle (a DDP wrapper inside the finished trainer):
+    # a gloo group freed during finalization is what aborted the process
+    gc.collect()
 
 
 def _cpu_group() -> Any:
