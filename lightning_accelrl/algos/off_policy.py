@@ -123,11 +123,12 @@ class OffPolicyContinuous(RLModule):
 
     # ----- learning helpers ---------------------------------------------------------------------------------
     def learning_rate(self, lr: float, batch_size: int) -> float:
-        """``lr``, scaled by the large-batch rule when ``lr_scaling`` is set (tuned at the reference batch)."""
+        """``lr``, scaled by the large-batch rule when ``lr_scaling`` is set (tuned at the reference batch), and
+        decayed linearly to 0 over the env-step budget with ``anneal_lr`` (SB3's ``lin_<lr>`` schedules)."""
         hp = self.hparams
-        if hp.lr_scaling == "none":
-            return lr
-        return scaled_lr(lr, batch_size, hp.reference_batch_size, hp.lr_scaling)
+        if hp.lr_scaling != "none":
+            lr = scaled_lr(lr, batch_size, hp.reference_batch_size, hp.lr_scaling)
+        return lr * max(0.0, 1.0 - self.progress) if hp.anneal_lr else lr
 
     @torch.no_grad()
     def polyak(self, target: nn.Module, online: nn.Module, batch_size: int) -> None:

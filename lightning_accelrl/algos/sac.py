@@ -67,6 +67,7 @@ class SAC(OffPolicyContinuous):
         actor_lr: float = 3e-4,
         critic_lr: float = 3e-4,
         alpha_lr: float = 3e-4,
+        anneal_lr: bool = False,
         gamma: float = 0.99,
         n_step: int = 1,
         bootstrap_truncated: bool = True,

@@ -49,6 +49,7 @@ class TD3(OffPolicyContinuous):
         self,
         actor_lr: float = 1e-3,
         critic_lr: float = 1e-3,
+        anneal_lr: bool = False,
         gamma: float = 0.99,
         n_step: int = 1,
         bootstrap_truncated: bool = True,
