@@ -211,9 +211,14 @@ def is_logging_batch(trainer: Trainer) -> bool:
     return trainer.should_stop or (every > 0 and batches % every == 0)
 
 
+def annealed(base_lr: float, progress: float, enabled: bool) -> float:
+    """``base_lr`` decayed linearly to zero over the env-step budget (when enabled)."""
+    return base_lr * max(0.0, 1.0 - progress) if enabled else base_lr
+
+
 def anneal(optimizer: torch.optim.Optimizer, base_lr: float, progress: float, enabled: bool) -> float:
-    """Linear decay of the learning rate to zero over the env-step budget (when enabled)."""
-    lr = base_lr * max(0.0, 1.0 - progress) if enabled else base_lr
+    """Set every parameter group's learning rate to :func:`annealed` ``base_lr``; returns it."""
+    lr = annealed(base_lr, progress, enabled)
     for group in optimizer.param_groups:
         group["lr"] = lr
     return lr

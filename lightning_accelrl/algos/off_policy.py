@@ -16,7 +16,7 @@ from tensordict import TensorDict
 from torch import nn
 from typing_extensions import override
 
-from lightning_accelrl.algos.base import RLModule, replay_needs, replay_updates
+from lightning_accelrl.algos.base import RLModule, annealed, replay_needs, replay_updates
 from lightning_accelrl.algos.large_batch import scaled_lr, scaled_tau
 from lightning_accelrl.data.needs import ExperienceNeeds
 from lightning_accelrl.envs.base import EnvSpec
@@ -126,9 +126,8 @@ class OffPolicyContinuous(RLModule):
         """``lr``, scaled by the large-batch rule when ``lr_scaling`` is set (tuned at the reference batch), and
         decayed linearly to 0 over the env-step budget with ``anneal_lr`` (SB3's ``lin_<lr>`` schedules)."""
         hp = self.hparams
-        if hp.lr_scaling != "none":
-            lr = scaled_lr(lr, batch_size, hp.reference_batch_size, hp.lr_scaling)
-        return lr * max(0.0, 1.0 - self.progress) if hp.anneal_lr else lr
+        scaled = scaled_lr(lr, batch_size, hp.reference_batch_size, hp.lr_scaling)  # "none": lr as it is
+        return annealed(scaled, self.progress, hp.anneal_lr)
 
     @torch.no_grad()
     def polyak(self, target: nn.Module, online: nn.Module, batch_size: int) -> None:
