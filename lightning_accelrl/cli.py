@@ -145,8 +145,38 @@ def _check_config_files(args: Sequence[str]) -> None:
             if arg.startswith("--config=")
             else (args[i + 1] if arg == "--config" and i + 1 < len(args) else None)
         )
-        if path is not None and not Path(path).is_file():
-            raise UsageError(f"config file {path!r} not found")
+        if path is not None:
+            _check_config_file(path)
+
+
+_YAML_KINDS = {str: "plain text", list: "a list", int: "a number", float: "a number", bool: "a boolean"}
+
+
+def _check_config_file(path: str) -> None:
+    """A config that is missing, not YAML or not a mapping of sections, refused in one line before LightningCLI
+    reads it (its own messages quote the file's first line or lose the syntax error's position)."""
+    import yaml
+
+    if not Path(path).is_file():
+        raise UsageError(f"config file {path!r} " + ("is not a file" if Path(path).exists() else "not found"))
+    try:
+        content = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise UsageError(f"config file {path!r} is not a text file: give a YAML config") from None
+    except OSError as exc:
+        raise UsageError(f"config file {path!r} cannot be read: {exc.strerror}") from None
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        raise UsageError(f"config file {path!r} is not valid YAML{where}: {exc.problem}") from None
+    except yaml.YAMLError as exc:
+        raise UsageError(f"config file {path!r} is not valid YAML: {exc}") from None
+    if content is not None and not isinstance(content, dict):
+        kind = _YAML_KINDS.get(type(content), type(content).__name__)
+        raise UsageError(
+            f"config file {path!r} holds {kind}, not a mapping of sections (trainer:, model:, data:): start from "
+            "`accelrl recipes show NAME`"
+        )
 
 
 # ----- fit (LightningCLI) ---------------------------------------------------------------------------------------

@@ -70,6 +70,7 @@ def test_recipes_show_prints_yaml(tmp_path: Path) -> None:
         (["fit", "--recipe", "ppo-cartpole", "--model.init_args.lrr", "3"], "Option 'lrr' is not accepted"),
         (["fit", "--recipe", "ppo-cartpole", "--data.total_env_steps", "many"], "data.total_env_steps"),
         (["fit", "--config", "missing.yaml"], "config file 'missing.yaml' not found"),
+        (["fit", "--config", "."], "config file '.' is not a file"),
         (["evaluate", "--ckpt", "missing.ckpt"], "checkpoint 'missing.ckpt' not found"),
         (["evaluate", "--ckpt", "x.ckpt", "--episodes", "0"], "--episodes must be >= 1"),
         (["evaluate", "--ckpt", "x.ckpt", "--num-envs", "0"], "--num-envs must be >= 1"),
@@ -108,6 +109,25 @@ def test_recipes_show_prints_yaml(tmp_path: Path) -> None:
 )
 def test_bad_input_is_one_line_and_exit_code_2(tmp_path: Path, args: list[str], fragment: str) -> None:
     assert_one_line_error(accelrl(*args, cwd=tmp_path), fragment)
+
+
+@pytest.mark.parametrize(
+    ("content", "fragment"),
+    [
+        (b"model: [unclosed\n", "is not valid YAML at line 2, column 1"),
+        (b"- trainer\n- model\n", "holds a list, not a mapping of sections"),
+        (b"root:x:0:0:root:/root:/bin/bash\n", "holds plain text, not a mapping of sections"),
+        (b"\x7fELF\x02\x01\x01\x00\xff\xfe", "is not a text file"),
+    ],
+)
+def test_a_config_that_is_not_a_yaml_mapping_is_one_line(
+    tmp_path: Path, content: bytes, fragment: str
+) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_bytes(content)
+    assert_one_line_error(
+        accelrl("fit", "--config", str(config), cwd=tmp_path), f"config file '{config}' {fragment}"
+    )
 
 
 def test_corrupt_checkpoint_is_reported_and_left_intact(tmp_path: Path) -> None:
