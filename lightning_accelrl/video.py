@@ -170,9 +170,35 @@ def make_filmed_env(env_id: str, env_kwargs: dict[str, Any] | None = None) -> _F
     # off-screen rendering needs no display; without this SDL (pygame) prints an XDG_RUNTIME_DIR "error"
     os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
     os.environ.setdefault("SDL_AUDIODRIVER", "dummy")
+    if not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+        # MuJoCo envs: Gymnasium tries GLFW first, which needs a display and fails only at the first frame;
+        # EGL renders off-screen (on a GPU's driver or Mesa's software one). A user's MUJOCO_GL stands.
+        os.environ.setdefault("MUJOCO_GL", "egl")
     env = gym.make(env_id, render_mode="rgb_array", **kwargs)
     fps = float(env.metadata.get("render_fps") or 30)
-    return _FilmedEnv(env, env.render, fps)
+    return _FilmedEnv(env, _checked_render(env, env_id), fps)
+
+
+def _checked_render(env: Any, env_id: str) -> Any:
+    """``env.render``, whose first call turns a failure to render into one line that says what to set."""
+    first = True
+
+    def frame() -> Any:
+        nonlocal first
+        if not first:
+            return env.render()
+        first = False
+        try:
+            return env.render()
+        except Exception as exc:  # the back-ends raise their own types (mujoco.FatalError, pygame.error, ...)
+            gl = os.environ.get("MUJOCO_GL")
+            raise ConfigError(
+                f"{env_id} could not render a frame for the video ({type(exc).__name__}: "
+                f"{str(exc).splitlines()[0] if str(exc) else ''}); MuJoCo envs render through MUJOCO_GL "
+                f"(now {gl!r}): without a display use egl (needs libEGL) or osmesa (needs libOSMesa)"
+            ) from None
+
+    return frame
 
 
 @torch.no_grad()

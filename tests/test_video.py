@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import csv
+import ctypes.util
 import json
 from pathlib import Path
 
+import gymnasium as gym
 import lightning as L
 import numpy as np
 import pytest
@@ -17,6 +19,7 @@ from lightning.pytorch.loggers import CSVLogger
 from lightning_accelrl import PPO, ExperienceDataModule, cli
 from lightning_accelrl.callbacks import VideoEvaluation
 from lightning_accelrl.envs import probe_spec
+from lightning_accelrl.errors import ConfigError
 from lightning_accelrl.video import count_frames, record_episodes, video_format, write_video
 
 pytest.importorskip("imageio")
@@ -76,6 +79,49 @@ def test_record_atari_raw_rgb_screens(tmp_path: Path) -> None:
 
     with imageio.get_reader(result["videos"][0], format="FFMPEG") as reader:
         assert reader.get_data(0).shape == (210, 160, 3)  # the game screen, not the 84x84 observation
+
+
+class ZeroTorques:
+    """Continuous actions of zeros (a MuJoCo env's standing start)."""
+
+    device = "cpu"
+
+    def __init__(self, action_dim: int) -> None:
+        self.action_dim = action_dim
+
+    def policy(self, obs: torch.Tensor, deterministic: bool = True) -> torch.Tensor:
+        return torch.zeros(obs.shape[0], self.action_dim)
+
+
+@pytest.mark.skipif(ctypes.util.find_library("EGL") is None, reason="no libEGL on this machine")
+def test_mujoco_videos_render_without_a_display(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("mujoco")
+    for name in ("DISPLAY", "WAYLAND_DISPLAY", "MUJOCO_GL"):
+        monkeypatch.delenv(name, raising=False)  # Gymnasium would try GLFW first and fail at the first frame
+    result = record_episodes(ZeroTorques(3), "Hopper-v5", 1, tmp_path, max_steps=5)
+    assert result["frames"] == [result["lengths"][0] + 1]
+    assert count_frames(result["videos"][0]) == result["lengths"][0] + 1
+
+
+class UnrenderableCartPole(gym.Wrapper):
+    def render(self) -> None:
+        raise RuntimeError("no OpenGL context\nmore lines of the back-end's report")
+
+
+def test_an_env_that_cannot_render_is_a_one_line_config_error(tmp_path: Path) -> None:
+    gym.register(
+        "UnrenderableCartPole-v0",
+        entry_point=lambda **kw: UnrenderableCartPole(gym.make("CartPole-v1", **kw)),
+    )
+    try:
+        with pytest.raises(
+            ConfigError,
+            match=r"could not render a frame for the video \(RuntimeError: no OpenGL "
+            r"context\); MuJoCo envs render through MUJOCO_GL",
+        ):
+            record_episodes(untrained_ppo(), "UnrenderableCartPole-v0", 1, tmp_path)
+    finally:
+        gym.registry.pop("UnrenderableCartPole-v0")
 
 
 @pytest.fixture(scope="module")
