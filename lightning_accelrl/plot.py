@@ -167,7 +167,8 @@ def find_runs(paths: list[str | Path], y: str = Y_KEY) -> list[Run]:
         )
         if not csvs:
             raise ConfigError(
-                f"no metrics.csv under {str(root)!r}: not a run folder of accelrl fit (CSVLogger)"
+                f"no metrics.csv under {str(root)!r}: not the folder of a run logged by a CSVLogger, or a run "
+                "that ended before its first logging step (--trainer.log_every_n_steps)"
             )
         for c in csvs:
             run_dir = c.parent.resolve()
