@@ -90,10 +90,10 @@ def _f(x, nd: int = 1) -> str:
     return "–" if x is None else f"{x:.{nd}f}"
 
 
-def table(rows: list[dict]) -> list[str]:
+def table(rows: list[dict], algos: tuple[str, ...] = ALGOS) -> list[str]:
     """Per algorithm: per seed ours vs SB3 (eval, train s, ratio, load), then medians."""
     out = []
-    for algo in ALGOS:
+    for algo in algos:
         pairs = {}
         for r in rows:
             if r["algo"] == algo:

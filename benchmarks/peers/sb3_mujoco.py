@@ -1,11 +1,12 @@
-"""Stable-Baselines3 peer for the HalfCheetah-v5 SAC and TD3 benchmark (``benchmarks/continuous_mujoco.py``).
+"""Stable-Baselines3 peer for the HalfCheetah-v5 SAC, TD3 and PPO benchmark (``benchmarks/continuous_mujoco.py``).
 
 Runs inside the SB3 venv (``benchmarks/.venv-sb3``, plus ``pip install mujoco imageio packaging`` there):
 
     benchmarks/.venv-sb3/bin/python benchmarks/peers/sb3_mujoco.py --algo td3 --seed 0 --steps 200000
 
-Hyperparameters are rl-baselines3-zoo's MuJoCo entries (hyperparams/sac.yml and hyperparams/td3.yml,
-HalfCheetah-v3/v4), with the zoo's env setup (``make_vec_env`` + ``Monitor``, one env, no normalization).
+Hyperparameters are rl-baselines3-zoo's MuJoCo entries (hyperparams/sac.yml, td3.yml and ppo.yml,
+HalfCheetah-v3/v4), with the zoo's env setup (``make_vec_env`` + ``Monitor``, one env; PPO's ``normalize: true``
+is ``VecNormalize`` with the algorithm's γ, its observation statistics frozen for the evaluation).
 Timing: ``time.perf_counter()`` around ``model.learn()`` only. Then a greedy evaluation (deterministic=True)
 from the start states lightning_accelrl's evaluation draws (``sb3_pendulum.eval_start_seeds``). Prints exactly
 one JSON line on stdout (the last line).
@@ -23,9 +24,10 @@ import numpy as np
 import stable_baselines3
 import torch
 from sb3_pendulum import eval_start_seeds, greedy_eval
-from stable_baselines3 import SAC, TD3
+from stable_baselines3 import PPO, SAC, TD3
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.noise import NormalActionNoise
+from stable_baselines3.common.vec_env import VecNormalize
 
 ENV_ID = "HalfCheetah-v5"
 N_TIMESTEPS = 200_000  # rl-zoo trains 1M; this benchmark's budget
@@ -47,9 +49,42 @@ TD3_ZOO = dict(
 )
 TD3_NOISE_STD = 0.1
 
+# rl-zoo ppo.yml, HalfCheetah-v4: normalize true (VecNormalize with gamma 0.98), one env, SB3's defaults otherwise
+# (GAE, advantage normalization, value clipping off).
+PPO_ZOO = dict(
+    n_steps=512,
+    batch_size=64,
+    gamma=0.98,
+    learning_rate=2.0633e-05,
+    ent_coef=0.000401762,
+    clip_range=0.1,
+    n_epochs=20,
+    gae_lambda=0.92,
+    max_grad_norm=0.8,
+    vf_coef=0.58096,
+    policy_kwargs=dict(
+        log_std_init=-2,
+        ortho_init=False,
+        activation_fn=torch.nn.ReLU,
+        net_arch=dict(pi=[256, 256], vf=[256, 256]),
+    ),
+)
+
+
+class NormalizedPolicy:
+    """``model.predict`` on observations normalized with the training run's frozen VecNormalize statistics."""
+
+    def __init__(self, model, venv: VecNormalize) -> None:
+        self.model, self.venv = model, venv
+
+    def predict(self, obs, deterministic: bool = True):
+        return self.model.predict(self.venv.normalize_obs(obs), deterministic=deterministic)
+
 
 def build(algo: str, env, seed: int, learning_starts: int | None):
     """The model with the zoo's hyperparameters for ``algo`` (``learning_starts`` overrides, for plumbing)."""
+    if algo == "ppo":
+        return PPO("MlpPolicy", env, seed=seed, device="cpu", verbose=0, **PPO_ZOO)
     kwargs = dict(SAC_ZOO if algo == "sac" else TD3_ZOO)
     if learning_starts is not None:
         kwargs["learning_starts"] = learning_starts
@@ -62,7 +97,7 @@ def build(algo: str, env, seed: int, learning_starts: int | None):
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--algo", choices=["sac", "td3"], required=True)
+    parser.add_argument("--algo", choices=["sac", "td3", "ppo"], required=True)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--steps", type=int, default=N_TIMESTEPS, help="training env steps (default 200000)")
     parser.add_argument(
@@ -82,6 +117,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     torch.set_num_threads(args.threads)
     env = make_vec_env(ENV_ID, n_envs=1, seed=args.seed)
+    if args.algo == "ppo":
+        env = VecNormalize(env, gamma=PPO_ZOO["gamma"])
     model = build(args.algo, env, args.seed, args.learning_starts)
     t0 = time.perf_counter()
     model.learn(total_timesteps=args.steps)
@@ -89,7 +126,11 @@ def main(argv: list[str] | None = None) -> dict:
     env.close()
 
     t1 = time.perf_counter()
-    rets = greedy_eval(model, eval_start_seeds(args.eval_seed, args.eval_envs, args.eval_episodes), ENV_ID)
+    policy = model
+    if args.algo == "ppo":
+        env.training = False  # statistics frozen, as rl-zoo's enjoy.py loads them
+        policy = NormalizedPolicy(model, env)
+    rets = greedy_eval(policy, eval_start_seeds(args.eval_seed, args.eval_envs, args.eval_episodes), ENV_ID)
     steps, scores = int(model.num_timesteps), np.asarray(rets)
     result = {
         "algo": args.algo,
@@ -98,7 +139,8 @@ def main(argv: list[str] | None = None) -> dict:
         "seed": args.seed,
         "env_steps": steps,
     }
-    result |= {"learning_starts": model.learning_starts, "train_wall_s": round(train_wall, 3)}
+    learning_starts = 0 if args.algo == "ppo" else model.learning_starts  # on-policy: learns from the start
+    result |= {"learning_starts": learning_starts, "train_wall_s": round(train_wall, 3)}
     result |= {"env_steps_per_s": round(steps / train_wall, 1), "torch_threads": torch.get_num_threads()}
     result |= {
         "eval_return_mean": round(float(scores.mean()), 2),
