@@ -99,8 +99,9 @@ def main() -> None:
             print(f"| {r['seed']} | error: {r['error']} | | | | | |")
         else:
             first = f"{r['first_at_threshold']:,}" if r["first_at_threshold"] is not None else "not reached"
+            greedy = "" if r["eval_return"] is None else f"{r['eval_return']:.1f}"
             print(
-                f"| {r['seed']} | {r['final_return']} | {r['eval_return']} | {first} | {r['env_steps']:,} | "
+                f"| {r['seed']} | {r['final_return']} | {greedy} | {first} | {r['env_steps']:,} | "
                 f"{r['wall_time_s']} | {r['env_steps_per_s']:,} |"
             )
 
