@@ -180,22 +180,17 @@ def make_filmed_env(env_id: str, env_kwargs: dict[str, Any] | None = None) -> _F
 
 
 def _checked_render(env: Any, env_id: str) -> Any:
-    """``env.render``, whose first call turns a failure to render into one line that says what to set."""
-    first = True
+    """``env.render``, with a failure to render turned into one line that says what to set."""
 
     def frame() -> Any:
-        nonlocal first
-        if not first:
-            return env.render()
-        first = False
         try:
             return env.render()
         except Exception as exc:  # the back-ends raise their own types (mujoco.FatalError, pygame.error, ...)
-            gl = os.environ.get("MUJOCO_GL")
+            first_line = str(exc).splitlines()[0] if str(exc) else ""
             raise ConfigError(
-                f"{env_id} could not render a frame for the video ({type(exc).__name__}: "
-                f"{str(exc).splitlines()[0] if str(exc) else ''}); MuJoCo envs render through MUJOCO_GL "
-                f"(now {gl!r}): without a display use egl (needs libEGL) or osmesa (needs libOSMesa)"
+                f"{env_id} could not render a frame for the video ({type(exc).__name__}: {first_line}); MuJoCo "
+                f"envs render through MUJOCO_GL (now {os.environ.get('MUJOCO_GL')!r}): without a display use egl "
+                "(needs libEGL) or osmesa (needs libOSMesa)"
             ) from None
 
     return frame
