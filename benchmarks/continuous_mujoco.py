@@ -46,7 +46,7 @@ def ours(algo: str, seed: int, steps: int, episodes: int, warmup: int | None, ke
     """One ``accelrl fit`` of the ``{algo}-halfcheetah`` recipe; its summary's figures (run kept under ``keep``)."""
     extra = ["--data.total_env_steps", str(steps), "--summary.eval_episodes", str(episodes)]
     extra += ["--summary.eval_seed", str(EVAL_SEED)]
-    if warmup is not None and algo != "ppo":  # PPO has no warm-up
+    if warmup is not None:
         extra += ["--data.learning_starts", str(warmup), "--model.init_args.random_steps", str(warmup)]
     commit = _commit()  # the code the run imports, before anyone commits during it
     with tempfile.TemporaryDirectory() as tmp:
@@ -63,7 +63,7 @@ def peer(algo: str, seed: int, steps: int, episodes: int, warmup: int | None, ke
     """One SB3 run in the peer venv, evaluated on ours' start states; its JSON line."""
     cmd = [str(PEER_PYTHON), str(PEER), "--algo", algo, "--seed", str(seed), "--steps", str(steps)]
     cmd += ["--eval-episodes", str(episodes), "--eval-seed", str(EVAL_SEED)]
-    cmd += ["--learning-starts", str(warmup)] if warmup is not None and algo != "ppo" else []
+    cmd += ["--learning-starts", str(warmup)] if warmup is not None else []
     proc = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True)
     last = (proc.stdout.strip().splitlines() or [""])[-1]
     if proc.returncode or not last.startswith("{"):
@@ -109,7 +109,8 @@ def main() -> None:
             for algo in args.algos:
                 for side in args.sides:
                     fn = ours if side == "ours" else peer
-                    rows.append(timed(fn, algo, seed, args.steps, args.eval_episodes, args.warmup, args.keep))
+                    warmup = None if algo == "ppo" else args.warmup  # on-policy PPO has no warm-up to shorten
+                    rows.append(timed(fn, algo, seed, args.steps, args.eval_episodes, warmup, args.keep))
                     print(json.dumps(rows[-1]), flush=True)
     print("\n".join(table(rows, ALGOS) + throughput(rows)))
 
