@@ -61,6 +61,7 @@ def test_needs_are_checked_against_the_env_at_setup() -> None:
     with pytest.raises(ConfigError, match="DQN needs a discrete action space") as err:
         L.Trainer(**trainer_kwargs(max_epochs=1)).fit(DQN(hidden=(8,)), datamodule=dm)
     assert "\n" not in str(err.value)
+    assert "(a Box of 1 dimension): use SAC, TD3" in str(err.value)  # names the algorithms that fit
     assert dm.source is None
 
 

@@ -48,7 +48,8 @@ def check_needs(needs: ExperienceNeeds, spec: EnvSpec, algorithm: str) -> None:
     if needs.actions == "discrete" and not spec.discrete:
         raise ConfigError(
             f"{algorithm} needs a discrete action space, but the env's actions are continuous "
-            f"({spec.action_dim} dimensions): use PPO or A2C for continuous actions"
+            f"(a Box of {spec.action_dim} dimension{'s' if spec.action_dim != 1 else ''}): use SAC, TD3, DDPG, PPO "
+            "or A2C for continuous actions"
         )
     if needs.actions == "discrete" and spec.action_nvec:
         raise ConfigError(
