@@ -58,7 +58,8 @@ class AccelRLCLI(LightningCLI):
             torch.set_num_threads(threads)
         preflight.check_data(config.get("data"), config.get("trainer"))
         model = config.get("model") or {}
-        import_network_module((model.get("init_args") or {}).get("network"))  # the user's own config: trusted
+        for key in ("network", "actor_network", "critic_network"):  # the user's own config: trusted
+            import_network_module((model.get("init_args") or {}).get(key))
         self._name_run()
 
     def _dump(self, config: Any) -> dict[str, Any]:

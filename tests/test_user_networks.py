@@ -14,21 +14,30 @@ import pytest
 import torch
 from foundation_helpers import trainer_kwargs
 from lightning.pytorch.callbacks import ModelCheckpoint
-from user_networks import RecordedActorCritic, TinyActorCritic, TinyQ
+from user_networks import (
+    GaussianActor,
+    LayerNormCritic,
+    RecordedActorCritic,
+    RecordedLayerNormCritic,
+    TanhActor,
+    TinyActorCritic,
+    TinyQ,
+)
 
-from lightning_accelrl import DQN, PPO, CategoricalDQN, ExperienceDataModule
+from lightning_accelrl import DDPG, DQN, PPO, SAC, TD3, CategoricalDQN, ExperienceDataModule
 from lightning_accelrl.envs import make_env, probe_spec
 from lightning_accelrl.errors import ConfigError
 from lightning_accelrl.evaluation import evaluate_policy
 
 TESTS = Path(__file__).parent
 CARTPOLE = probe_spec("CartPole-v1")
+PENDULUM = probe_spec("Pendulum-v1")
 TINY = {"class_path": "user_networks.TinyActorCritic", "init_args": {"hidden": 32}}
 
 
-def fit_with_checkpoint(model: L.LightningModule, tmp_path: Path, **data) -> Path:
+def fit_with_checkpoint(model: L.LightningModule, tmp_path: Path, env: str = "CartPole-v1", **data) -> Path:
     L.seed_everything(0, verbose=False)
-    dm = ExperienceDataModule("CartPole-v1", **data)
+    dm = ExperienceDataModule(env, **data)
     ckpt = ModelCheckpoint(dirpath=tmp_path, save_last=True)
     trainer = L.Trainer(**trainer_kwargs(max_epochs=-1, enable_checkpointing=True, callbacks=[ckpt]))
     trainer.fit(model, datamodule=dm)
@@ -174,3 +183,118 @@ def test_a_subclass_passing_the_network_through_kwargs_stores_plain_data() -> No
     assert model.hparams.lr == 1e-3 and isinstance(model.net, TinyActorCritic)
     c51 = CategoricalDQN(network=TinyQ(CARTPOLE, num_atoms=51))
     assert c51.hparams.network == {"class_path": "user_networks.TinyQ", "given_as_object": True}
+
+
+# ----- SAC, TD3, DDPG: actor_network and critic_network --------------------------------------------------------
+PENDULUM_REPLAY = {
+    "num_envs": 2,
+    "total_env_steps": 400,
+    "learning_starts": 64,
+    "batch_size": 32,
+    "replay_ratio": 8.0,
+}
+GAUSSIAN = {"class_path": "user_networks.GaussianActor", "init_args": {"hidden": 16}}
+LAYERNORM = {"class_path": "user_networks.LayerNormCritic", "init_args": {"hidden": 16}}
+
+
+def params_equal(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    return all(torch.equal(x, y) for x, y in zip(a.parameters(), b.parameters(), strict=True))
+
+
+def test_sac_with_user_actor_and_critics_trains_checkpoints_and_reloads(tmp_path: Path) -> None:
+    model = SAC(actor_network=GAUSSIAN, critic_network=LAYERNORM, random_steps=32)
+    path = fit_with_checkpoint(model, tmp_path, env="Pendulum-v1", **PENDULUM_REPLAY)
+    assert isinstance(model.actor, GaussianActor) and model.updates > 0
+    first, second = model.critic.members  # two critics, each built afresh: different weights
+    assert isinstance(first, LayerNormCritic) and not params_equal(first, second)
+    assert not params_equal(model.critic, model.critic_target)  # the target follows by Polyak steps
+    stored = torch.load(path, weights_only=True)["hyper_parameters"]  # plain data: nothing pickled
+    assert (stored["actor_network"], stored["critic_network"]) == (GAUSSIAN, LAYERNORM)
+    loaded = SAC.load_from_checkpoint(path)
+    obs, action = torch.randn(5, 3), torch.rand(5, 1) * 2 - 1
+    assert all(torch.equal(x, y) for x, y in zip(loaded.actor(obs), model.actor(obs), strict=True))
+    assert torch.equal(loaded.critic(obs, action), model.critic(obs, action))
+    assert loaded.critic(obs, action).shape == (2, 5)
+
+
+def test_user_critics_with_detached_weights_pass_gradients_only_to_the_action() -> None:
+    """SAC's and TD3's actor losses read the critics this way: no gradient may reach the critics' weights."""
+    model = SAC(critic_network=LAYERNORM, env_spec=PENDULUM.to_dict())
+    model.configure_model()
+    action = torch.zeros(4, 1, requires_grad=True)
+    model.critic(torch.randn(4, 3), action, detach_params=True).sum().backward()
+    assert action.grad is not None and action.grad.abs().sum() > 0
+    assert all(p.grad is None for p in model.critic.parameters())
+
+
+def test_td3_and_ddpg_take_network_instances(tmp_path: Path) -> None:
+    td3 = TD3(
+        actor_network=TanhActor(PENDULUM, hidden=16), critic_network=RecordedLayerNormCritic(PENDULUM, 16)
+    )
+    fit_with_checkpoint(td3, tmp_path / "td3", env="Pendulum-v1", **PENDULUM_REPLAY)
+    given, built = td3.critic.members  # the instance given, and a second built from its recorded init_args
+    assert isinstance(built, RecordedLayerNormCritic) and not params_equal(given, built)
+    assert isinstance(td3.actor_target, TanhActor) and td3.actor_target is not td3.actor
+    ddpg = DDPG(actor_network=TanhActor(PENDULUM), critic_network=LayerNormCritic(PENDULUM))  # one critic
+    path = fit_with_checkpoint(ddpg, tmp_path / "ddpg", env="Pendulum-v1", **PENDULUM_REPLAY)
+    assert len(ddpg.critic.members) == 1 and ddpg.updates > 0
+    with pytest.raises(ConfigError, match="given as an object.*pass actor_network=") as err:
+        DDPG.load_from_checkpoint(path)
+    assert "\n" not in str(err.value)
+    loaded = DDPG.load_from_checkpoint(
+        path, actor_network=TanhActor(PENDULUM), critic_network=LayerNormCritic(PENDULUM)
+    )
+    assert params_equal(loaded.actor, ddpg.actor) and params_equal(loaded.critic, ddpg.critic)
+
+
+def test_user_continuous_networks_fail_in_one_line() -> None:
+    spec = PENDULUM.to_dict()
+    cases = [
+        (
+            TD3(critic_network=LayerNormCritic(PENDULUM), env_spec=spec),
+            "TD3 builds 2 critics.*records no init_args",
+        ),
+        (SAC(actor_network=TanhActor(PENDULUM), env_spec=spec), r"SAC's actor \(mean, log_std\) needs"),
+        (TD3(actor_network=GaussianActor(PENDULUM), env_spec=spec), r"TD3's actor needs \(\(2, 1\),\)"),
+        (
+            SAC(critic_network={"class_path": "user_networks.TanhActor"}, env_spec=spec),
+            "SAC's critic calls it as",
+        ),
+        (
+            SAC(critic_network={"class_path": "user_networks.GaussianActor"}, env_spec=spec),
+            "SAC's critic calls",
+        ),
+        (DDPG(critic_network=TanhActor(PENDULUM), env_spec=spec), r"forward\(obs, action\).*TypeError"),
+        (
+            SAC(actor_network={"class_path": "user_nets_never_imported.A"}, env_spec=spec),
+            "actor_network.*not loaded",
+        ),
+    ]
+    for model, message in cases:
+        with pytest.raises(ConfigError, match=message) as err:
+            model.configure_model()
+        assert "\n" not in str(err.value)
+    with pytest.raises(ConfigError, match="unknown actor_network 'cnn'; give 'mlp'"):
+        SAC(actor_network="cnn")
+    with pytest.raises(ConfigError, match="critic_network must be a name \\(mlp\\)"):
+        TD3(critic_network=3)
+
+
+def test_cli_fit_sac_with_user_networks_then_evaluate(tmp_path: Path) -> None:
+    """The config names both classes: `accelrl fit` imports their module; `evaluate --import` reloads them."""
+    args = [
+        "fit", "--recipe", "sac-pendulum", "--model.init_args.actor_network", json.dumps(GAUSSIAN),
+        "--model.init_args.critic_network", json.dumps(LAYERNORM), "--data.total_env_steps", "300",
+        "--data.learning_starts", "100", "--data.batch_size", "64", "--data.replay_ratio", "16",
+        "--summary.eval_episodes", "1", "--trainer.enable_progress_bar", "false",
+        "--trainer.enable_model_summary", "false",
+    ]  # fmt: skip
+    proc = run_cli(f"import sys\nfrom lightning_accelrl.cli import main\nsys.exit(main({args!r}))", tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ckpt = next(tmp_path.rglob("last.ckpt"))
+    evaluate = ["evaluate", "--ckpt", str(ckpt), "--episodes", "1", "--import", "user_networks"]
+    proc = run_cli(
+        f"import sys\nfrom lightning_accelrl.cli import main\nsys.exit(main({evaluate!r}))", tmp_path
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads(proc.stdout.strip().splitlines()[-1])["episodes"] == 1

@@ -50,3 +50,57 @@ class TinyQ(nn.Module):
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
         return self.net(obs.flatten(1).float()).reshape(-1, *self.shape)
+
+
+# ----- off-policy continuous control (SAC, TD3, DDPG) --------------------------------------------------------
+class LayerNormCritic(nn.Module):
+    """Q(s, a) [N, 1] with LayerNorm after each hidden layer (as in DroQ and RLPD critics)."""
+
+    def __init__(self, spec: EnvSpec, hidden: int = 64) -> None:
+        super().__init__()
+        width = math.prod(spec.observation_shape) + spec.action_dim
+        self.net = nn.Sequential(
+            nn.Linear(width, hidden), nn.LayerNorm(hidden), nn.ReLU(),
+            nn.Linear(hidden, hidden), nn.LayerNorm(hidden), nn.ReLU(),
+            nn.Linear(hidden, 1),
+        )  # fmt: skip
+
+    def forward(self, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        return self.net(torch.cat([obs.flatten(1).float(), action], -1))
+
+
+class RecordedLayerNormCritic(LayerNormCritic):
+    """The same critic, recording its constructor arguments: SAC and TD3 build their second critic from them."""
+
+    def __init__(self, spec: EnvSpec, hidden: int = 64) -> None:
+        super().__init__(spec, hidden)
+        self.init_args: dict[str, Any] = {"hidden": hidden}
+
+
+class GaussianActor(nn.Module):
+    """SAC's actor: (mean, log-std clamped to [-20, 2]) of the pre-squash Gaussian, each [N, action_dim]."""
+
+    def __init__(self, spec: EnvSpec, hidden: int = 64) -> None:
+        super().__init__()
+        self.trunk = nn.Sequential(nn.Linear(math.prod(spec.observation_shape), hidden), nn.ReLU())
+        self.mean = nn.Linear(hidden, spec.action_dim)
+        self.log_std = nn.Linear(hidden, spec.action_dim)
+
+    def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.trunk(obs.flatten(1).float())
+        return self.mean(h), self.log_std(h).clamp(-20.0, 2.0)
+
+
+class TanhActor(nn.Module):
+    """TD3's and DDPG's actor: tanh(MLP(obs)) in [-1, 1], [N, action_dim]."""
+
+    def __init__(self, spec: EnvSpec, hidden: int = 64) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Linear(math.prod(spec.observation_shape), hidden),
+            nn.ReLU(),
+            nn.Linear(hidden, spec.action_dim),
+        )
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.net(obs.flatten(1).float()))

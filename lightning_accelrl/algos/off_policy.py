@@ -22,6 +22,16 @@ from lightning_accelrl.data.needs import ExperienceNeeds
 from lightning_accelrl.envs.base import EnvSpec
 from lightning_accelrl.errors import check
 from lightning_accelrl.nets.continuous import ActionScale, CriticEnsemble
+from lightning_accelrl.nets.factory import (
+    CONTINUOUS_NETWORKS,
+    build_continuous_critics,
+    check_continuous_builtin,
+    network_argument,
+)
+from lightning_accelrl.nets.interfaces import NetworkArg
+
+#: the network arguments of SAC, TD3 and DDPG (stored in the hyper-parameters by plain form)
+NETWORK_ARGS = ["actor_network", "critic_network"]
 
 
 def td_target(
@@ -71,12 +81,26 @@ class OffPolicyContinuous(RLModule):
     """Base of SAC and TD3: ``self.critic`` (an ensemble of Q-networks) and ``self.critic_target``, the action
     scale, replay needs of n-step transitions with continuous actions, random warm-up actions and Polyak updates.
 
-    Subclasses set ``self.actor`` in :meth:`build_actor` and implement :meth:`explore` and :meth:`policy`.
+    Subclasses return their actor from :meth:`build_actor` and implement :meth:`explore` and :meth:`policy`.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, actor_network: NetworkArg, critic_network: NetworkArg) -> None:
+        """``actor_network``, ``critic_network``: ``"mlp"`` (the built-in MLPs), an ``nn.Module`` or a class path
+        with ``init_args`` (see ``nets.interfaces``). Subclasses call ``save_hyperparameters(ignore=NETWORK_ARGS)``
+        and then :meth:`store_network_arguments`."""
         super().__init__()
         self.updates = 0
+        # the plain forms for the hyper-parameters; self.actor / self.critic: the instances given, else None
+        actor_plain, self.actor = network_argument(actor_network, "actor_network", CONTINUOUS_NETWORKS)
+        critic_plain, self.critic = network_argument(critic_network, "critic_network", CONTINUOUS_NETWORKS)
+        check_continuous_builtin(actor_plain, "actor_network")
+        check_continuous_builtin(critic_plain, "critic_network")
+        self._network_args = {"actor_network": actor_plain, "critic_network": critic_plain}
+
+    def store_network_arguments(self) -> None:
+        """The networks' plain forms (a name or a class path) in the hyper-parameters, never a module (nor a
+        subclass's ``**kwargs`` holding one)."""
+        self.hparams.update(self._network_args)
 
     # ----- what the data module must provide ------------------------------------------------------------
     @override
@@ -100,11 +124,21 @@ class OffPolicyContinuous(RLModule):
         hp = self.hparams
         self.scale = ActionScale(spec)
         self.action_dim = spec.action_dim
-        self.critic = CriticEnsemble(spec, hp.num_critics, hp.critic_hidden, hp.activation)
+        given = self.critic  # a critic_network instance, else None
+        self.critic = build_continuous_critics(
+            spec,
+            hp.critic_network,
+            given,
+            hp.num_critics,
+            lambda: CriticEnsemble(spec, hp.num_critics, hp.critic_hidden, hp.activation),
+            type(self).__name__,
+        )
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
-        self.build_actor(spec)
+        self.actor = self.build_actor(spec, self.actor)
 
-    def build_actor(self, spec: EnvSpec) -> None:
+    def build_actor(self, spec: EnvSpec, given: nn.Module | None) -> nn.Module:
+        """The actor for ``spec``: ``given`` (an ``actor_network`` instance), the user's class path or the
+        built-in MLP."""
         raise NotImplementedError
 
     # ----- acting -------------------------------------------------------------------------------------------

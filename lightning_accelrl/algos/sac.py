@@ -23,6 +23,7 @@ from typing_extensions import override
 
 from lightning_accelrl.algos.large_batch import LrScaling
 from lightning_accelrl.algos.off_policy import (
+    NETWORK_ARGS,
     OffPolicyContinuous,
     check_common_arguments,
     ddp_reach,
@@ -32,6 +33,8 @@ from lightning_accelrl.algos.off_policy import (
 from lightning_accelrl.envs.base import EnvSpec
 from lightning_accelrl.errors import check
 from lightning_accelrl.nets.continuous import SquashedGaussianActor, squashed_sample
+from lightning_accelrl.nets.factory import build_continuous_actor
+from lightning_accelrl.nets.interfaces import NetworkArg
 
 
 def soft_q_target(
@@ -59,7 +62,9 @@ class SAC(OffPolicyContinuous):
     """SAC on replay tables, for Box action spaces with finite bounds.
 
     ``entropy_coef``: a fixed α, or ``None`` (default) to tune it from ``initial_entropy_coef`` towards
-    ``target_entropy`` (``None``: −dim(A)).
+    ``target_entropy`` (``None``: −dim(A)). ``actor_network``/``critic_network``: ``"mlp"`` (sized by
+    ``actor_hidden``/``critic_hidden``/``activation``), or the user's networks (``nets.interfaces``:
+    ``SquashedGaussianPolicyNetwork``, ``ContinuousQNetwork``).
     """
 
     def __init__(
@@ -81,11 +86,13 @@ class SAC(OffPolicyContinuous):
         actor_hidden: Sequence[int] = (256, 256),
         critic_hidden: Sequence[int] = (256, 256),
         activation: str = "relu",
+        actor_network: NetworkArg = "mlp",
+        critic_network: NetworkArg = "mlp",
         lr_scaling: LrScaling = "none",
         reference_batch_size: int = 256,
         env_spec: dict | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__(actor_network, critic_network)
         for name, lr in (("actor_lr", actor_lr), ("critic_lr", critic_lr), ("alpha_lr", alpha_lr)):
             check(lr > 0, f"{name} must be > 0, got {lr}")
         check_common_arguments(
@@ -93,18 +100,27 @@ class SAC(OffPolicyContinuous):
         )
         check(entropy_coef is None or entropy_coef >= 0, f"entropy_coef must be >= 0, got {entropy_coef}")
         check(initial_entropy_coef > 0, f"initial_entropy_coef must be > 0, got {initial_entropy_coef}")
-        self.save_hyperparameters()
+        self.save_hyperparameters(ignore=NETWORK_ARGS)
+        self.store_network_arguments()
         start = entropy_coef if entropy_coef is not None else initial_entropy_coef
         # log α is a parameter even when fixed (then never stepped): one layout for checkpoints and samplers
         self.log_alpha = nn.Parameter(
             torch.tensor(math.log(max(start, 1e-12))), requires_grad=entropy_coef is None
         )
 
-    def build_actor(self, spec: EnvSpec) -> None:
+    @override
+    def build_actor(self, spec: EnvSpec, given: nn.Module | None) -> nn.Module:
         hp = self.hparams
-        self.actor = SquashedGaussianActor(spec, hp.actor_hidden, hp.activation)
         self.target_entropy = (
             float(-spec.action_dim) if hp.target_entropy is None else float(hp.target_entropy)
+        )
+        return build_continuous_actor(
+            spec,
+            hp.actor_network,
+            given,
+            lambda: SquashedGaussianActor(spec, hp.actor_hidden, hp.activation),
+            "SAC's actor (mean, log_std)",
+            ((2, spec.action_dim), (2, spec.action_dim)),
         )
 
     @override

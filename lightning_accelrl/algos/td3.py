@@ -15,10 +15,12 @@ from typing import Any
 
 import torch
 from tensordict import TensorDict
+from torch import nn
 from typing_extensions import override
 
 from lightning_accelrl.algos.large_batch import LrScaling
 from lightning_accelrl.algos.off_policy import (
+    NETWORK_ARGS,
     OffPolicyContinuous,
     check_common_arguments,
     loss_critic,
@@ -27,6 +29,8 @@ from lightning_accelrl.algos.off_policy import (
 from lightning_accelrl.envs.base import EnvSpec
 from lightning_accelrl.errors import check
 from lightning_accelrl.nets.continuous import DeterministicActor
+from lightning_accelrl.nets.factory import build_continuous_actor
+from lightning_accelrl.nets.interfaces import NetworkArg
 
 
 def smoothed_target_action(action: torch.Tensor, noise_std: float, noise_clip: float) -> torch.Tensor:
@@ -43,7 +47,11 @@ def loss_deterministic_actor(q_new: torch.Tensor) -> torch.Tensor:
 
 
 class TD3(OffPolicyContinuous):
-    """TD3 on replay tables, for Box action spaces with finite bounds."""
+    """TD3 on replay tables, for Box action spaces with finite bounds.
+
+    ``actor_network``/``critic_network``: ``"mlp"`` (sized by ``actor_hidden``/``critic_hidden``/``activation``),
+    or the user's networks (``nets.interfaces``: ``DeterministicPolicyNetwork``, ``ContinuousQNetwork``).
+    """
 
     def __init__(
         self,
@@ -64,11 +72,13 @@ class TD3(OffPolicyContinuous):
         actor_hidden: Sequence[int] = (256, 256),
         critic_hidden: Sequence[int] = (256, 256),
         activation: str = "relu",
+        actor_network: NetworkArg = "mlp",
+        critic_network: NetworkArg = "mlp",
         lr_scaling: LrScaling = "none",
         reference_batch_size: int = 256,
         env_spec: dict | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__(actor_network, critic_network)
         check(actor_lr > 0 and critic_lr > 0, f"learning rates must be > 0, got {actor_lr}, {critic_lr}")
         check_common_arguments(
             gamma, n_step, tau, num_critics, random_steps, lr_scaling, reference_batch_size, updates_per_batch
@@ -77,12 +87,22 @@ class TD3(OffPolicyContinuous):
         check(target_policy_noise >= 0, f"target_policy_noise must be >= 0, got {target_policy_noise}")
         check(target_noise_clip >= 0, f"target_noise_clip must be >= 0, got {target_noise_clip}")
         check(exploration_noise >= 0, f"exploration_noise must be >= 0, got {exploration_noise}")
-        self.save_hyperparameters()
+        self.save_hyperparameters(ignore=NETWORK_ARGS)
+        self.store_network_arguments()
 
-    def build_actor(self, spec: EnvSpec) -> None:
+    @override
+    def build_actor(self, spec: EnvSpec, given: nn.Module | None) -> nn.Module:
         hp = self.hparams
-        self.actor = DeterministicActor(spec, hp.actor_hidden, hp.activation)
-        self.actor_target = copy.deepcopy(self.actor).requires_grad_(False)
+        actor = build_continuous_actor(
+            spec,
+            hp.actor_network,
+            given,
+            lambda: DeterministicActor(spec, hp.actor_hidden, hp.activation),
+            f"{type(self).__name__}'s actor",
+            ((2, spec.action_dim),),
+        )
+        self.actor_target = copy.deepcopy(actor).requires_grad_(False)
+        return actor
 
     @override
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:

@@ -102,6 +102,28 @@ class CriticEnsemble(nn.Module):
         return x.squeeze(-1)
 
 
+class CriticList(nn.Module):
+    """A user's critics (each ``q(obs, action) -> [N, 1]``, see ``nets.interfaces.ContinuousQNetwork``) called as
+    :class:`CriticEnsemble` is: ``forward(obs, action, detach_params=False) -> [size, N]`` in float32, one critic
+    after the other.
+    """
+
+    def __init__(self, critics: Sequence[nn.Module]) -> None:
+        super().__init__()
+        self.members = nn.ModuleList(critics)
+
+    def forward(self, obs: torch.Tensor, action: torch.Tensor, detach_params: bool = False) -> torch.Tensor:
+        values = []
+        for critic in self.members:
+            if detach_params:  # the weights as constants: gradients reach the action, never the critic
+                weights = {name: p.detach() for name, p in critic.named_parameters()}
+                q = torch.func.functional_call(critic, weights, (obs, action))
+            else:
+                q = critic(obs, action)
+            values.append(q.reshape(obs.shape[0]).float())
+        return torch.stack(values)
+
+
 def mlp_trunk(in_dim: int, hidden: Sequence[int], activation: str) -> tuple[nn.Sequential, int]:
     """Linear + activation layers (PyTorch's default init, as SB3's and CleanRL's off-policy actors)."""
     layers: list[nn.Module] = []

@@ -1,9 +1,10 @@
-"""The ``network`` argument of the algorithms: built-in names chosen by observation, or a user's network
-(an ``nn.Module`` instance, or a class path with ``init_args``: see :mod:`lightning_accelrl.nets.interfaces`)."""
+"""The ``network`` argument of the algorithms (SAC, TD3, DDPG: ``actor_network`` and ``critic_network``): built-in
+names chosen by observation, or a user's network (an ``nn.Module`` instance, or a class path with ``init_args``:
+see :mod:`lightning_accelrl.nets.interfaces`)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -12,6 +13,7 @@ from torch import nn
 from lightning_accelrl.envs.base import EnvSpec
 from lightning_accelrl.errors import ConfigError
 from lightning_accelrl.nets.actor_critic import LOG_STD_KINDS, ActorCriticMLP
+from lightning_accelrl.nets.continuous import CriticList
 from lightning_accelrl.nets.interfaces import NetworkArg, RecordsInitArgs
 from lightning_accelrl.nets.observations import dict_encoder
 from lightning_accelrl.trusted import class_path, resolve_class
@@ -47,11 +49,14 @@ def check_builtin(network: str, spec: EnvSpec) -> str:
 
 
 # ----- user networks ------------------------------------------------------------------------------------------
-def network_argument(network: NetworkArg) -> tuple[str | dict[str, Any], nn.Module | None]:
+def network_argument(
+    network: NetworkArg, what: str = "network", names: Sequence[str] = NETWORKS
+) -> tuple[str | dict[str, Any], nn.Module | None]:
     """(the plain form stored in hyper-parameters, the instance given in Python or None).
 
     An instance is stored as its class path, with its ``init_args`` if it records them
     (:class:`~lightning_accelrl.nets.interfaces.RecordsInitArgs`), else marked as given as an object.
+    ``what``: the argument's name in errors; ``names``: the built-in names it accepts.
     """
     if isinstance(network, nn.Module):
         stored: dict[str, Any] = {"class_path": class_path(type(network))}
@@ -67,11 +72,11 @@ def network_argument(network: NetworkArg) -> tuple[str | dict[str, Any], nn.Modu
         init_args = network.get("init_args") or {}
         if unknown or not isinstance(init_args, dict):
             raise ConfigError(
-                f"network {network!r}: give {{'class_path': 'pkg.Module', 'init_args': {{...}}}} (plain data)"
+                f"{what} {network!r}: give {{'class_path': 'pkg.Module', 'init_args': {{...}}}} (plain data)"
             )
         return {**network, "init_args": dict(init_args)} if "init_args" in network else dict(network), None
     raise ConfigError(
-        f"network must be a name ({', '.join(NETWORKS)}), an nn.Module or {{'class_path': ..., 'init_args': "
+        f"{what} must be a name ({', '.join(names)}), an nn.Module or {{'class_path': ..., 'init_args': "
         f"{{...}}}}, got {type(network).__name__}"
     )
 
@@ -92,29 +97,48 @@ def import_network_module(network: object) -> None:
         ) from None
 
 
-def build_user_network(network: dict[str, Any], spec: EnvSpec, **library_args: Any) -> nn.Module:
-    """``cls(spec=spec, **library_args, **init_args)`` for a stored class path; the class must be loaded."""
+def build_user_network(
+    network: dict[str, Any], spec: EnvSpec, *, what: str = "network", **library_args: Any
+) -> nn.Module:
+    """``cls(spec=spec, **library_args, **init_args)`` for a stored class path; the class must be loaded.
+    ``what``: the argument's name in errors."""
     path = network["class_path"]
     if network.get("given_as_object"):
         raise ConfigError(
-            f"the network {path} was given as an object whose constructor arguments are not recorded: pass "
-            "network=... again (e.g. to load_from_checkpoint), or give it as {'class_path': ..., 'init_args': ...}"
+            f"the {what} {path} was given as an object whose constructor arguments are not recorded: pass "
+            f"{what}=... again (e.g. to load_from_checkpoint), or give it as {{'class_path': ..., 'init_args': ...}}"
         )
-    cls = resolve_class(path, nn.Module, "network")
+    cls = resolve_class(path, nn.Module, what)
     try:
         return cls(spec=spec, **library_args, **network.get("init_args", {}))
     except TypeError as exc:
         raise ConfigError(
-            f"network {path}: {exc} (it is built as {cls.__name__}(spec=EnvSpec, "
+            f"{what} {path}: {exc} (it is built as {cls.__name__}(spec=EnvSpec, "
             f"{''.join(f'{k}=..., ' for k in library_args)}**init_args))"
         ) from None
 
 
-def check_outputs(net: nn.Module, spec: EnvSpec, family: str, expected: tuple[tuple[int, ...], ...]) -> None:
-    """One forward of two zero observations; a one-line error when the shapes are not the family's contract."""
+def check_outputs(
+    net: nn.Module,
+    spec: EnvSpec,
+    family: str,
+    expected: tuple[tuple[int, ...], ...],
+    with_action: bool = False,
+) -> None:
+    """One forward of two zero observations (and two zero actions: ``with_action``, a continuous critic); a
+    one-line error when the shapes are not the family's contract."""
     obs = torch.zeros(2, *spec.observation_shape, dtype=spec.observation_dtype)
-    with torch.no_grad():
-        out = net(obs)
+    inputs = (obs, torch.zeros(2, spec.action_dim)) if with_action else (obs,)
+    try:
+        with torch.no_grad():
+            out = net(*inputs)
+    except Exception as exc:  # noqa: BLE001 - any failure here is the network not fitting the contract
+        called = "(obs, action)" if with_action else "(obs)"
+        first_line = (str(exc).splitlines() or [""])[0]
+        raise ConfigError(
+            f"network {type(net).__name__} fails when {family} calls it as forward{called} on 2 zero "
+            f"observations ({type(exc).__name__}: {first_line}); see lightning_accelrl.nets.interfaces"
+        ) from None
     got = tuple(tuple(o.shape) for o in (out if isinstance(out, tuple) else (out,)))
     if got != expected:
         raise ConfigError(
@@ -175,3 +199,59 @@ def check_log_std(spec: EnvSpec, network: str | dict[str, Any], log_std: str, lo
             f"log_std={log_std!r}, log_std_init={log_std_init} apply to the built-in networks; the network "
             f"{network['class_path']} returns its own log-std beside the mean: leave them at their defaults"
         )
+
+
+# ----- off-policy continuous control (SAC, TD3, DDPG) --------------------------------------------------------
+CONTINUOUS_NETWORKS = ("mlp",)  # the built-in name of ``actor_network`` and ``critic_network``
+
+
+def check_continuous_builtin(network: str | dict[str, Any], what: str) -> None:
+    """``actor_network``/``critic_network``: the only built-in name is ``mlp`` (sized by ``*_hidden``)."""
+    if isinstance(network, str) and network not in CONTINUOUS_NETWORKS:
+        raise ConfigError(
+            f"unknown {what} {network!r}; give 'mlp' (sized by actor_hidden/critic_hidden), an nn.Module or "
+            "{'class_path': ..., 'init_args': {...}}"
+        )
+
+
+def build_continuous_actor(
+    spec: EnvSpec,
+    network: str | dict[str, Any],
+    given: nn.Module | None,
+    builtin: Callable[[], nn.Module],
+    family: str,
+    expected: tuple[tuple[int, ...], ...],
+) -> nn.Module:
+    """The actor: the instance given, the user's class path, or the built-in MLP (``builtin()``); a user's actor
+    is checked against ``expected`` output shapes for two observations."""
+    if not isinstance(network, dict):
+        return builtin()
+    actor = given if given is not None else build_user_network(network, spec, what="actor_network")
+    check_outputs(actor, spec, family, expected)
+    return actor
+
+
+def build_continuous_critics(
+    spec: EnvSpec,
+    network: str | dict[str, Any],
+    given: nn.Module | None,
+    size: int,
+    builtin: Callable[[], nn.Module],
+    algorithm: str,
+) -> nn.Module:
+    """``size`` critics called as one ensemble (``[size, N]``): the built-in :class:`CriticEnsemble`
+    (``builtin()``), or a user's Q-network built ``size`` times (the instance given is the first)."""
+    if not isinstance(network, dict):
+        return builtin()
+    if given is not None and size > 1 and network.get("given_as_object"):
+        raise ConfigError(
+            f"{algorithm} builds {size} critics, but the critic_network instance {network['class_path']} records "
+            "no init_args to build the others from: give it as {'class_path': ..., 'init_args': {...}}, set "
+            "init_args on it (nets.interfaces.RecordsInitArgs), or set num_critics: 1"
+        )
+    rebuilt = {k: v for k, v in network.items() if k != "given_as_object"}
+    critics = [given] if given is not None else []
+    critics += [build_user_network(rebuilt, spec, what="critic_network") for _ in range(size - len(critics))]
+    for critic in critics:
+        check_outputs(critic, spec, f"{algorithm}'s critic", ((2, 1),), with_action=True)
+    return CriticList(critics)

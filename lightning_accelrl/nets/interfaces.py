@@ -1,6 +1,7 @@
 """What a user's network must provide, per algorithm family, and how it is given.
 
-``network=`` of every algorithm accepts a built-in name (``"auto"``, ``"mlp"``, ``"nature_cnn"``,
+``network=`` of every algorithm (SAC, TD3 and DDPG: ``actor_network=`` and ``critic_network=``, built-in name
+``"mlp"`` only) accepts a built-in name (``"auto"``, ``"mlp"``, ``"nature_cnn"``,
 ``"impala_cnn"``, ``"small_cnn"``), an ``nn.Module`` instance (Python), or ``{"class_path": "mypkg.nets.MyNet",
 "init_args": {...}}`` (Python, YAML or the command line). A class path is built as
 ``MyNet(spec=env_spec, **init_args)`` (C51 adds ``num_atoms=``), once the env spec is known; checkpoints store
@@ -49,10 +50,36 @@ class DistributionalQNetwork(Protocol):
     def __call__(self, obs: torch.Tensor) -> torch.Tensor: ...
 
 
+# Off-policy continuous control (SAC, TD3, DDPG): ``actor_network=`` and ``critic_network=``. Actions cross these
+# networks in the normalized space ``[-1, 1]^action_dim``; the library maps them to the env's Box bounds.
+
+
+class SquashedGaussianPolicyNetwork(Protocol):
+    """SAC's actor: ``forward(obs) -> (mean, log_std)``, each ``[N, action_dim]``, of the Gaussian over the
+    pre-squash action ``u``. The library samples ``u``, squashes it with ``tanh`` and corrects the log-prob; bound
+    the log-std yourself (the built-in MLP maps it smoothly into ``[-5, 2]``)."""
+
+    def __call__(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+
+class DeterministicPolicyNetwork(Protocol):
+    """TD3's and DDPG's actor: ``forward(obs) -> action [N, action_dim]`` in ``[-1, 1]`` (end with ``tanh``)."""
+
+    def __call__(self, obs: torch.Tensor) -> torch.Tensor: ...
+
+
+class ContinuousQNetwork(Protocol):
+    """One critic of SAC, TD3 or DDPG: ``forward(obs, action) -> Q [N, 1]`` for normalized actions
+    ``[N, action_dim]``. The library builds ``num_critics`` of them (each initialised afresh) and their targets."""
+
+    def __call__(self, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor: ...
+
+
 @runtime_checkable
 class RecordsInitArgs(Protocol):
     """A network instance that records its constructor arguments (plain data, without ``spec``) in
     ``init_args``: its checkpoints rebuild it from its class path and these. Other instances must be passed
-    again as ``network=`` when loading."""
+    again as ``network=`` when loading (and a critic given as an instance must record them when the algorithm
+    has more than one critic: the others are built from them)."""
 
     init_args: dict[str, Any]

@@ -332,15 +332,27 @@ def test_async_samplers_feed_the_continuous_algorithms(algo: type) -> None:
     assert len(dm.tracker.recent_returns) >= 4
 
 
+USER_NETWORKS = {  # tests/user_networks.py: a LayerNorm critic and a clamped-log-std actor, as users write them
+    "actor_network": {"class_path": "user_networks.GaussianActor", "init_args": {"hidden": 64}},
+    "critic_network": {"class_path": "user_networks.LayerNormCritic", "init_args": {"hidden": 64}},
+}
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("algo", [SAC, TD3], ids=["sac", "td3"])
-def test_learns_pendulum(algo: type) -> None:
+@pytest.mark.parametrize(
+    ("algo", "networks"),
+    [(SAC, {}), (TD3, {}), (SAC, USER_NETWORKS)],
+    ids=["sac", "td3", "sac-user-networks"],
+)
+def test_learns_pendulum(algo: type, networks: dict) -> None:
     """6k env steps at one update of 128 per env step: far above a random policy's ~ −1,200 return."""
+    import user_networks  # noqa: F401 - the class paths name loaded classes
+
     from lightning_accelrl.envs import make_env
     from lightning_accelrl.evaluation import evaluate_policy
 
     torch.set_num_threads(1)
-    model = algo(actor_lr=1e-3, critic_lr=1e-3, actor_hidden=(64, 64), critic_hidden=(64, 64))
+    model = algo(actor_lr=1e-3, critic_lr=1e-3, actor_hidden=(64, 64), critic_hidden=(64, 64), **networks)
     fit(model, budget=6000, num_envs=1, batch_size=128, replay_ratio=128.0, learning_starts=128)
     with make_env("Pendulum-v1", num_envs=5, seed=123) as env:
         result = evaluate_policy(model, env, episodes=5)
