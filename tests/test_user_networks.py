@@ -238,9 +238,13 @@ def test_td3_and_ddpg_take_network_instances(tmp_path: Path) -> None:
     ddpg = DDPG(actor_network=TanhActor(PENDULUM), critic_network=LayerNormCritic(PENDULUM))  # one critic
     path = fit_with_checkpoint(ddpg, tmp_path / "ddpg", env="Pendulum-v1", **PENDULUM_REPLAY)
     assert len(ddpg.critic.members) == 1 and ddpg.updates > 0
-    with pytest.raises(ConfigError, match="given as an object.*pass actor_network=") as err:
-        DDPG.load_from_checkpoint(path)
+    with pytest.raises(ConfigError, match="given as an object.*pass critic_network=") as err:
+        DDPG.load_from_checkpoint(
+            path
+        )  # never rebuilt with default arguments: they may not be the instance's
     assert "\n" not in str(err.value)
+    with pytest.raises(ConfigError, match="given as an object.*pass actor_network="):
+        DDPG.load_from_checkpoint(path, critic_network=LayerNormCritic(PENDULUM))
     loaded = DDPG.load_from_checkpoint(
         path, actor_network=TanhActor(PENDULUM), critic_network=LayerNormCritic(PENDULUM)
     )
@@ -298,3 +302,20 @@ def test_cli_fit_sac_with_user_networks_then_evaluate(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads(proc.stdout.strip().splitlines()[-1])["episodes"] == 1
+
+
+def test_the_shape_probe_leaves_batchnorm_statistics_and_the_mode_alone() -> None:
+    """The library checks a user network's output shapes with one forward: in eval mode, then back to train."""
+
+    class NormedActor(TanhActor):
+        def __init__(self, spec, hidden: int = 16) -> None:
+            super().__init__(spec, hidden)
+            self.norm = torch.nn.BatchNorm1d(3)
+
+        def forward(self, obs: torch.Tensor) -> torch.Tensor:
+            return super().forward(self.norm(obs))
+
+    model = TD3(actor_network=NormedActor(PENDULUM), env_spec=PENDULUM.to_dict())
+    model.configure_model()
+    assert int(model.actor.norm.num_batches_tracked) == 0 and model.actor.training
+    assert torch.equal(model.actor.norm.running_mean, torch.zeros(3))

@@ -129,9 +129,10 @@ def check_outputs(
     one-line error when the shapes are not the family's contract."""
     obs = torch.zeros(2, *spec.observation_shape, dtype=spec.observation_dtype)
     inputs = (obs, torch.zeros(2, spec.action_dim)) if with_action else (obs,)
+    training = net.training
     try:
         with torch.no_grad():
-            out = net(*inputs)
+            out = net.eval()(*inputs)  # eval mode: a probe must not move BatchNorm statistics
     except Exception as exc:  # noqa: BLE001 - any failure here is the network not fitting the contract
         called = "(obs, action)" if with_action else "(obs)"
         first_line = (str(exc).splitlines() or [""])[0]
@@ -139,6 +140,8 @@ def check_outputs(
             f"network {type(net).__name__} fails when {family} calls it as forward{called} on 2 zero "
             f"observations ({type(exc).__name__}: {first_line}); see lightning_accelrl.nets.interfaces"
         ) from None
+    finally:
+        net.train(training)
     got = tuple(tuple(o.shape) for o in (out if isinstance(out, tuple) else (out,)))
     if got != expected:
         raise ConfigError(
@@ -249,9 +252,8 @@ def build_continuous_critics(
             "no init_args to build the others from: give it as {'class_path': ..., 'init_args': {...}}, set "
             "init_args on it (nets.interfaces.RecordsInitArgs), or set num_critics: 1"
         )
-    rebuilt = {k: v for k, v in network.items() if k != "given_as_object"}
     critics = [given] if given is not None else []
-    critics += [build_user_network(rebuilt, spec, what="critic_network") for _ in range(size - len(critics))]
+    critics += [build_user_network(network, spec, what="critic_network") for _ in range(size - len(critics))]
     for critic in critics:
         check_outputs(critic, spec, f"{algorithm}'s critic", ((2, 1),), with_action=True)
     return CriticList(critics)
