@@ -9,6 +9,7 @@ checkpoint files that load as data only; loggers named after the recipe and what
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -61,6 +62,7 @@ class AccelRLCLI(LightningCLI):
         for key in ("network", "actor_network", "critic_network"):  # the user's own config: trusted
             import_network_module((model.get("init_args") or {}).get(key))
         self._name_run()
+        self._resolve_last_checkpoint()
 
     def _dump(self, config: Any) -> dict[str, Any]:
         """The config as ``config.yaml`` will hold it (plain dicts and lists)."""
@@ -85,11 +87,37 @@ class AccelRLCLI(LightningCLI):
         for entry in named:
             entry.init_args.name = run_name.run_name(_logger_name(entry), changed)
 
+    def _resolve_last_checkpoint(self) -> None:
+        """``--ckpt_path last``: the newest ``last.ckpt`` among this run's ``version_*`` folders, adopted as an
+        explicit path. Lightning's own ``last`` looks only in the new run's ``version_N`` (empty), so the run would
+        start afresh; here it resumes, or stops in one line when there is nothing to resume. A ``ModelCheckpoint``
+        with a fixed ``dirpath`` keeps Lightning's meaning (it finds its ``last.ckpt`` there)."""
+        config = self.config[self.subcommand]
+        if config.get("ckpt_path") != "last" or _fixed_checkpoint_dir(config.get("trainer") or {}):
+            return
+        run_dir = _run_folder(config.get("trainer") or {})
+        if run_dir is None:
+            raise ConfigError(
+                "--ckpt_path last looks for the run's last.ckpt under trainer.logger's save_dir/name, but no logger "
+                "of the config names both: give the checkpoint's path (--ckpt_path .../checkpoints/last.ckpt)"
+            )
+        found = sorted(run_dir.glob("version_*/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
+        if not found:
+            raise ConfigError(
+                f"--ckpt_path last: no {run_dir}/version_*/checkpoints/last.ckpt to resume from (a run's folder is "
+                "named after its config and overrides: resume with the same ones, from the same directory), or "
+                "give the checkpoint's path"
+            )
+        config["ckpt_path"] = str(found[-1])
+        _note(f"resuming from {found[-1]}")
+        self._parse_ckpt_path()
+
     def _parse_ckpt_path(self) -> None:
         """Resume from a checkpoint read as data: its algorithm must be a loaded RLModule, the config's own.
 
         Replaces LightningCLI's reading (which imports whatever ``_class_path`` the file names); as there, the
-        checkpoint's hyper-parameters then override the config's.
+        checkpoint's hyper-parameters then override the config's. ``last`` is resolved later, once the run's
+        folder is named (:meth:`_resolve_last_checkpoint`).
         """
         sub = self.config.get("subcommand")
         ckpt_path = self.config[sub].get("ckpt_path") if sub else None
@@ -158,6 +186,33 @@ def _resume_defaults(
 @rank_zero_only
 def _warn(message: str) -> None:
     print(f"accelrl: warning: {message}", file=sys.stderr, flush=True)
+
+
+@rank_zero_only
+def _note(message: str) -> None:
+    print(f"accelrl: {message}", file=sys.stderr, flush=True)
+
+
+def _run_folder(trainer: Any) -> Path | None:
+    """``save_dir/name`` of the first logger entry that sets both: where the run's ``version_*`` folders are."""
+    loggers = trainer.get("logger")
+    for entry in loggers if isinstance(loggers, list) else [loggers]:
+        init_args = entry.get("init_args") if hasattr(entry, "get") else None
+        save_dir = init_args.get("save_dir") if hasattr(init_args, "get") else None
+        if save_dir and _logger_name(entry):
+            return Path(save_dir) / _logger_name(entry)
+    return None
+
+
+def _fixed_checkpoint_dir(trainer: Any) -> bool:
+    """Whether the config's ``ModelCheckpoint`` sets a fixed ``dirpath`` (where Lightning's own ``last`` looks)."""
+    callbacks = trainer.get("callbacks") or []
+    for entry in callbacks if isinstance(callbacks, list) else [callbacks]:
+        if not hasattr(entry, "get") or not str(entry.get("class_path", "")).endswith("ModelCheckpoint"):
+            continue
+        init_args = entry.get("init_args")
+        return bool(init_args.get("dirpath")) if hasattr(init_args, "get") else False
+    return False
 
 
 def _logger_name(entry: Any) -> str | None:

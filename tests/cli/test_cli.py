@@ -177,6 +177,28 @@ def test_fit_writes_summary_and_checkpoint_then_evaluate_and_resume(tmp_path: Pa
     assert_one_line_error(proc, "written by PPO")
 
 
+def test_ckpt_path_last_resumes_the_runs_newest_last_checkpoint(tmp_path: Path) -> None:
+    """Lightning's ``ckpt_path="last"`` looks only in the new run's empty ``version_N`` and starts afresh; here it
+    resumes from the run's newest ``last.ckpt`` (a config whose budget was raised), or stops in one line."""
+    recipe = (Path(__file__).parents[2] / "lightning_accelrl" / "recipes" / "ppo-cartpole.yaml").read_text()
+    config = tmp_path / "my.yaml"
+    config.write_text(recipe.replace("total_env_steps: 100000", "total_env_steps: 2048"))
+    _, first = _summary(accelrl("fit", "--config", str(config), *QUIET, cwd=tmp_path), tmp_path)
+    assert first["env_steps"] == 2048
+    config.write_text(recipe.replace("total_env_steps: 100000", "total_env_steps: 4096"))
+    proc = accelrl("fit", "--config", str(config), "--ckpt_path", "last", *QUIET, cwd=tmp_path)
+    path, resumed = _summary(proc, tmp_path)
+    ckpt = "runs/ppo-cartpole/version_0/checkpoints/last.ckpt"
+    assert f"accelrl: resuming from {ckpt}" in proc.stderr
+    assert resumed["env_steps"] == 4096 and path.parent.name == "version_1"
+    saved = (path.parent / "config.yaml").read_text()  # what `accelrl plot` follows to join the two parts
+    assert f"ckpt_path: {ckpt}" in saved
+
+    changed = ["--model.init_args.lr", "0.01", "--ckpt_path", "last"]  # another run's name: nothing to resume
+    proc = accelrl("fit", "--config", str(config), *changed, *QUIET, cwd=tmp_path)
+    assert_one_line_error(proc, "--ckpt_path last: no runs/ppo-cartpole+model.lr=0.01/version_*")
+
+
 def test_fit_in_bf16_mixed_prints_no_lightning_warning(tmp_path: Path) -> None:
     # Lightning's model summary warns under bf16-mixed that it counts 32 bits a parameter: true for our fp32
     # weights, so the CLI keeps it off the user's screen (the summary itself is printed)
