@@ -199,6 +199,25 @@ def test_ckpt_path_last_resumes_the_runs_newest_last_checkpoint(tmp_path: Path) 
     assert_one_line_error(proc, "--ckpt_path last: no runs/ppo-cartpole+model.lr=0.01/version_*")
 
 
+def test_ckpt_path_last_is_left_to_lightning_for_a_fixed_checkpoint_folder() -> None:
+    """A config's ModelCheckpoint with a fixed ``dirpath`` has its ``last.ckpt`` where Lightning's ``last`` looks."""
+    from lightning_accelrl.lightning_cli import _fixed_checkpoint_dir, _run_folder
+
+    checkpoint = {
+        "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+        "init_args": {"dirpath": "ckpts"},
+    }
+    assert _fixed_checkpoint_dir({"callbacks": [{"class_path": "x.Other"}, checkpoint]})
+    assert not _fixed_checkpoint_dir({"callbacks": [{**checkpoint, "init_args": {"save_last": True}}]})
+    assert not _fixed_checkpoint_dir({})
+    csv = {
+        "class_path": "lightning.pytorch.loggers.CSVLogger",
+        "init_args": {"save_dir": "runs", "name": "a"},
+    }
+    assert _run_folder({"logger": [{"class_path": "x.Plain", "init_args": {}}, csv]}) == Path("runs/a")
+    assert _run_folder({"logger": True}) is None
+
+
 def test_fit_in_bf16_mixed_prints_no_lightning_warning(tmp_path: Path) -> None:
     # Lightning's model summary warns under bf16-mixed that it counts 32 bits a parameter: true for our fp32
     # weights, so the CLI keeps it off the user's screen (the summary itself is printed)
