@@ -425,7 +425,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:
         from lightning_accelrl.errors import ConfigError
 
-        user_error = _user_error(exc)
+        user_error = _user_error(exc) or _class_build_error(exc)
         if isinstance(exc, ConfigError) or user_error is not None:
             return _fail(user_error or str(exc))
         lost = _lost_peer(exc)
@@ -470,6 +470,23 @@ def _user_error(exc: BaseException) -> str | None:
     return None
 
 
+def _class_build_error(exc: BaseException) -> str | None:
+    """A class the config names (a logger, callback, network, ...) that failed to build: jsonargparse reports
+    "Problem with given class_path 'X'" over many lines, with the constructor's own error (e.g. a logger whose
+    package is missing) at the end of the cause chain. One line naming both."""
+    import re
+
+    path, root, seen = None, exc, exc
+    while seen is not None:
+        found = re.search(r"Problem with given class_path '([^']+)'", str(seen))
+        path = path or (found.group(1) if found else None)
+        root, seen = seen, seen.__cause__ or seen.__context__
+    if path is None or root is exc:
+        return None
+    detail = " ".join(str(root).split()) or type(root).__name__
+    return f"{path} from the config cannot be built: {type(root).__name__}: {detail}"
+
+
 # gloo's own messages for a peer that is gone, raised without its source path (e.g. from a barrier)
 _GLOO_PEER_LOST = (
     "Application timeout caused pair closure",
@@ -512,17 +529,28 @@ def _condense_argument_error(message: str) -> str:
         return message
     key = re.search(r'[Kk]ey "([^"]+)"', lines[0])
     detail = None
+    for i, line in enumerate(
+        lines[:-1]
+    ):  # a class the value names, and the line saying what is wrong with it
+        problem = re.match(r"Problem with given class_path '([^']+)':", line)
+        if problem is not None:
+            detail = f"{problem.group(1)}: {lines[i + 1]}"
+            break
     for needle in (
-        "ConfigError: ",
-        "is not accepted",
-        "has no attribute",
-        "No module named",
-        "Unrecognized",
-        "unrecognized",
-        "Expected a",
-        "not a valid",
-        "invalid",
-        "No such file",
+        ()
+        if detail is not None
+        else (
+            "ConfigError: ",
+            "is not accepted",
+            "has no attribute",
+            "No module named",
+            "Unrecognized",
+            "unrecognized",
+            "Expected a",
+            "not a valid",
+            "invalid",
+            "No such file",
+        )
     ):
         detail = next((ln for ln in lines if needle in ln and "NoneType" not in ln), None)
         if detail is not None:
@@ -532,7 +560,12 @@ def _condense_argument_error(message: str) -> str:
     if key is None:
         return detail or lines[0]
     out = f"invalid value for {key.group(1)}: {detail or lines[-1]}"
-    if given is not None and detail is not None and "is not accepted" not in out:
+    if (
+        given is not None
+        and detail is not None
+        and "is not accepted" not in out
+        and "class_path" not in message
+    ):
         out += f" ({given})"
     return out
 

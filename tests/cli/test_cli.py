@@ -218,6 +218,30 @@ def test_ckpt_path_last_is_left_to_lightning_for_a_fixed_checkpoint_folder() -> 
     assert _run_folder({"logger": True}) is None
 
 
+def test_config_classes_that_cannot_be_built_are_one_line_errors(tmp_path: Path) -> None:
+    """The user's own logger or callback: a missing package or argument names the class and the cause."""
+    (tmp_path / "my_loggers.py").write_text(
+        "from lightning.pytorch.loggers import CSVLogger\n\n"
+        "class FancyLogger(CSVLogger):\n"
+        "    def __init__(self, save_dir: str = 'runs') -> None:\n"
+        "        raise ModuleNotFoundError(\"Requirement 'fancylog' not met. HINT: pip install fancylog\")\n"
+    )
+    budget = ["--data.total_env_steps", "512", *QUIET]
+    proc = accelrl(
+        "fit", "--recipe", "ppo-cartpole", "--trainer.logger", "my_loggers.FancyLogger", *budget, cwd=tmp_path
+    )
+    assert_one_line_error(
+        proc,
+        "my_loggers.FancyLogger from the config cannot be built: ModuleNotFoundError: Requirement 'fancylog'",
+    )
+    stopping = "--trainer.callbacks+=lightning.pytorch.callbacks.EarlyStopping"
+    proc = accelrl("fit", "--recipe", "ppo-cartpole", stopping, *budget, cwd=tmp_path)
+    assert_one_line_error(
+        proc,
+        "trainer.callbacks: lightning.pytorch.callbacks.EarlyStopping: the following arguments are required",
+    )
+
+
 def test_fit_in_bf16_mixed_prints_no_lightning_warning(tmp_path: Path) -> None:
     # Lightning's model summary warns under bf16-mixed that it counts 32 bits a parameter: true for our fp32
     # weights, so the CLI keeps it off the user's screen (the summary itself is printed)
