@@ -184,6 +184,32 @@ def test_user_model_checkpoint_monitors_the_episode_return(tmp_path: Path) -> No
     assert restored.policy_version > 0 and restored.env_steps > 0  # the pushed progress is checkpointed too
 
 
+def test_user_model_checkpoint_keeps_the_best_evaluated_policy(tmp_path: Path) -> None:
+    """VideoEvaluation's ``eval/return_mean`` reaches ModelCheckpoint's monitor: the kept checkpoint is the one
+    of the best evaluation (greedy episodes), not of the last epoch."""
+    from lightning_accelrl.callbacks import VideoEvaluation
+
+    L.seed_everything(0, verbose=False)
+    evaluation = VideoEvaluation(every_n_env_steps=1024, episodes=3, at_fit_end=False)
+    best = ModelCheckpoint(
+        dirpath=tmp_path, monitor="eval/return_mean", mode="max", filename="best-{env_steps:.0f}"
+    )
+    dm = ExperienceDataModule(
+        "CartPole-v1", num_envs=4, rollout_steps=32, total_env_steps=6144, updates_per_epoch=8
+    )
+    trainer = L.Trainer(
+        **trainer_kwargs(max_epochs=-1, enable_checkpointing=True, callbacks=[evaluation, best])
+    )
+    trainer.fit(PPO(hidden=(16,)), datamodule=dm)
+    scores = {r["env_steps"]: r["return_mean"] for r in evaluation.results}
+    assert len(scores) == 6  # after every epoch of 8 x 128 env steps
+    top = max(
+        scores, key=lambda k: (scores[k], -k)
+    )  # the first of the best (a later tie does not replace it)
+    assert float(best.best_model_score) == pytest.approx(scores[top])
+    assert Path(best.best_model_path).name == f"best-env_steps={top}.ckpt"
+
+
 def test_a_data_module_fitted_again_starts_a_new_run() -> None:
     L.seed_everything(0, verbose=False)
     dm = ExperienceDataModule("CartPole-v1", num_envs=2, rollout_steps=8, total_env_steps=64)
