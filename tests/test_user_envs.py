@@ -1,6 +1,6 @@
 """Bring your own env, as a user's Lightning project would: registered ids, ``module:EnvId``, factories and env
 objects (Gymnasium, TorchRL with its default one-hot actions), small channels-last images, Dict and Discrete
-observations, MultiDiscrete actions; each learns or fails in one line."""
+observations, MultiDiscrete and MultiBinary actions; each learns or fails in one line."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 from foundation_helpers import trainer_kwargs
-from user_envs import DictCue, LitChannelGrid, TwoDials, make_cartpole
+from user_envs import Buttons, DictCue, LitChannelGrid, TwoDials, make_cartpole
 
 from lightning_accelrl import DQN, PPO, ExperienceDataModule
 from lightning_accelrl.envs import env_kind, make_env, probe_spec
@@ -208,6 +208,14 @@ def test_multidiscrete_actions_learn_with_ppo() -> None:
     model = PPO(lr=3e-3, update_epochs=4, minibatch_size=64, hidden=(32,))
     fit(model, TwoDials, num_envs=8, rollout_steps=16, total_env_steps=6_000, updates_per_epoch=10)
     assert greedy_return(model, TwoDials) >= 7.0  # best 8, random 8 * (1/3 + 1/2) / 2 = 3.3
+
+
+def test_multibinary_actions_learn_with_ppo() -> None:
+    """MultiBinary(4) is four two-way choices: MultiDiscrete([2, 2, 2, 2]) to the spec, 0/1 vectors to the env."""
+    assert ExperienceDataModule(Buttons).env_spec.action_nvec == (2, 2, 2, 2)
+    model = PPO(lr=3e-3, gamma=0.5, update_epochs=4, minibatch_size=64, hidden=(32,))  # rewards are immediate
+    fit(model, Buttons, num_envs=8, rollout_steps=16, total_env_steps=8_000, updates_per_epoch=10)
+    assert greedy_return(model, Buttons) >= 7.0  # best 8, random 4
 
 
 def test_multidiscrete_actions_refused_by_dqn_in_one_line() -> None:

@@ -1,4 +1,5 @@
-"""Small envs as a user would write them: a channels-last bool grid, Dict observations, MultiDiscrete actions.
+"""Small envs as a user would write them: a channels-last bool grid, Dict observations, MultiDiscrete and
+MultiBinary actions.
 
 Each is a contextual bandit stretched into short episodes, so a policy learns it in a few thousand steps and
 a random one is far from the best return: the tests can tell learning from luck.
@@ -95,6 +96,31 @@ class TwoDials(gym.Env):
     def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict]:
         a = np.asarray(action)
         reward = 0.5 * float(a[0] == self.cues[0]) + 0.5 * float(a[1] == self.cues[1])
+        self.t += 1
+        return self._draw(), reward, False, self.t >= self.length, {}
+
+
+class Buttons(gym.Env):
+    """MultiBinary(4) actions, as stable-retro's button presses: each button pressed as its cue (a 0/1 Box) says
+    earns 0.25; the action must be a 0/1 vector the space contains."""
+
+    def __init__(self, length: int = 8) -> None:
+        self.observation_space = gym.spaces.Box(0, 1, (4,), dtype=np.float32)
+        self.action_space = gym.spaces.MultiBinary(4)
+        self.length = length
+
+    def _draw(self) -> np.ndarray:
+        self.cues = self.np_random.integers(0, 2, size=4)
+        return self.cues.astype(np.float32)
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[np.ndarray, dict]:
+        super().reset(seed=seed)
+        self.t = 0
+        return self._draw(), {}
+
+    def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict]:
+        assert self.action_space.contains(np.asarray(action, dtype=np.int8)), action
+        reward = 0.25 * float(np.sum(np.asarray(action) == self.cues))
         self.t += 1
         return self._draw(), reward, False, self.t >= self.length, {}
 

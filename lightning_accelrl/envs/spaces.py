@@ -8,7 +8,7 @@ one tensor per step (the samplers preallocate one ``observation`` tensor of ``sp
   dict's keys; nested keys are joined by ".");
   ``spec.observation_parts`` records each key's slice, shape and dtype, so networks can split it back.
 
-Actions: ``Discrete``, ``MultiDiscrete`` and 1-D ``Box``.
+Actions: ``Discrete``, ``MultiDiscrete``, 1-D ``MultiBinary`` (as that many two-way choices) and 1-D ``Box``.
 """
 
 from __future__ import annotations
@@ -152,6 +152,10 @@ def action_fields(action_space: gym.Space) -> dict[str, Any]:
     if isinstance(action_space, gym.spaces.MultiDiscrete) and action_space.nvec.ndim == 1:
         nvec = tuple(int(n) for n in action_space.nvec)
         return {"discrete": True, "num_actions": sum(nvec), "action_nvec": nvec}
+    if isinstance(action_space, gym.spaces.MultiBinary) and len(action_space.shape) == 1:
+        # n two-way choices: a categorical over {0, 1} per button is a Bernoulli (SB3's MultiBinary policy)
+        nvec = (2,) * int(action_space.shape[0])
+        return {"discrete": True, "num_actions": sum(nvec), "action_nvec": nvec}
     if isinstance(action_space, gym.spaces.Box) and len(action_space.shape) == 1:
         return {
             "discrete": False,
@@ -160,7 +164,8 @@ def action_fields(action_space: gym.Space) -> dict[str, Any]:
             "action_high": tuple(float(x) for x in action_space.high),
         }
     raise ConfigError(
-        f"action space {action_space} is not supported: use Discrete, 1-D MultiDiscrete or a 1-D Box"
+        f"action space {action_space} is not supported: use Discrete, 1-D MultiDiscrete, 1-D MultiBinary or a 1-D "
+        "Box"
     )
 
 
