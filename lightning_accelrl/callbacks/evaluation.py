@@ -14,10 +14,29 @@ from lightning_accelrl.algos.base import RLModule
 from lightning_accelrl.data.datamodule import ExperienceDataModule
 from lightning_accelrl.errors import check
 
+EVAL_KEYS = ("return_mean", "return_std", "length_mean")  # logged as eval/<key>
+
 
 def _env_steps(module: LightningModule) -> int:
     """Env steps so far, as the experience source pushed them to the algorithm (0 for other modules)."""
     return int(module.env_steps) if isinstance(module, RLModule) else 0
+
+
+def _from_rank_zero(trainer: Trainer, module: LightningModule, values: list[float]) -> list[float]:
+    """Rank 0's ``values`` on every rank: a sum over ranks of a tensor only rank 0 fills (a tensor collective,
+    nothing pickled). As they are on one rank."""
+    if trainer.world_size <= 1:
+        return values
+    mine = values if trainer.is_global_zero else [0.0] * len(values)
+    summed = trainer.strategy.reduce(
+        torch.tensor(mine, dtype=torch.float64, device=module.device), reduce_op="sum"
+    )
+    return [float(v) for v in summed.tolist()]
+
+
+def _rank_zero_env_steps(trainer: Trainer, module: LightningModule) -> int:
+    """Rank 0's env-step count on every rank, so that all ranks evaluate at the same batch."""
+    return int(_from_rank_zero(trainer, module, [float(_env_steps(module))])[0])
 
 
 class VideoEvaluation(Callback):
@@ -30,7 +49,10 @@ class VideoEvaluation(Callback):
     Without it, the episodes run on a vector env from the data module (faster, no frames).
 
     Evaluation draws from its own seeds and a forked torch generator, so it does not change the training run.
-    Other ranks do not wait for it beyond their next gradient all-reduce.
+    Under DDP, rank 0 plays the episodes and every rank receives its ``eval/*`` values (in ``callback_metrics``,
+    so a ``ModelCheckpoint`` monitoring them decides alike on every rank); when to evaluate follows rank 0's
+    env-step count (one all-reduce of a number per training batch), which asynchronous samplers may count
+    differently on other ranks.
     """
 
     def __init__(
@@ -64,7 +86,7 @@ class VideoEvaluation(Callback):
         self.last_at = state_dict.get("last_at")
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, *args: Any) -> None:
-        steps = _env_steps(pl_module)
+        steps = _rank_zero_env_steps(trainer, pl_module)
         if self.next_at is None:
             self.next_at = (steps // self.every_n_env_steps + 1) * self.every_n_env_steps
         if steps >= self.next_at:
@@ -72,32 +94,31 @@ class VideoEvaluation(Callback):
             self.evaluate(trainer, pl_module, steps)
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        steps = _env_steps(pl_module)
+        steps = _rank_zero_env_steps(trainer, pl_module)
         if self.at_fit_end and self.last_at != steps and steps > 0:
             self.evaluate(trainer, pl_module, steps)
 
     def evaluate(self, trainer: Trainer, pl_module: LightningModule, env_steps: int) -> dict[str, Any] | None:
+        """Play the episodes on rank 0 (every rank calls this at the same batch); its results reach every rank's
+        ``callback_metrics``. Returns the result on rank 0, None on the others."""
         self.last_at = env_steps
-        if not trainer.is_global_zero:
-            return None
-        dm = trainer.datamodule
-        was_training = pl_module.training
-        pl_module.eval()
-        try:
-            with torch.random.fork_rng(devices=[]):
-                result = self._run(trainer, pl_module, dm, env_steps)
-        finally:
-            pl_module.train(was_training)
-        result["env_steps"] = env_steps
-        self.results.append(result)
-        metrics = {
-            "eval/return_mean": result["return_mean"],
-            "eval/return_std": result["return_std"],
-            "eval/length_mean": result["length_mean"],
-            "env_steps": float(env_steps),
-        }
-        metrics = {k: v for k, v in metrics.items() if not (isinstance(v, float) and math.isnan(v))}
-        for logger in trainer.loggers:
+        result = None
+        values = [math.nan] * len(EVAL_KEYS)
+        if trainer.is_global_zero:
+            was_training = pl_module.training
+            pl_module.eval()
+            try:
+                with torch.random.fork_rng(devices=[]):
+                    result = self._run(trainer, pl_module, trainer.datamodule, env_steps)
+            finally:
+                pl_module.train(was_training)
+            result["env_steps"] = env_steps
+            self.results.append(result)
+            values = [float(result[key]) for key in EVAL_KEYS]
+        values = _from_rank_zero(trainer, pl_module, values)
+        metrics = {f"eval/{key}": v for key, v in zip(EVAL_KEYS, values) if not math.isnan(v)}
+        metrics["env_steps"] = float(env_steps)
+        for logger in trainer.loggers if trainer.is_global_zero else []:
             logger.log_metrics(metrics, step=trainer.global_step)
         trainer.callback_metrics.update({k: torch.tensor(v) for k, v in metrics.items()})
         return result
