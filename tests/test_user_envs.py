@@ -136,6 +136,19 @@ def test_torchrl_env_with_default_one_hot_actions_learns() -> None:
     assert greedy_return(model, "CartPole-v1") >= 150  # random play: ~22
 
 
+def test_torchrl_binary_actions_learn() -> None:
+    """TorchRL's Binary spec (what its GymWrapper makes of MultiBinary) as n two-way choices, int8 to the env."""
+    from torchrl.envs import GymWrapper
+
+    def make():
+        return GymWrapper(Buttons())
+
+    assert ExperienceDataModule(make).env_spec.action_nvec == (2, 2, 2, 2)
+    model = PPO(lr=3e-3, gamma=0.5, update_epochs=4, minibatch_size=64, hidden=(32,))
+    fit(model, make, num_envs=4, rollout_steps=32, total_env_steps=8_000, updates_per_epoch=10)
+    assert greedy_return(model, Buttons) >= 7.0  # best 8, random 4
+
+
 def test_torchrl_box_actions_are_clipped_to_the_spec() -> None:
     """A policy's sample outside [-2, 2] reaches the TorchRL env clipped, as with Gymnasium envs."""
     from torchrl.envs import GymEnv

@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torchrl.data import Bounded, Categorical, MultiCategorical, MultiOneHot, OneHot
+from torchrl.data import Binary, Bounded, Categorical, MultiCategorical, MultiOneHot, OneHot
 from torchrl.envs import EnvBase
 
 from lightning_accelrl.envs.base import BatchedEnv, EnvSpec, Step, image_layout
@@ -42,7 +42,12 @@ def spec_from_torchrl(env: EnvBase) -> EnvSpec:
     layout = image_layout(obs_shape)
     action_spec = env.action_spec
     action_shape = tuple(action_spec.shape[batch:])
-    if isinstance(action_spec, (OneHot, Categorical)):
+    if isinstance(action_spec, Binary) and len(action_shape) == 1:  # before Categorical, its base class
+        nvec = (2,) * int(action_shape[0])  # n two-way choices, as Gymnasium's MultiBinary
+        return EnvSpec(
+            obs_shape, obs_dtype, discrete=True, num_actions=sum(nvec), action_nvec=nvec, image_layout=layout
+        )
+    if isinstance(action_spec, (OneHot, Categorical)) and not isinstance(action_spec, Binary):
         n = int(action_spec.space.n)
         return EnvSpec(obs_shape, obs_dtype, discrete=True, num_actions=n, image_layout=layout)
     if isinstance(action_spec, (MultiOneHot, MultiCategorical)):
@@ -65,7 +70,7 @@ def spec_from_torchrl(env: EnvBase) -> EnvSpec:
         )
     raise ConfigError(
         f"TorchRL action spec {type(action_spec).__name__} {action_shape} is not supported: use OneHot, "
-        "Categorical, MultiOneHot, MultiCategorical or a 1-D Bounded spec"
+        "Categorical, MultiOneHot, MultiCategorical, a 1-D Binary or a 1-D Bounded spec"
     )
 
 
