@@ -520,6 +520,21 @@ def _lost_peer(exc: BaseException) -> str | None:
     return None
 
 
+# the lines of a jsonargparse error that name the problem, most telling first
+_ARGUMENT_ERROR_NEEDLES = (
+    "ConfigError: ",
+    "is not accepted",
+    "has no attribute",
+    "No module named",
+    "Unrecognized",
+    "unrecognized",
+    "Expected a",
+    "not a valid",
+    "invalid",
+    "No such file",
+)
+
+
 def _condense_argument_error(message: str) -> str:
     """jsonargparse explains nested errors over many lines; keep the line that names the problem."""
     import re
@@ -528,30 +543,13 @@ def _condense_argument_error(message: str) -> str:
     if not lines:
         return message
     key = re.search(r'[Kk]ey "([^"]+)"', lines[0])
-    detail = None
-    for i, line in enumerate(
-        lines[:-1]
-    ):  # a class the value names, and the line saying what is wrong with it
+    problem, detail = None, None
+    for line, after in zip(lines, lines[1:]):  # a class the value names (a callback, a logger), what is wrong
         problem = re.match(r"Problem with given class_path '([^']+)':", line)
         if problem is not None:
-            detail = f"{problem.group(1)}: {lines[i + 1]}"
+            detail = f"{problem.group(1)}: {after}"
             break
-    for needle in (
-        ()
-        if detail is not None
-        else (
-            "ConfigError: ",
-            "is not accepted",
-            "has no attribute",
-            "No module named",
-            "Unrecognized",
-            "unrecognized",
-            "Expected a",
-            "not a valid",
-            "invalid",
-            "No such file",
-        )
-    ):
+    for needle in () if detail is not None else _ARGUMENT_ERROR_NEEDLES:
         detail = next((ln for ln in lines if needle in ln and "NoneType" not in ln), None)
         if detail is not None:
             detail = detail.split("ConfigError: ", 1)[-1]
@@ -560,13 +558,8 @@ def _condense_argument_error(message: str) -> str:
     if key is None:
         return detail or lines[0]
     out = f"invalid value for {key.group(1)}: {detail or lines[-1]}"
-    if (
-        given is not None
-        and detail is not None
-        and "is not accepted" not in out
-        and "class_path" not in message
-    ):
-        out += f" ({given})"
+    if given is not None and detail is not None and problem is None and "is not accepted" not in out:
+        out += f" ({given})"  # the value, unless the class's own complaint says it better
     return out
 
 
