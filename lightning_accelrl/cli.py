@@ -197,6 +197,7 @@ def cmd_fit(args: list[str]) -> int:
 
 
 def _quiet_lightning() -> None:
+    import logging
     import warnings
 
     os.environ.setdefault(
@@ -208,6 +209,10 @@ def _quiet_lightning() -> None:
     # which is right for our fp32 weights (only the update's maths runs in bf16)
     warnings.filterwarnings("ignore", message=".*is not supported by the model summary.*")
     warnings.filterwarnings("ignore", category=DeprecationWarning)
+    # Lightning's tip advertising its hosted logger, printed at every Trainer start: not this command's output
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
+        lambda record: "litlogger" not in record.getMessage()
+    )
 
 
 # ----- evaluate -----------------------------------------------------------------------------------------------------

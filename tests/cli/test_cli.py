@@ -253,6 +253,7 @@ def test_fit_in_bf16_mixed_prints_no_lightning_warning(tmp_path: Path) -> None:
     _summary(proc, tmp_path)
     assert "Total params" in proc.stdout, proc.stdout[-2000:]
     assert "Warning" not in proc.stderr and "model summary" not in proc.stderr, proc.stderr[-2000:]
+    assert "litlogger" not in proc.stderr + proc.stdout  # Lightning's advertisement at every Trainer start
 
 
 def test_fit_with_ddp_spawn_prints_the_summary_line(tmp_path: Path) -> None:
