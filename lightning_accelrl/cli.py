@@ -430,7 +430,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:
         from lightning_accelrl.errors import ConfigError
 
-        user_error = _user_error(exc) or _class_build_error(exc)
+        user_error = _user_error(exc)
         if isinstance(exc, ConfigError) or user_error is not None:
             return _fail(user_error or str(exc))
         lost = _lost_peer(exc)
@@ -451,45 +451,34 @@ _MANUAL_OPTIMIZATION_HINTS = {
 
 def _user_error(exc: BaseException) -> str | None:
     """A ConfigError, argument error or Lightning misconfiguration (a Trainer flag that cannot apply) anywhere in
-    the cause chain (jsonargparse wraps constructor errors)."""
+    the cause chain (jsonargparse wraps constructor errors); else a class the config names that failed to build
+    (jsonargparse's "Problem with given class_path 'X'"), named with the constructor's own error."""
+    import re
+
     from lightning.fabric.utilities.exceptions import MisconfigurationException
 
     from lightning_accelrl.errors import ConfigError
 
-    seen = exc
+    seen, root, built = exc, exc, None
     while seen is not None:
+        found = re.search(r"Problem with given class_path '([^']+)'", str(seen))
+        built = built or (found.group(1) if found else None)  # a class the config names that failed to build
         if isinstance(seen, ConfigError):
             return str(seen)
         if type(seen).__name__ == "ArgumentError":
             return _condense_argument_error(str(seen))
         if isinstance(seen, MisconfigurationException):
-            import re
-
             message = " ".join(str(seen).split())
             hints = [hint for key, hint in _MANUAL_OPTIMIZATION_HINTS.items() if key in message]
             flag = re.search(r"`(Trainer\([^`]*\))`", message)
             if hints and flag:  # Lightning's "switch to automatic optimization" is not the user's to do here
                 message = f"{flag.group(1)} does not apply: {hints[0]}"
             return message
-        seen = seen.__cause__ or seen.__context__
-    return None
-
-
-def _class_build_error(exc: BaseException) -> str | None:
-    """A class the config names (a logger, callback, network, ...) that failed to build: jsonargparse reports
-    "Problem with given class_path 'X'" over many lines, with the constructor's own error (e.g. a logger whose
-    package is missing) at the end of the cause chain. One line naming both."""
-    import re
-
-    path, root, seen = None, exc, exc
-    while seen is not None:
-        found = re.search(r"Problem with given class_path '([^']+)'", str(seen))
-        path = path or (found.group(1) if found else None)
         root, seen = seen, seen.__cause__ or seen.__context__
-    if path is None or root is exc:
-        return None
-    detail = " ".join(str(root).split()) or type(root).__name__
-    return f"{path} from the config cannot be built: {type(root).__name__}: {detail}"
+    if built is not None and root is not exc:  # e.g. a logger's missing package: the root names it
+        detail = " ".join(str(root).split()) or type(root).__name__
+        return f"{built} from the config cannot be built: {type(root).__name__}: {detail}"
+    return None
 
 
 # gloo's own messages for a peer that is gone, raised without its source path (e.g. from a barrier)
