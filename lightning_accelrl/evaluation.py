@@ -1,14 +1,34 @@
-"""Evaluation of a policy over a fixed number of fresh episodes (the number ``accelrl evaluate`` prints)."""
+"""Evaluation of a policy over a fixed number of fresh episodes (the number ``accelrl evaluate`` prints), and the
+contract by which a data module tells evaluation callbacks which env to play."""
 
 from __future__ import annotations
 
 import math
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
 
 from lightning_accelrl.envs.base import BatchedEnv
+
+
+@dataclass(frozen=True)
+class EnvSource:
+    """What fresh evaluation envs are built from: an env id or an env factory (never a live env object, which
+    would be the training env itself), its keyword arguments, and the vectorization of a batch of them."""
+
+    env: Any
+    env_kwargs: dict[str, Any] = field(default_factory=dict)
+    vectorization: str = "auto"
+
+
+@runtime_checkable
+class EvaluationEnvSource(Protocol):
+    """What evaluation callbacks ask of a data module: the source of its training envs, or ``None`` when it
+    trains on a live env object (evaluation must then be given its own env)."""
+
+    def evaluation_env(self) -> EnvSource | None: ...
 
 
 @torch.no_grad()

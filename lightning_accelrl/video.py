@@ -7,6 +7,8 @@ reset in the same step an episode ends) and any back-end can be filmed:
   (:func:`lightning_accelrl.envs.atari.make_gym_atari_env`: same preprocessing, same observations as the
   C++ vector env the agent trained on); frames are the raw RGB screens (``ale.getScreenRGB()``), not the
   84x84 grayscale the agent sees.
+- env factories (the user's own envs): ``factory(**env_kwargs)`` must return a ``gymnasium.Env`` made with
+  ``render_mode="rgb_array"``; frames from ``env.render()``.
 An episode of ``L`` steps gives ``L + 1`` frames (the reset frame, then one per step).
 
 Files are MP4 (H.264, through imageio-ffmpeg's bundled ffmpeg binary) or, without imageio-ffmpeg, GIF.
@@ -148,11 +150,15 @@ class _FilmedEnv:
         self.env.close()
 
 
-def make_filmed_env(env_id: str, env_kwargs: dict[str, Any] | None = None) -> _FilmedEnv:
-    """A single env for ``env_id`` whose frames can be recorded (see the module docstring)."""
+def make_filmed_env(env: Any, env_kwargs: dict[str, Any] | None = None) -> _FilmedEnv:
+    """A single env for ``env`` (an id or a factory) whose frames can be recorded (see the module docstring)."""
     import gymnasium as gym
 
     kwargs = dict(env_kwargs or {})
+    _headless_rendering()
+    if not isinstance(env, str):
+        return _filmed_from_factory(env, kwargs)
+    env_id = env
     if env_id.startswith("ALE/"):
         from lightning_accelrl.envs.atari import ATARI_DEFAULTS, make_gym_atari_env
 
@@ -167,19 +173,44 @@ def make_filmed_env(env_id: str, env_kwargs: dict[str, Any] | None = None) -> _F
 
     check_env_id(env_id)
     kwargs.pop("render_mode", None)
-    # off-screen rendering needs no display; without this SDL (pygame) prints an XDG_RUNTIME_DIR "error"
+    made = gym.make(env_id, render_mode="rgb_array", **kwargs)
+    fps = float(made.metadata.get("render_fps") or 30)
+    return _FilmedEnv(made, _checked_render(made, env_id), fps)
+
+
+def _headless_rendering() -> None:
+    """Off-screen rendering needs no display: without this SDL (pygame) prints an XDG_RUNTIME_DIR "error", and
+    MuJoCo envs try GLFW first, which needs a display and fails only at the first frame; EGL renders off-screen
+    (on a GPU's driver or Mesa's software one). A user's own settings stand."""
     os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
     os.environ.setdefault("SDL_AUDIODRIVER", "dummy")
     if not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
-        # MuJoCo envs: Gymnasium tries GLFW first, which needs a display and fails only at the first frame;
-        # EGL renders off-screen (on a GPU's driver or Mesa's software one). A user's MUJOCO_GL stands.
         os.environ.setdefault("MUJOCO_GL", "egl")
-    env = gym.make(env_id, render_mode="rgb_array", **kwargs)
-    fps = float(env.metadata.get("render_fps") or 30)
-    return _FilmedEnv(env, _checked_render(env, env_id), fps)
 
 
-def _checked_render(env: Any, env_id: str) -> Any:
+def _filmed_from_factory(factory: Any, kwargs: dict[str, Any]) -> _FilmedEnv:
+    """The user's factory's env, filmed through its own ``render()``: it must be one Gymnasium env that renders
+    RGB arrays (the factory decides how its env is made, so the render mode is its to set)."""
+    import gymnasium as gym
+
+    name = getattr(factory, "__qualname__", type(factory).__name__)
+    made = factory(**kwargs)
+    if not isinstance(made, gym.Env):
+        raise ConfigError(
+            f"videos film one gymnasium.Env, but the env factory {name} returns {type(made).__name__}: film a "
+            "factory of single Gymnasium envs"
+        )
+    if made.render_mode != "rgb_array":
+        made.close()
+        raise ConfigError(
+            f"the env factory {name} makes envs with render_mode={made.render_mode!r}; to film them, make them "
+            "with render_mode='rgb_array' (e.g. gymnasium.make(id, render_mode='rgb_array'))"
+        )
+    fps = float(made.metadata.get("render_fps") or 30)
+    return _FilmedEnv(made, _checked_render(made, name), fps)
+
+
+def _checked_render(env: Any, name: str) -> Any:
     """``env.render``, with a failure to render turned into one line that says what to set."""
 
     def frame() -> Any:
@@ -188,7 +219,7 @@ def _checked_render(env: Any, env_id: str) -> Any:
         except Exception as exc:  # the back-ends raise their own types (mujoco.FatalError, pygame.error, ...)
             first_line = str(exc).splitlines()[0] if str(exc) else ""
             raise ConfigError(
-                f"{env_id} could not render a frame for the video ({type(exc).__name__}: {first_line}); MuJoCo "
+                f"{name} could not render a frame for the video ({type(exc).__name__}: {first_line}); MuJoCo "
                 f"envs render through MUJOCO_GL (now {os.environ.get('MUJOCO_GL')!r}): without a display use egl "
                 "(needs libEGL) or osmesa (needs libOSMesa)"
             ) from None
@@ -199,7 +230,7 @@ def _checked_render(env: Any, env_id: str) -> Any:
 @torch.no_grad()
 def record_episodes(
     agent: Any,
-    env_id: str,
+    env: Any,
     episodes: int,
     video_dir: str | Path,
     seed: int = 1_000_003,
@@ -209,7 +240,8 @@ def record_episodes(
     prefix: str = "episode",
     fps: float | None = None,
 ) -> dict[str, Any]:
-    """Play ``episodes`` episodes (episode i seeded ``seed + i``), one video file each in ``video_dir``.
+    """Play ``episodes`` episodes of ``env`` (an id or a factory; episode i seeded ``seed + i``), one video file each
+    in ``video_dir``.
 
     Returns the same statistics as :func:`~lightning_accelrl.evaluation.evaluate_policy` plus ``videos``
     (the paths) and ``frames`` (frames per video: episode length + 1). ``max_steps`` cuts long episodes.
@@ -226,25 +258,25 @@ def record_episodes(
     lengths: list[int] = []
     videos: list[str] = []
     frame_counts: list[int] = []
-    env = make_filmed_env(env_id, env_kwargs)
+    filmed = make_filmed_env(env, env_kwargs)
     try:
         for i in range(episodes):
-            obs = env.reset(seed + i)
-            frames = [env.frame()]
+            obs = filmed.reset(seed + i)
+            frames = [filmed.frame()]
             total, length, done = 0.0, 0, False
             while not done and (max_steps is None or length < max_steps):
                 action = agent.policy(obs.to(device), deterministic=deterministic)
-                obs, reward, done = env.step(action)
+                obs, reward, done = filmed.step(action)
                 total += reward
                 length += 1
-                frames.append(env.frame())
-            path = write_video(frames, out / f"{prefix}_{i:03d}", fps=fps or env.fps)
+                frames.append(filmed.frame())
+            path = write_video(frames, out / f"{prefix}_{i:03d}", fps=fps or filmed.fps)
             returns.append(total)
             lengths.append(length)
             videos.append(str(path))
             frame_counts.append(len(frames))
     finally:
-        env.close()
+        filmed.close()
     return {
         **episode_statistics(returns, lengths),
         "lengths": lengths,

@@ -128,3 +128,8 @@ class Buttons(gym.Env):
 def make_cartpole() -> gym.Env:
     """An env factory: a module-level function, so it pickles (Ray) and forks (async sampler) alike."""
     return gym.make("CartPole-v1")
+
+
+def make_filmable_cartpole() -> gym.Env:
+    """An env factory whose envs render RGB frames, so the user's own env can be filmed."""
+    return gym.make("CartPole-v1", render_mode="rgb_array")

@@ -8,11 +8,12 @@ from typing import Any
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
-from lightning.pytorch.utilities import rank_zero_warn
+from typing_extensions import override
 
 from lightning_accelrl.algos.base import RLModule
-from lightning_accelrl.data.datamodule import ExperienceDataModule
-from lightning_accelrl.errors import check
+from lightning_accelrl.envs import env_kind, make_env
+from lightning_accelrl.errors import ConfigError, check
+from lightning_accelrl.evaluation import EnvSource, EvaluationEnvSource, evaluate_policy
 
 EVAL_KEYS = ("return_mean", "return_std", "length_mean")  # logged as eval/<key>
 
@@ -46,7 +47,14 @@ class VideoEvaluation(Callback):
     (directly, at the current step, so the values are written whatever ``log_every_n_steps`` is).
     With ``video_dir`` each episode is also recorded (:func:`lightning_accelrl.video.record_episodes`) to
     ``video_dir/env_steps_<N>/episode_<i>.mp4``; a relative ``video_dir`` is placed in the run's log folder.
-    Without it, the episodes run on a vector env from the data module (faster, no frames).
+    Without it, the episodes run on ``min(episodes, 8)`` envs stepped together (faster, no frames), as
+    ``accelrl evaluate`` plays them: the same seed gives the same figures as ``accelrl evaluate --seed`` on a
+    checkpoint written at that step.
+
+    The env played: ``env`` (an env id or an env factory, with ``env_kwargs``), else the data module's own
+    (:class:`~lightning_accelrl.evaluation.EvaluationEnvSource`: an id or a factory; a live env object is the
+    training env itself and is never played). Films of a factory's envs need them made with
+    ``render_mode="rgb_array"``. What cannot be played or filmed is a one-line error when fit starts.
 
     Evaluation draws from its own seeds and a forked torch generator, so it does not change the training run.
     Under DDP, rank 0 plays the episodes and every rank receives its ``eval/*`` values (in ``callback_metrics``,
@@ -64,9 +72,26 @@ class VideoEvaluation(Callback):
         seed: int = 1_000_003,
         at_fit_end: bool = True,
         max_episode_steps: int | None = None,
+        env: Any = None,
+        env_kwargs: dict[str, Any] | None = None,
     ) -> None:
         check(every_n_env_steps >= 1, f"every_n_env_steps must be >= 1, got {every_n_env_steps}")
         check(episodes >= 1, f"episodes must be >= 1, got {episodes}")
+        if env is not None and env_kind(env) == "object":
+            raise ConfigError(
+                "VideoEvaluation(env=...) takes an env id or an env factory, not a live env object: it builds "
+                "fresh envs for each evaluation"
+            )
+        if isinstance(env, str):
+            from lightning_accelrl.envs.gym import check_env_id
+
+            check_env_id(env)
+        check(
+            env is not None or env_kwargs is None,
+            "VideoEvaluation: env_kwargs apply to env=...; give env too",
+        )
+        self.env = env
+        self.env_kwargs = env_kwargs
         self.every_n_env_steps = every_n_env_steps
         self.episodes = episodes
         self.video_dir = video_dir
@@ -77,14 +102,41 @@ class VideoEvaluation(Callback):
         self.next_at: int | None = None
         self.last_at: int | None = None
         self.results: list[dict[str, Any]] = []  # one entry per evaluation (rank 0)
+        self.source: EnvSource | None = None  # the env played, settled when fit starts
 
+    @override
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        """Settle the env to play, and on rank 0 with ``video_dir`` film-check it (one env built and closed), so
+        that a wrong env stops the run now rather than at its first evaluation."""
+        if stage != "fit":
+            return
+        self.source = self._env_source(trainer.datamodule)
+        if self.video_dir is not None and trainer.is_global_zero:
+            from lightning_accelrl.video import make_filmed_env
+
+            make_filmed_env(self.source.env, self.source.env_kwargs).close()
+
+    def _env_source(self, datamodule: Any) -> EnvSource:
+        if self.env is not None:
+            return EnvSource(self.env, dict(self.env_kwargs or {}))
+        source = datamodule.evaluation_env() if isinstance(datamodule, EvaluationEnvSource) else None
+        if source is None:
+            raise ConfigError(
+                "VideoEvaluation has no env to play: the data module trains on a live env object (or does not "
+                "say which env it trains on); give VideoEvaluation(env=<env id or env factory>)"
+            )
+        return source
+
+    @override
     def state_dict(self) -> dict[str, Any]:
         return {"next_at": self.next_at, "last_at": self.last_at}
 
+    @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.next_at = state_dict.get("next_at")
         self.last_at = state_dict.get("last_at")
 
+    @override
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, *args: Any) -> None:
         steps = _rank_zero_env_steps(trainer, pl_module)
         if self.next_at is None:
@@ -93,6 +145,7 @@ class VideoEvaluation(Callback):
             self.next_at = (steps // self.every_n_env_steps + 1) * self.every_n_env_steps
             self.evaluate(trainer, pl_module, steps)
 
+    @override
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         steps = _rank_zero_env_steps(trainer, pl_module)
         if self.at_fit_end and self.last_at != steps and steps > 0:
@@ -109,7 +162,7 @@ class VideoEvaluation(Callback):
             pl_module.eval()
             try:
                 with torch.random.fork_rng(devices=[]):
-                    result = self._run(trainer, pl_module, trainer.datamodule, env_steps)
+                    result = self._run(trainer, pl_module, env_steps)
             finally:
                 pl_module.train(was_training)
             result["env_steps"] = env_steps
@@ -123,11 +176,8 @@ class VideoEvaluation(Callback):
         trainer.callback_metrics.update({k: torch.tensor(v) for k, v in metrics.items()})
         return result
 
-    def _run(self, trainer: Trainer, pl_module: LightningModule, dm: Any, env_steps: int) -> dict[str, Any]:
-        if not isinstance(dm, ExperienceDataModule) or not isinstance(dm.env, str):
-            # an env object given to the data module is the training env itself: playing on it would disturb training
-            rank_zero_warn("VideoEvaluation needs a data module built from an env id; skipping evaluation")
-            return {"episodes": 0, "return_mean": math.nan, "return_std": math.nan, "length_mean": math.nan}
+    def _run(self, trainer: Trainer, pl_module: LightningModule, env_steps: int) -> dict[str, Any]:
+        source = self.source if self.source is not None else self._env_source(trainer.datamodule)
         if self.video_dir is not None:
             from lightning_accelrl.video import record_episodes
 
@@ -136,17 +186,17 @@ class VideoEvaluation(Callback):
                 root = Path(trainer.log_dir or trainer.default_root_dir) / root
             return record_episodes(
                 pl_module,
-                dm.env,
+                source.env,
                 self.episodes,
                 root / f"env_steps_{env_steps}",
                 seed=self.seed,
                 deterministic=self.deterministic,
-                env_kwargs=dm.env_kwargs,
+                env_kwargs=source.env_kwargs,
                 max_steps=self.max_episode_steps,
             )
-        from lightning_accelrl.evaluation import evaluate_policy
-
-        env = dm.build_env(rank=trainer.global_rank, seed=self.seed)
+        env = make_env(
+            source.env, min(self.episodes, 8), self.seed, 0, source.vectorization, source.env_kwargs
+        )
         try:
             return evaluate_policy(pl_module, env, self.episodes, deterministic=self.deterministic)
         finally:

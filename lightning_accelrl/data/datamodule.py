@@ -30,8 +30,9 @@ from lightning_accelrl.data.settings import check_arguments, check_needs
 from lightning_accelrl.data.source import ExperienceSource, SourceContext, SourceFactory
 from lightning_accelrl.data.sources import source_factory
 from lightning_accelrl.data.statistics import LagMeter, reduced_statistics
-from lightning_accelrl.envs import EnvSpec, make_env
+from lightning_accelrl.envs import EnvSpec, env_kind, make_env
 from lightning_accelrl.errors import ConfigError
+from lightning_accelrl.evaluation import EnvSource
 from lightning_accelrl.sampling import EpisodeTracker
 
 
@@ -181,6 +182,13 @@ class ExperienceDataModule(LightningDataModule):
         """A batched env like the training envs of ``rank`` (e.g. for evaluation), seeded from ``seed``."""
         seed = self.base_seed if seed is None else seed
         return make_env(self.env, self.num_envs, seed, rank, self.vectorization, self.env_kwargs)
+
+    def evaluation_env(self) -> EnvSource | None:
+        """Where evaluation builds fresh envs like the training envs (:class:`EvaluationEnvSource`); ``None`` for a
+        live env object, which is the training env itself."""
+        if env_kind(self.env) == "object":
+            return None
+        return EnvSource(self.env, dict(self.env_kwargs), self.vectorization)
 
     # ----- Lightning hooks --------------------------------------------------------------------------------
     def setup(self, stage: str) -> None:

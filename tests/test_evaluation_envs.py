@@ -1,0 +1,107 @@
+"""VideoEvaluation on the user's own envs: env factories are played and filmed, a live env object is refused at fit
+start with what to give instead, ``env=`` names another env to play, and the figures are ``accelrl evaluate``'s."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import gymnasium as gym
+import lightning as L
+import pytest
+from foundation_helpers import trainer_kwargs
+from lightning.pytorch.callbacks import ModelCheckpoint
+from user_envs import make_cartpole, make_filmable_cartpole
+
+from lightning_accelrl import PPO, ExperienceDataModule, cli
+from lightning_accelrl.callbacks import VideoEvaluation
+from lightning_accelrl.errors import ConfigError
+from lightning_accelrl.evaluation import EnvSource
+from lightning_accelrl.video import count_frames
+
+
+def fit(
+    env: object, callback: VideoEvaluation, total: int = 256, extra: list | None = None, **trainer: object
+) -> L.Trainer:
+    L.seed_everything(0, verbose=False)
+    dm = ExperienceDataModule(env, num_envs=4, rollout_steps=16, total_env_steps=total, updates_per_epoch=2)
+    t = L.Trainer(**trainer_kwargs(**trainer), max_epochs=-1, callbacks=[callback, *(extra or [])])
+    t.fit(PPO(hidden=(8,)), datamodule=dm)
+    return t
+
+
+def test_data_module_says_which_env_evaluation_builds() -> None:
+    assert ExperienceDataModule("CartPole-v1", env_kwargs={"sutton_barto_reward": True}).evaluation_env() == (
+        EnvSource("CartPole-v1", {"sutton_barto_reward": True}, "auto")
+    )
+    assert ExperienceDataModule(make_cartpole, vectorization="sync").evaluation_env() == EnvSource(
+        make_cartpole, {}, "sync"
+    )
+    assert ExperienceDataModule(gym.make("CartPole-v1")).evaluation_env() is None  # the training env itself
+
+
+def test_an_env_factory_is_evaluated_during_fit() -> None:
+    callback = VideoEvaluation(every_n_env_steps=128, episodes=3)
+    fit(make_cartpole, callback)
+    assert [r["env_steps"] for r in callback.results] == [128, 256]
+    assert all(r["episodes"] == 3 and r["return_mean"] >= 8 for r in callback.results)  # CartPole: ≥ 8 a game
+
+
+def test_an_env_factory_that_renders_frames_is_filmed(tmp_path: Path) -> None:
+    callback = VideoEvaluation(every_n_env_steps=256, episodes=2, video_dir=str(tmp_path / "videos"))
+    fit(make_filmable_cartpole, callback)
+    (result,) = callback.results
+    videos = sorted((tmp_path / "videos" / "env_steps_256").glob("episode_*.mp4"))
+    assert [count_frames(v) for v in videos] == [n + 1 for n in result["lengths"]]
+
+
+def test_filming_a_factory_without_rgb_frames_stops_at_fit_start(tmp_path: Path) -> None:
+    callback = VideoEvaluation(every_n_env_steps=128, episodes=2, video_dir=str(tmp_path / "videos"))
+    with pytest.raises(ConfigError, match=r"make_cartpole makes envs with render_mode=None; .*'rgb_array'"):
+        fit(make_cartpole, callback)
+    assert callback.results == [] and not (tmp_path / "videos").exists()
+
+
+def test_a_live_env_object_is_never_played_and_env_names_one_to_play() -> None:
+    with pytest.raises(
+        ConfigError, match=r"no env to play: .*VideoEvaluation\(env=<env id or env factory>\)"
+    ):
+        fit(gym.make("CartPole-v1"), VideoEvaluation(every_n_env_steps=128, episodes=2))
+    callback = VideoEvaluation(every_n_env_steps=128, episodes=2, env=make_cartpole)
+    fit(gym.make("CartPole-v1"), callback)
+    assert [r["episodes"] for r in callback.results] == [2, 2]
+
+
+def test_env_is_checked_when_the_callback_is_made() -> None:
+    with pytest.raises(ConfigError, match="not a live env object"):
+        VideoEvaluation(env=gym.make("CartPole-v1"))
+    with pytest.raises(ConfigError, match="NoSuchEnv"):
+        VideoEvaluation(env="NoSuchEnv-v0")
+    with pytest.raises(ConfigError, match="env_kwargs apply to env="):
+        VideoEvaluation(env_kwargs={"max_episode_steps": 50})
+
+
+def test_env_kwargs_reach_the_env_played() -> None:
+    callback = VideoEvaluation(
+        every_n_env_steps=256, episodes=4, env="CartPole-v1", env_kwargs={"max_episode_steps": 5}
+    )
+    fit("CartPole-v1", callback)
+    assert callback.results[0]["length_mean"] <= 5
+
+
+def test_the_figures_are_those_of_accelrl_evaluate_on_the_checkpoint(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """The evaluation at the end of fit and ``accelrl evaluate`` on the checkpoint written then play the same
+    episodes with the same weights (episodes split over min(episodes, 8) envs, env i seeded seed + i)."""
+    callback = VideoEvaluation(every_n_env_steps=10_000, episodes=5, seed=7)
+    saving = ModelCheckpoint(dirpath=tmp_path, save_last=True)
+    fit("CartPole-v1", callback, total=512, extra=[saving], enable_checkpointing=True)
+    (result,) = callback.results
+    assert result["env_steps"] == 512
+    capsys.readouterr()
+    assert (
+        cli.main(["evaluate", "--ckpt", str(tmp_path / "last.ckpt"), "--episodes", "5", "--seed", "7"]) == 0
+    )
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert printed["returns"] == result["returns"]
