@@ -123,7 +123,10 @@ def compatibility_warnings(ckpt: dict[str, Any], cls: type, path: str | Path) ->
 def check_env_id(env: Any, path: str | Path) -> str:
     """The checkpoint's env id, if it names an env already known (registered, or its module already imported)."""
     if not isinstance(env, str) or not env:
-        raise ConfigError(f"checkpoint {str(path)!r} does not record a Gymnasium env id to evaluate on")
+        raise ConfigError(
+            f"checkpoint {str(path)!r} does not record a Gymnasium env id to evaluate on (its run trained on an "
+            "env factory or object): give the env to play, e.g. --env-factory mypkg.envs:make_env"
+        )
     from lightning_accelrl.envs.gym import check_env_id as check_known
 
     try:
@@ -139,17 +142,20 @@ def warn_compatibility(ckpt: dict[str, Any], cls: type, path: str | Path) -> Non
         warnings.warn(message, CheckpointWarning, stacklevel=3)
 
 
-def load_agent(path: str | Path, device: str = "cpu") -> tuple[Any, dict[str, Any]]:
+def load_agent(path: str | Path, device: str = "cpu", check_env: bool = True) -> tuple[Any, dict[str, Any]]:
     """Rebuild the trained module from a checkpoint; returns (module in eval mode, datamodule hyper-parameters).
 
-    A different library version, or hyper-parameters the class no longer accepts, issue a :class:`CheckpointWarning`.
+    ``check_env``: the checkpoint must record an env id already known (to evaluate on it); off when the caller
+    plays an env of its own. A different library version, or hyper-parameters the class no longer accepts, issue
+    a :class:`CheckpointWarning`.
     """
     ckpt = read_checkpoint(path)
     cls = algorithm_class(ckpt, path)
     data = ckpt.get("datamodule_hyper_parameters") or {}
     if not isinstance(data, dict):
         raise ConfigError(f"checkpoint {str(path)!r} has no data module hyper-parameters")
-    check_env_id(data.get("env"), path)
+    if check_env:
+        check_env_id(data.get("env"), path)
     hparams, _ = accepted_hparams(cls, ckpt)
     warn_compatibility(ckpt, cls, path)
     try:

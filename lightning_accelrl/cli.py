@@ -28,9 +28,11 @@ commands:
   recipes list                     the shipped recipes: name, algorithm, env, budget
   recipes show NAME                print a recipe's YAML (a starting point for your own config)
   evaluate --ckpt PATH [--episodes N] [--stochastic] [--seed S] [--num-envs K] [--video DIR]
-           [--import MODULE ...]   play N episodes with a checkpoint; prints one JSON line;
+           [--import MODULE ...] [--env ID | --env-factory MODULE:NAME] [--env-kwargs JSON]
+                                   play N episodes with a checkpoint; prints one JSON line;
                                    --video DIR: one MP4 (GIF without ffmpeg) per episode;
-                                   --import: your module defining the algorithm/network/env it names
+                                   --import: your module defining the algorithm/network/env it names;
+                                   --env/--env-factory: play another env (or your own env factory)
   plot RUN_DIR [RUN_DIR ...] --out curve.png [--x env_steps|wall_time|both] [--y episode_score_mean]
                                    learning curves; runs of one config (seeds): mean and min-max
   --version                        print the version
@@ -239,6 +241,26 @@ def _evaluate_parser() -> Any:
         "checkpoint names (a checkpoint never imports code by itself)",
     )
     parser.add_argument("--device", default="cpu")
+    env = parser.add_mutually_exclusive_group()
+    env.add_argument(
+        "--env",
+        metavar="ID",
+        default=None,
+        help="play this Gymnasium id (module:EnvId imports module) instead of the checkpoint's env",
+    )
+    env.add_argument(
+        "--env-factory",
+        metavar="MODULE:NAME",
+        default=None,
+        help="play the envs your function or class MODULE:NAME returns (a run trained on an env factory)",
+    )
+    parser.add_argument(
+        "--env-kwargs",
+        metavar="JSON",
+        default=None,
+        help="keyword arguments of the env, a JSON object: added to the checkpoint's (with --env or "
+        "--env-factory: the only ones)",
+    )
     parser.add_argument(
         "--video",
         metavar="DIR",
@@ -260,51 +282,101 @@ def cmd_evaluate(args: Sequence[str]) -> int:
     if ns.video is not None:
         _check_video_dir(ns.video)
     _import_modules(ns.imports)
-    agent, data_hparams = _load_agent(ns.ckpt, ns.device)
+    own_env = ns.env is not None or ns.env_factory is not None
+    agent, data_hparams = _load_agent(ns.ckpt, ns.device, check_env=not own_env)
+    env, env_kwargs, env_name = _evaluation_env(ns, data_hparams)
+    vectorization = data_hparams.get("vectorization", "auto")
+    if own_env:
+        _check_same_spec(agent.env_spec, env, env_kwargs, vectorization, env_name)
+    head = {"ckpt": str(ns.ckpt), "env": env_name, "deterministic": not ns.stochastic}
     if ns.video is not None:
         from lightning_accelrl.video import record_episodes
 
         result = record_episodes(
             agent,
-            data_hparams["env"],
+            env,
             ns.episodes,
             ns.video,
             seed=ns.seed,
             deterministic=not ns.stochastic,
-            env_kwargs=data_hparams.get("env_kwargs"),
+            env_kwargs=env_kwargs,
             max_steps=ns.max_episode_steps,
         )
-        result = {
-            "ckpt": str(ns.ckpt),
-            "env": data_hparams["env"],
-            "deterministic": not ns.stochastic,
-            **result,
-        }
-        print(json.dumps(result))
+        print(json.dumps({**head, **result}))
         return 0
+    from lightning_accelrl import preflight
     from lightning_accelrl.envs import make_env
     from lightning_accelrl.evaluation import evaluate_policy
 
     num_envs = ns.num_envs if ns.num_envs is not None else min(ns.episodes, 8)
-    from lightning_accelrl import preflight
-
-    vectorization = data_hparams.get("vectorization", "auto")
-    preflight.check_num_envs(num_envs, preflight.in_processes(data_hparams["env"], num_envs, vectorization))
-    env = make_env(
-        data_hparams["env"],
-        num_envs,
-        ns.seed,
-        0,
-        vectorization,
-        data_hparams.get("env_kwargs"),
-    )
+    preflight.check_num_envs(num_envs, preflight.in_processes(env, num_envs, vectorization))
+    batched = make_env(env, num_envs, ns.seed, 0, vectorization, env_kwargs)
     try:
-        result = evaluate_policy(agent, env, ns.episodes, deterministic=not ns.stochastic)
+        result = evaluate_policy(agent, batched, ns.episodes, deterministic=not ns.stochastic)
     finally:
-        env.close()
-    result = {"ckpt": str(ns.ckpt), "env": data_hparams["env"], "deterministic": not ns.stochastic, **result}
-    print(json.dumps(result))
+        batched.close()
+    print(json.dumps({**head, **result}))
     return 0
+
+
+def _evaluation_env(ns: Any, data_hparams: dict[str, Any]) -> tuple[Any, dict[str, Any], str]:
+    """(the env id or factory to play, its keyword arguments, its name in the output): ``--env`` or
+    ``--env-factory`` (the user's code, trusted because the user names it), else the checkpoint's env id."""
+    extra: dict[str, Any] = {}
+    if ns.env_kwargs is not None:
+        try:
+            extra = json.loads(ns.env_kwargs)
+        except json.JSONDecodeError as exc:
+            raise UsageError(
+                f"--env-kwargs is not JSON ({exc.msg}): give an object, e.g. '{{\"size\": 7}}'"
+            ) from None
+        if not isinstance(extra, dict):
+            raise UsageError(f"--env-kwargs must be a JSON object, got {type(extra).__name__}")
+    if ns.env_factory is not None:
+        return _import_factory(ns.env_factory), extra, ns.env_factory
+    if ns.env is not None:
+        from lightning_accelrl.envs.gym import check_env_id
+
+        check_env_id(ns.env)
+        return ns.env, extra, ns.env
+    return data_hparams["env"], {**(data_hparams.get("env_kwargs") or {}), **extra}, data_hparams["env"]
+
+
+def _import_factory(path: str) -> Callable[..., Any]:
+    """``--env-factory MODULE:NAME`` (or ``MODULE.NAME``): import MODULE, return its callable NAME."""
+    import importlib
+
+    module_name, sep, name = path.rpartition(":")
+    if not sep:
+        module_name, _, name = path.rpartition(".")
+    if not module_name or not name:
+        raise UsageError(f"--env-factory {path!r}: give MODULE:NAME, e.g. mypkg.envs:make_env")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise UsageError(f"--env-factory {path}: {exc}") from None
+    factory = getattr(module, name, None)
+    if not callable(factory):
+        raise UsageError(f"--env-factory {path}: module {module_name!r} has no function or class {name!r}")
+    return factory
+
+
+def _check_same_spec(
+    trained: Any, env: Any, env_kwargs: dict[str, Any], vectorization: str, name: str
+) -> None:
+    """A policy plays only envs with the observations and actions it was trained on: one line naming what differs."""
+    from dataclasses import fields
+
+    from lightning_accelrl.envs import probe_spec
+
+    spec = probe_spec(env, env_kwargs, vectorization)
+    differ = [
+        f"{f.name} {getattr(spec, f.name)} (trained on {getattr(trained, f.name)})"
+        for f in fields(spec)
+        if getattr(spec, f.name) != getattr(trained, f.name)
+    ]
+    if differ:
+        raise UsageError(f"{name}: its envs differ from the checkpoint's: {'; '.join(differ)}")
 
 
 def _import_modules(names: Sequence[str]) -> None:
@@ -318,7 +390,7 @@ def _import_modules(names: Sequence[str]) -> None:
             raise UsageError(f"--import {name}: {exc}") from None
 
 
-def _load_agent(ckpt: str, device: str) -> tuple[Any, dict[str, Any]]:
+def _load_agent(ckpt: str, device: str, check_env: bool = True) -> tuple[Any, dict[str, Any]]:
     """``checkpoints.load_agent``, its warnings printed as one line each."""
     import warnings
 
@@ -326,7 +398,7 @@ def _load_agent(ckpt: str, device: str) -> tuple[Any, dict[str, Any]]:
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", CheckpointWarning)
-        loaded = load_agent(ckpt, device)
+        loaded = load_agent(ckpt, device, check_env=check_env)
     for warning in caught:
         if issubclass(warning.category, CheckpointWarning):
             print(f"accelrl: warning: {warning.message}", file=sys.stderr)

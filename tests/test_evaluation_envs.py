@@ -105,3 +105,101 @@ def test_the_figures_are_those_of_accelrl_evaluate_on_the_checkpoint(
     )
     printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert printed["returns"] == result["returns"]
+
+
+# ----- accelrl evaluate on the user's own envs -----------------------------------------------------------------
+@pytest.fixture(scope="module")
+def factory_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A checkpoint of a run on an env factory: it records no env id."""
+    folder = tmp_path_factory.mktemp("factory_run")
+    fit(
+        make_cartpole,
+        VideoEvaluation(every_n_env_steps=10_000, at_fit_end=False),
+        total=512,
+        extra=[ModelCheckpoint(dirpath=folder, save_last=True)],
+        enable_checkpointing=True,
+    )
+    return folder / "last.ckpt"
+
+
+def evaluate(capsys: pytest.CaptureFixture, *args: str) -> tuple[int, dict | str]:
+    capsys.readouterr()
+    code = cli.main(["evaluate", *args])
+    out, err = capsys.readouterr()
+    return code, json.loads(out.strip().splitlines()[-1]) if code == 0 else err.strip()
+
+
+def test_evaluate_a_factory_run_with_env_factory(
+    factory_checkpoint: Path, capsys: pytest.CaptureFixture
+) -> None:
+    code, err = evaluate(capsys, "--ckpt", str(factory_checkpoint))
+    assert code == 2 and len(err.splitlines()) == 1
+    assert "does not record a Gymnasium env id" in err and "--env-factory" in err
+    code, mine = evaluate(
+        capsys, "--ckpt", str(factory_checkpoint), "--env-factory", "user_envs:make_cartpole"
+    )
+    assert code == 0 and mine["env"] == "user_envs:make_cartpole" and mine["episodes"] == 10
+    code, by_id = evaluate(capsys, "--ckpt", str(factory_checkpoint), "--env", "CartPole-v1")
+    assert code == 0 and by_id["returns"] == mine["returns"]  # the same envs, seeded alike
+
+
+def test_evaluate_films_a_factory_that_renders_frames(
+    factory_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    args = ["--ckpt", str(factory_checkpoint), "--episodes", "2", "--video", str(tmp_path)]
+    code, result = evaluate(capsys, *args, "--env-factory", "user_envs:make_filmable_cartpole")
+    assert code == 0 and [count_frames(v) for v in result["videos"]] == [n + 1 for n in result["lengths"]]
+    code, err = evaluate(capsys, *args, "--env-factory", "user_envs:make_cartpole")
+    assert code == 2 and "render_mode='rgb_array'" in err and len(err.splitlines()) == 1
+
+
+def test_evaluate_env_kwargs_reach_the_env(factory_checkpoint: Path, capsys: pytest.CaptureFixture) -> None:
+    args = ["--ckpt", str(factory_checkpoint), "--env", "CartPole-v1"]
+    code, plain = evaluate(capsys, *args)
+    assert code == 0 and max(plain["returns"]) > 6  # CartPole: the return is the episode's length
+    code, cut = evaluate(capsys, *args, "--env-kwargs", '{"max_episode_steps": 6}')
+    assert code == 0 and max(cut["returns"]) == 6
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["--env", "Acrobot-v1"],
+            "Acrobot-v1: its envs differ from the checkpoint's: observation_shape (6,)",
+        ),
+        (["--env", "CartPole-v1", "--env-kwargs", "{x"], "--env-kwargs is not JSON"),
+        (["--env", "CartPole-v1", "--env-kwargs", "[1]"], "--env-kwargs must be a JSON object, got list"),
+        (["--env-factory", "user_envs:nope"], "module 'user_envs' has no function or class 'nope'"),
+        (["--env-factory", "no_such_module:make"], "No module named 'no_such_module'"),
+        (["--env-factory", "make_env"], "give MODULE:NAME"),
+        (["--env", "CartPole-v1", "--env-factory", "user_envs:make_cartpole"], "not allowed with"),
+    ],
+)
+def test_evaluate_wrong_env_arguments_are_one_line(
+    factory_checkpoint: Path, capsys: pytest.CaptureFixture, args: list[str], message: str
+) -> None:
+    code, err = evaluate(capsys, "--ckpt", str(factory_checkpoint), *args)
+    assert code == 2 and len(err.splitlines()) == 1 and message in err
+
+
+def test_evaluate_env_kwargs_are_added_to_the_checkpoints(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    L.seed_everything(0, verbose=False)
+    dm = ExperienceDataModule(
+        "CartPole-v1", num_envs=4, rollout_steps=16, total_env_steps=128, env_kwargs={"max_episode_steps": 7}
+    )
+    trainer = L.Trainer(
+        **trainer_kwargs(enable_checkpointing=True),
+        max_epochs=-1,
+        callbacks=[ModelCheckpoint(dirpath=tmp_path, save_last=True)],
+    )
+    trainer.fit(PPO(hidden=(8,)), datamodule=dm)
+    args = ["--ckpt", str(tmp_path / "last.ckpt")]
+    code, kept = evaluate(capsys, *args, "--env-kwargs", '{"sutton_barto_reward": true}')
+    assert code == 0 and max(kept["returns"]) == 0.0  # Sutton & Barto's reward: 0 a step, -1 at a fall
+    code, cut = evaluate(capsys, *args)
+    assert code == 0 and max(cut["returns"]) <= 7  # the checkpoint's max_episode_steps
+    code, replaced = evaluate(capsys, *args, "--env", "CartPole-v1")
+    assert code == 0 and max(replaced["returns"]) > 7  # --env: only --env-kwargs apply
