@@ -33,7 +33,8 @@ commands:
                                    --video DIR: one MP4 (GIF without ffmpeg) per episode;
                                    --import: your module defining the algorithm/network/env it names;
                                    --env/--env-factory: play another env (or your own env factory)
-  plot RUN_DIR [RUN_DIR ...] --out curve.png [--x env_steps|wall_time|both] [--y episode_score_mean]
+  plot RUN_DIR [RUN_DIR ...] --out curve.png [--x env_steps|wall_time|both]
+           [--y episode_score_mean|eval/return_mean]
                                    learning curves; runs of one config (seeds): mean and min-max
   --version                        print the version
 
@@ -438,9 +439,10 @@ def cmd_plot(args: Sequence[str]) -> int:
     parser.add_argument("--x", choices=("both", "env_steps", "wall_time"), default="both")
     parser.add_argument(
         "--y",
-        choices=("episode_return_mean", "episode_score_mean"),
+        choices=("episode_return_mean", "episode_score_mean", "eval/return_mean"),
         default="episode_return_mean",
-        help="the return the agent learns from, or the unclipped game score (Atari runs)",
+        help="the return the agent learns from, the unclipped game score (Atari runs), or the evaluations of "
+        "the VideoEvaluation callback",
     )
     parser.add_argument(
         "--group-by",

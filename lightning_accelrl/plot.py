@@ -4,7 +4,8 @@ A *run* is a logger version folder holding ``metrics.csv`` (``runs/NAME/version_
 folder or any folder above it (``runs/NAME``, ``runs``): every ``metrics.csv`` below it is a run.
 
 What is drawn: ``episode_return_mean`` (mean of the last ``episode_window`` finished episodes; ``--y
-episode_score_mean``: the unclipped game score of Atari runs) against env steps and against wall-clock seconds.
+episode_score_mean``: the unclipped game score of Atari runs; ``--y eval/return_mean``: the evaluations of the
+``VideoEvaluation`` callback) against env steps and against wall-clock seconds.
 Runs of one group are drawn as their mean with a min–max band (``--spread std``: ±1 std); a group of one run is
 its own curve. By default a group is one config up to seeds: the ``config_id`` that ``accelrl fit`` writes to
 ``summary.json``, else the same identity computed from the run's ``config.yaml``
@@ -14,7 +15,8 @@ run it continues, so the pair is one curve.
 
 Wall time of a logged row is ``env_steps / env_steps_per_s`` (both logged together; the throughput is computed
 over the run's wall time so far, earlier segments of resumed runs included), so it is exact to float32
-precision. CSV files without ``env_steps_per_s`` fall back to ``summary.json``'s ``wall_time_s``,
+precision. Rows logged without the throughput (the evaluations) take the wall time interpolated between the rows
+that have it. CSV files without ``env_steps_per_s`` fall back to ``summary.json``'s ``wall_time_s``,
 spread over the logged steps in proportion to the step index (an approximation, marked in the legend with ``~``).
 
 No torch import: this module stays fast (matplotlib with the Agg back-end).
@@ -42,6 +44,12 @@ LEGEND_WIDTH = 48  # characters per legend line (fontsize 8 on a 6.4-inch axes)
 Y_LABELS = {
     "episode_return_mean": "episode return (mean of recent episodes)",
     "episode_score_mean": "game score (mean of recent episodes, unclipped)",
+    "eval/return_mean": "evaluation return (mean of its episodes)",
+}
+#: why a run has no row of a ``--y`` column other than the default
+Y_MISSING = {
+    "episode_score_mean": "the run logged no game score: episode_score_mean exists for Atari runs",
+    "eval/return_mean": "the run logged no evaluation: eval/return_mean comes from the VideoEvaluation callback",
 }
 X_LABELS = {"env_steps": "env steps", "wall_time": "wall-clock time (s)"}
 
@@ -86,22 +94,21 @@ def read_run(run_dir: Path, y: str = Y_KEY) -> Run:
     except OSError as exc:
         raise ConfigError(f"cannot read {str(csv_path)!r}: {exc.strerror or exc}") from None
     points = []
+    clock = []  # (env steps, wall s) of every row that logged the throughput
     for row in rows:
-        steps, ret = _float(row.get("env_steps")), _float(row.get(y))
+        steps, ret, speed = (
+            _float(row.get("env_steps")),
+            _float(row.get(y)),
+            _float(row.get("env_steps_per_s")),
+        )
+        if math.isfinite(steps) and math.isfinite(speed) and speed > 0:
+            clock.append((steps, steps / speed))
         if math.isfinite(steps) and math.isfinite(ret):
-            points.append(
-                (
-                    steps,
-                    ret,
-                    _float(row.get("wall_time_s")),
-                    _float(row.get("env_steps_per_s")),
-                    _float(row.get("step")),
-                )
-            )
+            points.append((steps, ret, _float(row.get("wall_time_s")), speed, _float(row.get("step"))))
     if not points:
         why = "no finished episode was logged yet"
         if y != Y_KEY and rows and y not in rows[0]:
-            why = "the run logged no game score: episode_score_mean exists for Atari runs"
+            why = Y_MISSING.get(y, f"the run logged no {y}")
         raise ConfigError(f"{str(csv_path)!r} has no rows with env_steps and {y} ({why})")
     points.sort(key=lambda p: p[0])
     arr = np.asarray(points, dtype=np.float64)
@@ -111,6 +118,9 @@ def read_run(run_dir: Path, y: str = Y_KEY) -> Run:
         wall: np.ndarray | None = wall_col
     elif (np.isfinite(speed) & (speed > 0)).all():
         wall = env_steps / speed
+    elif clock:
+        known = np.asarray(sorted(clock), dtype=np.float64)
+        wall = np.interp(env_steps, known[:, 0], known[:, 1])
     else:
         wall, exact = _wall_from_summary(run_dir, step), False
     config = _read_config(run_dir)

@@ -171,6 +171,56 @@ def test_game_scores_are_drawn_with_y(tmp_path: Path, capsys: pytest.CaptureFixt
     assert out.read_bytes().startswith(PNG) and "wrote" in capsys.readouterr().out
 
 
+def test_evaluations_are_drawn_with_y_and_timed_from_the_training_rows(tmp_path: Path) -> None:
+    """VideoEvaluation's rows carry no throughput: their wall time is interpolated between the rows that do."""
+    run = tmp_path / "runs/ppo/version_0"
+    run.mkdir(parents=True)
+    rows = [
+        {"env_steps": 100, "episode_return_mean": 10, "env_steps_per_s": 100, "step": 1},  # 1 s
+        {"env_steps": 150, "eval/return_mean": 30, "step": 2},
+        {"env_steps": 300, "episode_return_mean": 20, "env_steps_per_s": 75, "step": 3},  # 4 s
+        {"env_steps": 300, "eval/return_mean": 50, "step": 3},
+    ]
+    with open(run / "metrics.csv", "w", newline="") as f:
+        w = csv.DictWriter(
+            f, ["env_steps", "episode_return_mean", "env_steps_per_s", "step", "eval/return_mean"]
+        )
+        w.writeheader()
+        w.writerows(rows)
+    (evaluations,) = find_runs([run], y="eval/return_mean")
+    assert evaluations.returns.tolist() == [30.0, 50.0] and evaluations.env_steps.tolist() == [150, 300]
+    assert evaluations.wall_time.tolist() == pytest.approx([1.75, 4.0]) and evaluations.wall_time_exact
+
+
+def test_a_real_run_with_evaluations_is_plotted(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    import lightning as L
+    from foundation_helpers import trainer_kwargs
+    from lightning.pytorch.loggers import CSVLogger
+
+    from lightning_accelrl import PPO, ExperienceDataModule
+    from lightning_accelrl.callbacks import VideoEvaluation
+
+    L.seed_everything(0, verbose=False)
+    dm = ExperienceDataModule(
+        "CartPole-v1", num_envs=4, rollout_steps=16, total_env_steps=768, updates_per_epoch=2
+    )
+    evaluation = VideoEvaluation(every_n_env_steps=256, episodes=2)
+    logger = CSVLogger(tmp_path / "runs", name="ppo")
+    trainer = L.Trainer(
+        **trainer_kwargs(logger=logger, log_every_n_steps=1), max_epochs=-1, callbacks=[evaluation]
+    )
+    trainer.fit(PPO(hidden=(8,)), datamodule=dm)
+    (run,) = find_runs([tmp_path / "runs"], y="eval/return_mean")
+    assert run.env_steps.tolist() == [256, 512, 768]
+    assert run.returns.tolist() == pytest.approx([r["return_mean"] for r in evaluation.results])
+    assert run.wall_time_exact and np.all(np.diff(run.wall_time) > 0)
+    out = tmp_path / "eval.png"
+    assert cli.main(["plot", str(tmp_path / "runs"), "--out", str(out), "--y", "eval/return_mean"]) == 0
+    assert out.read_bytes().startswith(PNG)
+    capsys.readouterr()
+    assert cli.main(["plot", str(tmp_path / "runs"), "--out", str(out), "--y", "episode_score_mean"]) == 2
+
+
 def test_bad_input_is_one_line_and_exit_code_2(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     run = write_run(tmp_path / "runs/x/version_0", [1, 2], [1, 2])
     (tmp_path / "empty").mkdir()
@@ -186,6 +236,10 @@ def test_bad_input_is_one_line_and_exit_code_2(tmp_path: Path, capsys: pytest.Ca
         (
             ["plot", str(run), "--out", str(tmp_path / "c.png"), "--y", "episode_score_mean"],
             "logged no game score",
+        ),
+        (
+            ["plot", str(run), "--out", str(tmp_path / "c.png"), "--y", "eval/return_mean"],
+            "logged no evaluation: eval/return_mean comes from the VideoEvaluation callback",
         ),
     ]
     for args, fragment in cases:
