@@ -58,19 +58,31 @@ def _even(frame: np.ndarray) -> np.ndarray:
     return frame
 
 
+MIN_SIDE = 160  # smaller frames (MinAtar's 10x10 grids) are enlarged, pixel for pixel, to at least this side
+
+
 def _rgb(frame: Any) -> np.ndarray:
+    """``uint8 [H, W, 3]``: gray frames repeated over 3 channels; float frames whose values lie in [0, 1] (MinAtar's
+    colour palette) scaled to 0..255, other numbers clipped to it; small frames enlarged by an integer factor
+    (nearest neighbour, so every cell stays a sharp square)."""
     a = np.asarray(frame)
     if a.ndim == 2:
         a = np.repeat(a[..., None], 3, axis=-1)
     if a.dtype != np.uint8:
-        a = np.clip(a, 0, 255).astype(np.uint8)
+        if np.issubdtype(a.dtype, np.floating) and a.size and a.min() >= 0.0 and a.max() <= 1.0:
+            a = a * 255.0
+        a = np.clip(np.rint(a), 0, 255).astype(np.uint8)
+    factor = -(-MIN_SIDE // max(1, min(a.shape[:2])))  # ceil
+    if factor > 1:
+        a = a.repeat(factor, axis=0).repeat(factor, axis=1)
     return np.ascontiguousarray(a[..., :3])
 
 
 def write_video(
     frames: Sequence[np.ndarray], path: str | Path, fps: float = 30.0, fmt: str | None = None
 ) -> Path:
-    """Write RGB ``uint8 [H, W, 3]`` frames; ``path``'s suffix is replaced by ``.mp4`` or ``.gif`` (``fmt``)."""
+    """Write RGB frames (``uint8 [H, W, 3]``, or what :func:`_rgb` turns into it); ``path``'s suffix is replaced by
+    ``.mp4`` or ``.gif`` (``fmt``)."""
     if not frames:
         raise ValueError("no frames to write")
     imageio = _require_imageio()
@@ -173,6 +185,9 @@ def make_filmed_env(env: Any, env_kwargs: dict[str, Any] | None = None) -> _Film
 
     check_env_id(env_id)
     kwargs.pop("render_mode", None)
+    # the env trained already, checked by Gymnasium then; here its checker only repeats warnings about rendering
+    # that the frame conversion handles (MinAtar: float colours, no render_fps)
+    kwargs.setdefault("disable_env_checker", True)
     made = gym.make(env_id, render_mode="rgb_array", **kwargs)
     fps = float(made.metadata.get("render_fps") or 30)
     return _FilmedEnv(made, _checked_render(made, env_id), fps)

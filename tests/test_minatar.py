@@ -17,7 +17,7 @@ import torch
 import yaml
 from process_helpers import run_in_own_group
 
-from lightning_accelrl import cli
+from lightning_accelrl import PPO, cli
 from lightning_accelrl.envs import make_env, probe_spec
 from lightning_accelrl.envs.gym import check_env_id
 from lightning_accelrl.errors import ConfigError
@@ -213,3 +213,18 @@ def test_ppo_learns_breakout_far_above_a_random_policy(
     result = json.loads(summary.read_text())
     assert result["env_steps"] >= 250_000 and result["episodes"] >= 100
     assert result["episode_return_mean"] >= 2.0
+
+
+def test_minatar_episodes_are_filmed_in_colour(tmp_path: Path) -> None:
+    """MinAtar's ``rgb_array`` frames are 10x10 float colours: the video shows them (they were written black)."""
+    pytest.importorskip("imageio")
+    import imageio.v3 as iio
+
+    from lightning_accelrl.video import record_episodes
+
+    model = PPO(hidden=(8,), network="mlp", env_spec=probe_spec("MinAtar/Breakout-v1").to_dict())
+    model.configure_model()
+    result = record_episodes(model.eval(), "MinAtar/Breakout-v1", 1, tmp_path, seed=3, max_steps=20)
+    frames = iio.imread(result["videos"][0], index=None)
+    assert frames.shape[1:3] == (160, 160) and len(frames) == result["frames"][0]
+    assert frames[0].max() > 100  # the paddle, the ball and the bricks in colour

@@ -38,6 +38,19 @@ def test_written_video_decodes_to_every_frame(tmp_path: Path, fmt: str) -> None:
     assert count_frames(path) == 17
 
 
+def test_float_frames_in_0_1_and_small_grids_are_filmed_visibly(tmp_path: Path) -> None:
+    """MinAtar renders 10x10 float colours in [0, 1]: scaled to 0..255 and enlarged pixel for pixel."""
+    import imageio.v3 as iio
+
+    grid = np.zeros((10, 10, 3))
+    grid[2:4, 5:7] = (1.0, 0.5, 0.25)
+    path = write_video([grid] * 3, tmp_path / "grid", fps=10, fmt="gif")  # GIF: lossless colours
+    frames = iio.imread(path, index=None)
+    assert frames.shape[1:3] == (160, 160)  # 16x, every cell a 16x16 square
+    assert tuple(frames[0, 2 * 16 + 8, 5 * 16 + 8, :3]) == (255, 128, 64)
+    assert tuple(frames[0, 0, 0, :3]) == (0, 0, 0)
+
+
 def untrained_ppo(env_id: str = "CartPole-v1") -> PPO:
     model = PPO(hidden=(8,), env_spec=probe_spec(env_id).to_dict())
     model.configure_model()
