@@ -76,7 +76,14 @@ def overrides(base: dict[str, Any], cfg: dict[str, Any]) -> list[str]:
     as ``model.lr``), sorted."""
     old, new = identity_items(base), identity_items(cfg)
     changed = sorted(k for k in old.keys() | new.keys() if old.get(k, _MISSING) != new.get(k, _MISSING))
-    return [f"{k.replace('.init_args.', '.')}={_show(new.get(k))}" for k in changed]
+    # a leaf that became a dict (``env_kwargs: null`` given ``{continuous: true}``) is named by its new leaves, a
+    # dict that became a leaf by that leaf
+    gone = [
+        k
+        for k in changed
+        if k not in new and any(n.startswith(k + ".") or k.startswith(n + ".") for n in new)
+    ]
+    return [f"{k.replace('.init_args.', '.')}={_show(new.get(k))}" for k in changed if k not in gone]
 
 
 _MISSING = object()

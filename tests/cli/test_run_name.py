@@ -31,6 +31,13 @@ def test_overrides_name_the_run() -> None:
     assert run_name("ppo-cartpole", overrides(RECIPE, RECIPE)) == "ppo-cartpole"
 
 
+def test_a_null_option_given_a_dict_is_named_by_its_keys_and_back() -> None:
+    base = changed(data={"env_kwargs": None})
+    cfg = changed(data={"env_kwargs": {"continuous": True}})
+    assert overrides(base, cfg) == ["data.env_kwargs.continuous=true"]  # not also "data.env_kwargs=null"
+    assert overrides(cfg, base) == ["data.env_kwargs=null"]
+
+
 def test_model_options_lists_and_unsafe_characters() -> None:
     model = {"class_path": "lightning_accelrl.algos.PPO", "init_args": {"lr": 0.001, "hidden": [32]}}
     cfg = changed(model=model, data={"env": "ALE/Pong-v5"})
