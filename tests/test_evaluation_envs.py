@@ -203,3 +203,20 @@ def test_evaluate_env_kwargs_are_added_to_the_checkpoints(
     assert code == 0 and max(cut["returns"]) <= 7  # the checkpoint's max_episode_steps
     code, replaced = evaluate(capsys, *args, "--env", "CartPole-v1")
     assert code == 0 and max(replaced["returns"]) > 7  # --env: only --env-kwargs apply
+
+
+def test_summary_names_a_factory_as_accelrl_evaluate_takes_it(tmp_path: Path) -> None:
+    from lightning.pytorch.loggers import CSVLogger
+
+    from lightning_accelrl.callbacks import RunSummary
+
+    summary = RunSummary(eval_episodes=2)
+    fit(
+        make_cartpole,
+        VideoEvaluation(at_fit_end=False),
+        total=128,
+        extra=[summary],
+        logger=CSVLogger(tmp_path),
+    )
+    written = json.loads(summary.path.read_text())
+    assert written["env"] == "user_envs:make_cartpole" and written["eval_episodes"] == 2

@@ -12,6 +12,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning_accelrl.algos.base import is_logging_batch
 from lightning_accelrl.atomic import atomic_write
 from lightning_accelrl.data.needs import ExperienceLink
+from lightning_accelrl.envs import env_name
 
 
 class RunSummary(Callback):
@@ -65,7 +66,7 @@ class RunSummary(Callback):
         summary: dict[str, Any] = {
             "algorithm": type(pl_module).__name__,
             "config_id": self.config_id,
-            "env": dm.env if isinstance(dm.env, str) else type(dm.env).__name__,
+            "env": env_name(dm.env),
             "seed": dm.base_seed,
             "world_size": trainer.world_size,
             "env_steps": dm.env_steps,

@@ -30,6 +30,7 @@ __all__ = [
     "ObservationPart",
     "Step",
     "env_kind",
+    "env_name",
     "env_seeds",
     "make_env",
     "probe_spec",
@@ -65,6 +66,20 @@ def env_kind(env: Any) -> EnvKind:
         f"env must be a Gymnasium id, an env factory (a callable returning an env) or an env, "
         f"got {type(env).__name__}"
     )
+
+
+def env_name(env: Any) -> str:
+    """How to name ``env`` in summaries: an id as it is, a factory as ``module:qualname`` (the form ``accelrl
+    evaluate --env-factory`` takes), an env object by its type."""
+    kind = env_kind(env)
+    if kind == "id":
+        return env
+    if kind == "factory":
+        module = getattr(env, "__module__", None)
+        qualname = getattr(env, "__qualname__", None)
+        if module and qualname:
+            return f"{module}:{qualname}"
+    return type(env).__name__
 
 
 def make_env(
