@@ -27,7 +27,7 @@ commands:
                                    --model.init_args.lr 3e-4 --data.num_envs 16 --trainer.devices 2
   recipes list                     the shipped recipes: name, algorithm, env, budget
   recipes show NAME                print a recipe's YAML (a starting point for your own config)
-  evaluate --ckpt PATH [--episodes N] [--stochastic] [--seed S] [--num-envs K] [--video DIR]
+  evaluate --ckpt PATH|RUN_DIR [--episodes N] [--stochastic] [--seed S] [--num-envs K] [--video DIR]
            [--import MODULE ...] [--env ID | --env-factory MODULE:NAME] [--env-kwargs JSON]
                                    play N episodes with a checkpoint; prints one JSON line;
                                    --video DIR: one MP4 (GIF without ffmpeg) per episode;
@@ -223,7 +223,11 @@ def _evaluate_parser() -> Any:
     import argparse
 
     parser = argparse.ArgumentParser(prog="accelrl evaluate", description="Play episodes with a checkpoint.")
-    parser.add_argument("--ckpt", required=True, help="checkpoint written by accelrl fit")
+    parser.add_argument(
+        "--ckpt",
+        required=True,
+        help="checkpoint written by accelrl fit, or a run folder (runs/NAME): the newest last.ckpt below it",
+    )
     parser.add_argument("--episodes", type=int, default=10)
     parser.add_argument(
         "--stochastic", action="store_true", help="sample actions instead of the policy's mode"
@@ -283,6 +287,7 @@ def cmd_evaluate(args: Sequence[str]) -> int:
     if ns.video is not None:
         _check_video_dir(ns.video)
     _import_modules(ns.imports)
+    ns.ckpt = _checkpoint_file(ns.ckpt)
     own_env = ns.env is not None or ns.env_factory is not None
     agent, data_hparams = _load_agent(ns.ckpt, ns.device, check_env=not own_env)
     env, env_kwargs, env_name = _evaluation_env(ns, data_hparams)
@@ -318,6 +323,18 @@ def cmd_evaluate(args: Sequence[str]) -> int:
         batched.close()
     print(json.dumps({**head, **result}))
     return 0
+
+
+def _checkpoint_file(path: str) -> str:
+    """``--ckpt``: a checkpoint file, or a folder (``runs/NAME``, ``runs/NAME/version_N``) whose newest
+    ``last.ckpt`` below it is taken."""
+    folder = Path(path)
+    if not folder.is_dir():
+        return path
+    found = sorted(folder.rglob("last.ckpt"), key=lambda f: f.stat().st_mtime)
+    if not found:
+        raise UsageError(f"--ckpt {path}: no last.ckpt below this folder; give a checkpoint file")
+    return str(found[-1])
 
 
 def _evaluation_env(ns: Any, data_hparams: dict[str, Any]) -> tuple[Any, dict[str, Any], str]:

@@ -220,3 +220,23 @@ def test_summary_names_a_factory_as_accelrl_evaluate_takes_it(tmp_path: Path) ->
     )
     written = json.loads(summary.path.read_text())
     assert written["env"] == "user_envs:make_cartpole" and written["eval_episodes"] == 2
+
+
+def test_evaluate_a_run_folder_takes_its_newest_last_checkpoint(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    for version in ("version_0", "version_1"):
+        folder = tmp_path / "runs" / "ppo" / version / "checkpoints"
+        fit(
+            "CartPole-v1",
+            VideoEvaluation(at_fit_end=False),
+            total=64,
+            extra=[ModelCheckpoint(folder, save_last=True)],
+            enable_checkpointing=True,
+        )
+    newest = str(tmp_path / "runs" / "ppo" / "version_1" / "checkpoints" / "last.ckpt")
+    code, result = evaluate(capsys, "--ckpt", str(tmp_path / "runs"), "--episodes", "2")
+    assert code == 0 and result["ckpt"] == newest
+    (tmp_path / "empty").mkdir()
+    code, err = evaluate(capsys, "--ckpt", str(tmp_path / "empty"))
+    assert code == 2 and "no last.ckpt below this folder" in err and len(err.splitlines()) == 1
