@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 from foundation_helpers import trainer_kwargs
-from user_envs import Buttons, DictCue, LitChannelGrid, TwoDials, make_cartpole
+from user_envs import Buttons, DictCue, LitChannelGrid, TupleCue, TwoDials, make_cartpole
 
 from lightning_accelrl import DQN, PPO, ExperienceDataModule
 from lightning_accelrl.envs import env_kind, make_env, probe_spec
@@ -215,6 +215,25 @@ def test_dict_observations_learn_with_per_key_encoders() -> None:
     fit(model, DictCue, num_envs=8, rollout_steps=16, total_env_steps=6_000, updates_per_epoch=10)
     assert type(model.net.encoder).__name__ == "DictEncoder"  # the uint8 grid key gets a CNN
     assert greedy_return(model, DictCue) >= 6.5  # random: 8/3
+
+
+def test_tuple_observations_are_parts_keyed_by_position() -> None:
+    spec = probe_spec(TupleCue)
+    assert [(p.key, p.shape) for p in spec.observation_parts] == [("0", (2,)), ("1.0", (3,)), ("1.1", (2,))]
+    assert spec.observation_shape == (7,)
+    with make_env(TupleCue, num_envs=2, seed=0) as env:
+        obs = env.reset()
+        assert torch.equal(obs[:, 2:5].sum(1), torch.ones(2))  # the cue, one-hot
+        for _ in range(8):  # the episodes' final observations (from the vector env's info) are encoded too
+            step = env.step(torch.zeros(2, dtype=torch.int64))
+        assert bool(step.truncated.all()) and torch.equal(step.next_observation[:, 2:5].sum(1), torch.ones(2))
+    assert probe_spec("Blackjack-v1").observation_shape == (32 + 11 + 2,)  # Gymnasium's own Tuple env
+
+
+def test_tuple_observations_learn() -> None:
+    model = PPO(lr=3e-3, update_epochs=4, minibatch_size=64, hidden=(32,))
+    fit(model, TupleCue, num_envs=8, rollout_steps=16, total_env_steps=6_000, updates_per_epoch=10)
+    assert greedy_return(model, TupleCue) >= 6.5  # random: 8/3
 
 
 def test_multidiscrete_actions_learn_with_ppo() -> None:

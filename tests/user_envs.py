@@ -74,6 +74,36 @@ class DictCue(gym.Env):
         return self._draw(), reward, False, self.t >= self.length, {}
 
 
+class TupleCue(gym.Env):
+    """Tuple observation ``(noise, (cue, flag))``: a float Box, then a nested Tuple of Discrete(3) and
+    MultiBinary(2); acting ``cue`` earns 1. Episodes of ``length`` steps."""
+
+    def __init__(self, length: int = 8) -> None:
+        self.observation_space = gym.spaces.Tuple(
+            (
+                gym.spaces.Box(-1, 1, (2,), dtype=np.float32),
+                gym.spaces.Tuple((gym.spaces.Discrete(3), gym.spaces.MultiBinary(2))),
+            )
+        )
+        self.action_space = gym.spaces.Discrete(3)
+        self.length = length
+
+    def _draw(self) -> tuple:
+        self.cue = int(self.np_random.integers(3))
+        flags = self.np_random.integers(0, 2, 2, dtype=np.int8)
+        return self.np_random.uniform(-1, 1, 2).astype(np.float32), (self.cue, flags)
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[tuple, dict]:
+        super().reset(seed=seed)
+        self.t = 0
+        return self._draw(), {}
+
+    def step(self, action: Any) -> tuple[tuple, float, bool, bool, dict]:
+        reward = float(int(action) == self.cue)
+        self.t += 1
+        return self._draw(), reward, False, self.t >= self.length, {}
+
+
 class TwoDials(gym.Env):
     """MultiDiscrete([3, 2]) actions: each dial set to its cue (shown one-hot in a Box) earns 0.5."""
 

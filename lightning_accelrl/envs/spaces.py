@@ -4,8 +4,8 @@ one tensor per step (the samplers preallocate one ``observation`` tensor of ``sp
 - ``Box`` (any dtype: bool, uint8, float...) passes through; float64 becomes float32.
 - ``Discrete`` becomes a one-hot float vector; ``MultiDiscrete`` one one-hot block per dimension; ``MultiBinary``
   a float vector.
-- ``Dict`` (nested too) becomes one float vector, its keys in the space's order (Gymnasium sorts a
-  dict's keys; nested keys are joined by ".");
+- ``Dict`` and ``Tuple`` (nested too) become one float vector, their keys in the space's order (Gymnasium sorts
+  a dict's keys; a tuple's keys are its positions "0", "1", ...; nested keys are joined by ".");
   ``spec.observation_parts`` records each key's slice, shape and dtype, so networks can split it back.
 
 Actions: ``Discrete``, ``MultiDiscrete``, 1-D ``MultiBinary`` (as that many two-way choices) and 1-D ``Box``.
@@ -23,10 +23,8 @@ import torch
 from lightning_accelrl.envs.base import EnvSpec, ObservationPart, image_layout
 from lightning_accelrl.errors import ConfigError
 
-_UNSUPPORTED = (
-    "is not supported: use Box, Discrete, MultiDiscrete, MultiBinary or a Dict of them "
-    "(a Tuple space can be turned into a Dict with a gymnasium.ObservationWrapper)"
-)
+_UNSUPPORTED = "is not supported: use Box, Discrete, MultiDiscrete, MultiBinary or a Dict or Tuple of them"
+_COMPOSITE = (gym.spaces.Dict, gym.spaces.Tuple)
 
 
 def torch_dtype(dtype: Any) -> torch.dtype:
@@ -36,10 +34,11 @@ def torch_dtype(dtype: Any) -> torch.dtype:
 
 
 def _leaves(space: gym.Space, prefix: str = "") -> list[tuple[str, gym.Space]]:
-    """(key, space) of every non-Dict space in a (nested) Dict, keys joined with '.'."""
-    if isinstance(space, gym.spaces.Dict):
+    """(key, space) of every leaf of a (nested) Dict or Tuple, keys joined with '.' (a tuple's keys: positions)."""
+    if isinstance(space, _COMPOSITE):
+        items = space.spaces.items() if isinstance(space, gym.spaces.Dict) else enumerate(space.spaces)
         out: list[tuple[str, gym.Space]] = []
-        for key, sub in space.spaces.items():
+        for key, sub in items:
             out += _leaves(sub, f"{prefix}{key}.")
         return out
     return [(prefix.removesuffix("."), space)]
@@ -99,7 +98,7 @@ class ObservationEncoder:
         leaves = _leaves(space)
         self._keys = [key for key, _ in leaves]
         self._encoders = [_leaf_encoder(sub) for _, sub in leaves]
-        if isinstance(space, gym.spaces.Dict):
+        if isinstance(space, _COMPOSITE):
             self.parts = tuple(
                 ObservationPart(
                     key,
@@ -135,13 +134,15 @@ class ObservationEncoder:
 
 def _get(obs: Any, key: str) -> Any:
     for part in key.split("."):
-        obs = obs[part]
+        obs = obs[int(part)] if isinstance(obs, tuple) else obs[part]
     return obs
 
 
 def _add_batch_dim(obs: Any) -> Any:
     if isinstance(obs, dict):
         return {k: _add_batch_dim(v) for k, v in obs.items()}
+    if isinstance(obs, tuple):
+        return tuple(_add_batch_dim(v) for v in obs)
     return np.asarray(obs)[None]
 
 
