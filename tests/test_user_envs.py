@@ -262,3 +262,14 @@ def test_discrete_observations_are_one_hot() -> None:
         assert env.spec.observation_shape == (16,) and env.spec.observation_dtype == torch.float32
         obs = env.reset()
     assert torch.equal(obs, torch.nn.functional.one_hot(torch.zeros(2, dtype=torch.int64), 16).float())
+
+
+def test_an_unsupported_observation_space_is_one_line() -> None:
+    class Chatty(gym.Env):
+        observation_space = gym.spaces.Text(8)
+        action_space = gym.spaces.Discrete(2)
+
+    with pytest.raises(
+        ConfigError, match=r"^observation space Text\(.*\) is not supported: use Box, .* Dict or Tuple"
+    ):
+        probe_spec(Chatty)
