@@ -208,7 +208,9 @@ def _filmed_from_factory(factory: Any, kwargs: dict[str, Any]) -> _FilmedEnv:
     RGB arrays (the factory decides how its env is made, so the render mode is its to set)."""
     import gymnasium as gym
 
-    name = getattr(factory, "__qualname__", type(factory).__name__)
+    from lightning_accelrl.envs import env_name
+
+    name = env_name(factory)
     made = factory(**kwargs)
     if not isinstance(made, gym.Env):
         raise ConfigError(

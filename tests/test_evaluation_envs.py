@@ -57,7 +57,9 @@ def test_an_env_factory_that_renders_frames_is_filmed(tmp_path: Path) -> None:
 
 def test_filming_a_factory_without_rgb_frames_stops_at_fit_start(tmp_path: Path) -> None:
     callback = VideoEvaluation(every_n_env_steps=128, episodes=2, video_dir=str(tmp_path / "videos"))
-    with pytest.raises(ConfigError, match=r"make_cartpole makes envs with render_mode=None; .*'rgb_array'"):
+    with pytest.raises(
+        ConfigError, match=r"factory user_envs:make_cartpole makes envs with render_mode=None; .*'rgb_array'"
+    ):
         fit(make_cartpole, callback)
     assert callback.results == [] and not (tmp_path / "videos").exists()
 
