@@ -125,7 +125,8 @@ def check_env_id(env: Any, path: str | Path) -> str:
     if not isinstance(env, str) or not env:
         raise ConfigError(
             f"checkpoint {str(path)!r} does not record a Gymnasium env id to evaluate on (its run trained on an "
-            "env factory or object): give the env to play, e.g. --env-factory mypkg.envs:make_env"
+            "env factory or object): give the env to play (accelrl evaluate --env-factory mypkg.envs:make_env; "
+            "in Python load_agent(path, check_env=False) and build it yourself)"
         )
     from lightning_accelrl.envs.gym import check_env_id as check_known
 
