@@ -1,5 +1,7 @@
-"""VideoEvaluation on the user's own envs: env factories are played and filmed, a live env object is refused at fit
-start with what to give instead, ``env=`` names another env to play, and the figures are ``accelrl evaluate``'s."""
+"""Evaluation on the user's own envs. VideoEvaluation: env factories are played and filmed, a live env object is
+refused at fit start with what to give instead, ``env=`` names another env to play, and the figures are ``accelrl
+evaluate``'s. ``accelrl evaluate``: ``--env-factory``, ``--env``, ``--env-kwargs``, ``--ckpt RUN_DIR``. The summary
+names a factory as ``--env-factory`` takes it."""
 
 from __future__ import annotations
 
