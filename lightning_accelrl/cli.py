@@ -292,7 +292,7 @@ def cmd_evaluate(args: Sequence[str]) -> int:
     agent, data_hparams = _load_agent(ns.ckpt, ns.device, check_env=not own_env)
     env, env_kwargs, env_name = _evaluation_env(ns, data_hparams)
     vectorization = data_hparams.get("vectorization", "auto")
-    if own_env:
+    if own_env or ns.env_kwargs is not None:  # another env, or keyword arguments that may reshape it
         _check_same_spec(agent.env_spec, env, env_kwargs, vectorization, env_name)
     head = {"ckpt": str(ns.ckpt), "env": env_name, "deterministic": not ns.stochastic}
     if ns.video is not None:

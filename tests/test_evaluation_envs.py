@@ -244,3 +244,22 @@ def test_evaluate_a_run_folder_takes_its_newest_last_checkpoint(
     (tmp_path / "empty").mkdir()
     code, err = evaluate(capsys, "--ckpt", str(tmp_path / "empty"))
     assert code == 2 and "no last.ckpt below this folder" in err and len(err.splitlines()) == 1
+
+
+def test_evaluate_env_kwargs_that_reshape_the_env_are_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    saving = ModelCheckpoint(dirpath=tmp_path, save_last=True)
+    fit(
+        "FrozenLake-v1",
+        VideoEvaluation(at_fit_end=False),
+        total=128,
+        extra=[saving],
+        enable_checkpointing=True,
+    )
+    code, err = evaluate(capsys, "--ckpt", str(tmp_path / "last.ckpt"), "--env-kwargs", '{"map_name": "8x8"}')
+    assert code == 2 and len(err.splitlines()) == 1
+    assert (
+        "FrozenLake-v1: its envs differ from the checkpoint's: observation_shape (64,) (trained on (16,))"
+        in err
+    )
