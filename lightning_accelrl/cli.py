@@ -312,9 +312,9 @@ def cmd_evaluate(args: Sequence[str]) -> int:
         return 0
     from lightning_accelrl import preflight
     from lightning_accelrl.envs import make_env
-    from lightning_accelrl.evaluation import evaluate_policy
+    from lightning_accelrl.evaluation import evaluate_policy, evaluation_num_envs
 
-    num_envs = ns.num_envs if ns.num_envs is not None else min(ns.episodes, 8)
+    num_envs = ns.num_envs if ns.num_envs is not None else evaluation_num_envs(ns.episodes)
     preflight.check_num_envs(num_envs, preflight.in_processes(env, num_envs, vectorization))
     batched = make_env(env, num_envs, ns.seed, 0, vectorization, env_kwargs)
     try:

@@ -31,6 +31,12 @@ class EvaluationEnvSource(Protocol):
     def evaluation_env(self) -> EnvSource | None: ...
 
 
+def evaluation_num_envs(episodes: int) -> int:
+    """Envs stepped together to play ``episodes`` fresh episodes: ``accelrl evaluate``'s default and
+    ``VideoEvaluation``'s, one rule so that the two give the same figures."""
+    return min(episodes, 8)
+
+
 @torch.no_grad()
 def evaluate_policy(
     agent: Any,

@@ -13,7 +13,12 @@ from typing_extensions import override
 from lightning_accelrl.algos.base import RLModule
 from lightning_accelrl.envs import env_kind, make_env
 from lightning_accelrl.errors import ConfigError, check
-from lightning_accelrl.evaluation import EnvSource, EvaluationEnvSource, evaluate_policy
+from lightning_accelrl.evaluation import (
+    EnvSource,
+    EvaluationEnvSource,
+    evaluate_policy,
+    evaluation_num_envs,
+)
 
 EVAL_KEYS = ("return_mean", "return_std", "length_mean")  # logged as eval/<key>
 
@@ -195,7 +200,12 @@ class VideoEvaluation(Callback):
                 max_steps=self.max_episode_steps,
             )
         env = make_env(
-            source.env, min(self.episodes, 8), self.seed, 0, source.vectorization, source.env_kwargs
+            source.env,
+            evaluation_num_envs(self.episodes),
+            self.seed,
+            0,
+            source.vectorization,
+            source.env_kwargs,
         )
         try:
             return evaluate_policy(pl_module, env, self.episodes, deterministic=self.deterministic)
