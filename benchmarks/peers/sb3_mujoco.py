@@ -1,11 +1,12 @@
-"""Stable-Baselines3 peer for the HalfCheetah-v5 SAC, TD3 and PPO benchmark (``benchmarks/continuous_mujoco.py``).
+"""Stable-Baselines3 peer for the MuJoCo SAC, TD3 and PPO benchmark (``benchmarks/continuous_mujoco.py``).
 
 Runs inside the SB3 venv (``benchmarks/.venv-sb3``, plus ``pip install mujoco imageio packaging`` there):
 
     benchmarks/.venv-sb3/bin/python benchmarks/peers/sb3_mujoco.py --algo td3 --seed 0 --steps 200000
 
 Hyperparameters are rl-baselines3-zoo's MuJoCo entries (hyperparams/sac.yml, td3.yml and ppo.yml,
-HalfCheetah-v3/v4), with the zoo's env setup (``make_vec_env`` + ``Monitor``, one env; PPO's ``normalize: true``
+HalfCheetah-v3/v4; its SAC and TD3 Hopper and Walker2d entries are the same ``mujoco-defaults``), with the zoo's
+env setup (``make_vec_env`` + ``Monitor``, one env; PPO's ``normalize: true``
 is ``VecNormalize`` with the algorithm's γ, its observation statistics frozen for the evaluation).
 Timing: ``time.perf_counter()`` around ``model.learn()`` only. Then a greedy evaluation (deterministic=True)
 from the start states lightning_accelrl's evaluation draws (``sb3_pendulum.eval_start_seeds``). Prints exactly
@@ -29,7 +30,7 @@ from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.noise import NormalActionNoise
 from stable_baselines3.common.vec_env import VecNormalize
 
-ENV_ID = "HalfCheetah-v5"
+ENVS = ("HalfCheetah-v5", "Hopper-v5", "Walker2d-v5")
 N_TIMESTEPS = 200_000  # rl-zoo trains 1M; this benchmark's budget
 
 # rl-zoo sac.yml, HalfCheetah-v3 (&mujoco-defaults): learning_starts 10000, SB3's defaults otherwise
@@ -99,6 +100,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--algo", choices=["sac", "td3", "ppo"], required=True)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--env", choices=ENVS, default=ENVS[0], help="PPO: HalfCheetah-v5 only (its zoo entry)"
+    )
     parser.add_argument("--steps", type=int, default=N_TIMESTEPS, help="training env steps (default 200000)")
     parser.add_argument(
         "--learning-starts", type=int, default=None, help="override the zoo's 10000 (plumbing)"
@@ -114,9 +118,11 @@ def main(argv: list[str] | None = None) -> dict:
         "--threads", type=int, default=1, help="torch.set_num_threads (the peer figures use 1)"
     )
     args = parser.parse_args(argv)
+    if args.algo == "ppo" and args.env != ENVS[0]:
+        parser.error(f"--algo ppo has rl-zoo's settings for {ENVS[0]} only")
 
     torch.set_num_threads(args.threads)
-    env = make_vec_env(ENV_ID, n_envs=1, seed=args.seed)
+    env = make_vec_env(args.env, n_envs=1, seed=args.seed)
     if args.algo == "ppo":
         env = VecNormalize(env, gamma=PPO_ZOO["gamma"])
     model = build(args.algo, env, args.seed, args.learning_starts)
@@ -130,12 +136,12 @@ def main(argv: list[str] | None = None) -> dict:
     if args.algo == "ppo":
         env.training = False  # statistics frozen, as rl-zoo's enjoy.py loads them
         policy = NormalizedPolicy(model, env)
-    rets = greedy_eval(policy, eval_start_seeds(args.eval_seed, args.eval_envs, args.eval_episodes), ENV_ID)
+    rets = greedy_eval(policy, eval_start_seeds(args.eval_seed, args.eval_envs, args.eval_episodes), args.env)
     steps, scores = int(model.num_timesteps), np.asarray(rets)
     result = {
         "algo": args.algo,
         "peer": "stable-baselines3",
-        "env": ENV_ID,
+        "env": args.env,
         "seed": args.seed,
         "env_steps": steps,
     }
@@ -148,7 +154,7 @@ def main(argv: list[str] | None = None) -> dict:
         "eval_returns": scores.round(2).tolist(),
         "eval_seed": args.eval_seed,
         "eval_wall_s": round(time.perf_counter() - t1, 3),
-        "hyperparams": f"rl-baselines3-zoo HalfCheetah ({args.algo})",
+        "hyperparams": f"rl-baselines3-zoo {args.env.split('-')[0]} ({args.algo})",
     }
     result["versions"] = {"stable_baselines3": stable_baselines3.__version__, "torch": torch.__version__}
     result["versions"] |= {"gymnasium": gym.__version__, "python": sys.version.split()[0]}
