@@ -293,7 +293,9 @@ def cmd_evaluate(args: Sequence[str]) -> int:
     env, env_kwargs, env_name = _evaluation_env(ns, data_hparams)
     vectorization = data_hparams.get("vectorization", "auto")
     if own_env or ns.env_kwargs is not None:  # another env, or keyword arguments that may reshape it
-        _check_same_spec(agent.env_spec, env, env_kwargs, vectorization, env_name)
+        from lightning_accelrl.evaluation import EnvSource, check_same_spec
+
+        check_same_spec(agent.env_spec, EnvSource(env, env_kwargs, vectorization), env_name)
     head = {"ckpt": str(ns.ckpt), "env": env_name, "deterministic": not ns.stochastic}
     if ns.video is not None:
         from lightning_accelrl.video import record_episodes
@@ -377,24 +379,6 @@ def _import_factory(path: str) -> Callable[..., Any]:
     if not callable(factory):
         raise UsageError(f"--env-factory {path}: module {module_name!r} has no function or class {name!r}")
     return factory
-
-
-def _check_same_spec(
-    trained: Any, env: Any, env_kwargs: dict[str, Any], vectorization: str, name: str
-) -> None:
-    """A policy plays only envs with the observations and actions it was trained on: one line naming what differs."""
-    from dataclasses import fields
-
-    from lightning_accelrl.envs import probe_spec
-
-    spec = probe_spec(env, env_kwargs, vectorization)
-    differ = [
-        f"{f.name} {getattr(spec, f.name)} (trained on {getattr(trained, f.name)})"
-        for f in fields(spec)
-        if getattr(spec, f.name) != getattr(trained, f.name)
-    ]
-    if differ:
-        raise UsageError(f"{name}: its envs differ from the checkpoint's: {'; '.join(differ)}")
 
 
 def _import_modules(names: Sequence[str]) -> None:

@@ -10,7 +10,8 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 import torch
 
-from lightning_accelrl.envs.base import BatchedEnv
+from lightning_accelrl.envs.base import BatchedEnv, EnvSpec
+from lightning_accelrl.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,23 @@ class EvaluationEnvSource(Protocol):
     trains on a live env object (evaluation must then be given its own env)."""
 
     def evaluation_env(self) -> EnvSource | None: ...
+
+
+def check_same_spec(trained: EnvSpec, source: EnvSource, name: str) -> None:
+    """A policy plays only envs with the observations and actions it was trained on: a ``ConfigError`` naming each
+    difference (one env of ``source`` is built to read its spec), e.g. ``observation_shape (6,) (trained on (4,))``."""
+    from dataclasses import fields
+
+    from lightning_accelrl.envs import probe_spec
+
+    spec = probe_spec(source.env, source.env_kwargs, source.vectorization)
+    differ = [
+        f"{f.name} {getattr(spec, f.name)} (trained on {getattr(trained, f.name)})"
+        for f in fields(spec)
+        if getattr(spec, f.name) != getattr(trained, f.name)
+    ]
+    if differ:
+        raise ConfigError(f"{name}: its envs differ from those the policy trained on: {'; '.join(differ)}")
 
 
 def evaluation_num_envs(episodes: int) -> int:

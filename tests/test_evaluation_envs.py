@@ -85,6 +85,17 @@ def test_env_is_checked_when_the_callback_is_made() -> None:
         VideoEvaluation(env_kwargs={"max_episode_steps": 50})
 
 
+def test_an_env_of_another_shape_stops_at_fit_start() -> None:
+    callback = VideoEvaluation(every_n_env_steps=128, episodes=2, env="Acrobot-v1")
+    with pytest.raises(
+        ConfigError,
+        match=r"^VideoEvaluation\(env=Acrobot-v1\): its envs differ from those the policy trained on: "
+        r"observation_shape \(6,\) \(trained on \(4,\)\); num_actions 3 \(trained on 2\)$",
+    ):
+        fit("CartPole-v1", callback)
+    assert callback.results == []
+
+
 def test_env_kwargs_reach_the_env_played() -> None:
     callback = VideoEvaluation(
         every_n_env_steps=256, episodes=4, env="CartPole-v1", env_kwargs={"max_episode_steps": 5}
@@ -170,7 +181,7 @@ def test_evaluate_env_kwargs_reach_the_env(factory_checkpoint: Path, capsys: pyt
     [
         (
             ["--env", "Acrobot-v1"],
-            "Acrobot-v1: its envs differ from the checkpoint's: observation_shape (6,)",
+            "Acrobot-v1: its envs differ from those the policy trained on: observation_shape (6,)",
         ),
         (["--env", "CartPole-v1", "--env-kwargs", "{x"], "--env-kwargs is not JSON"),
         (["--env", "CartPole-v1", "--env-kwargs", "[1]"], "--env-kwargs must be a JSON object, got list"),
@@ -260,6 +271,6 @@ def test_evaluate_env_kwargs_that_reshape_the_env_are_one_line(
     code, err = evaluate(capsys, "--ckpt", str(tmp_path / "last.ckpt"), "--env-kwargs", '{"map_name": "8x8"}')
     assert code == 2 and len(err.splitlines()) == 1
     assert (
-        "FrozenLake-v1: its envs differ from the checkpoint's: observation_shape (64,) (trained on (16,))"
+        "FrozenLake-v1: its envs differ from those the policy trained on: observation_shape (64,) (trained on (16,))"
         in err
     )

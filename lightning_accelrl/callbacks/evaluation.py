@@ -11,11 +11,12 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from typing_extensions import override
 
 from lightning_accelrl.algos.base import RLModule
-from lightning_accelrl.envs import env_kind, make_env
+from lightning_accelrl.envs import env_kind, env_name, make_env
 from lightning_accelrl.errors import ConfigError, check
 from lightning_accelrl.evaluation import (
     EnvSource,
     EvaluationEnvSource,
+    check_same_spec,
     evaluate_policy,
     evaluation_num_envs,
 )
@@ -59,7 +60,8 @@ class VideoEvaluation(Callback):
     The env played: ``env`` (an env id or an env factory, with ``env_kwargs``), else the data module's own
     (:class:`~lightning_accelrl.evaluation.EvaluationEnvSource`: an id or a factory; a live env object is the
     training env itself and is never played). Films of a factory's envs need them made with
-    ``render_mode="rgb_array"``. What cannot be played or filmed is a one-line error when fit starts.
+    ``render_mode="rgb_array"``. What cannot be played or filmed, or an ``env`` whose observations or actions are
+    not those the policy trains on, is a one-line error when fit starts.
 
     Evaluation draws from its own seeds and a forked torch generator, so it does not change the training run.
     Under DDP, rank 0 plays the episodes and every rank receives its ``eval/*`` values (in ``callback_metrics``,
@@ -111,11 +113,14 @@ class VideoEvaluation(Callback):
 
     @override
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        """Settle the env to play, and on rank 0 with ``video_dir`` film-check it (one env built and closed), so
-        that a wrong env stops the run now rather than at its first evaluation."""
+        """Settle the env to play; check that an ``env`` of the callback's own has the observations and actions
+        the policy trains on, and on rank 0 with ``video_dir`` that it can be filmed (one env built and closed
+        each), so that a wrong env stops the run now rather than at its first evaluation."""
         if stage != "fit":
             return
         self.source = self._env_source(trainer.datamodule)
+        if self.env is not None and isinstance(pl_module, RLModule):
+            check_same_spec(pl_module.env_spec, self.source, f"VideoEvaluation(env={env_name(self.env)})")
         if self.video_dir is not None and trainer.is_global_zero:
             from lightning_accelrl.video import make_filmed_env
 
