@@ -16,7 +16,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from user_envs import make_cartpole, make_filmable_cartpole
 
 from lightning_accelrl import PPO, ExperienceDataModule, cli
-from lightning_accelrl.callbacks import VideoEvaluation
+from lightning_accelrl.callbacks import RunSummary, VideoEvaluation
 from lightning_accelrl.errors import ConfigError
 from lightning_accelrl.evaluation import EnvSource
 from lightning_accelrl.video import count_frames
@@ -120,6 +120,24 @@ def test_the_figures_are_those_of_accelrl_evaluate_on_the_checkpoint(
     )
     printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert printed["returns"] == result["returns"]
+
+
+def test_the_summary_figure_is_that_of_accelrl_evaluate_on_the_data_modules_envs(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """``summary.json``'s ``eval_return_mean`` plays the episodes on the data module's own ``num_envs`` envs
+    (4 here), so ``accelrl evaluate --num-envs 4 --seed S`` on the final checkpoint prints it."""
+    summary = RunSummary(eval_episodes=6, eval_seed=7)
+    saving = ModelCheckpoint(dirpath=tmp_path, save_last=True)
+    callback = VideoEvaluation(every_n_env_steps=10_000, at_fit_end=False)
+    fit("CartPole-v1", callback, 512, [saving, summary], enable_checkpointing=True, default_root_dir=tmp_path)
+    written = json.loads(summary.path.read_text())
+    capsys.readouterr()
+    args = ["--ckpt", str(tmp_path / "last.ckpt"), "--episodes", "6", "--seed", "7", "--num-envs", "4"]
+    assert cli.main(["evaluate", *args]) == 0
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert written["eval_episodes"] == 6
+    assert printed["return_mean"] == pytest.approx(written["eval_return_mean"])
 
 
 # ----- accelrl evaluate on the user's own envs -----------------------------------------------------------------

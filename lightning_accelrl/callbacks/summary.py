@@ -22,8 +22,9 @@ class RunSummary(Callback):
     Stable-Baselines3 report it), so an early lucky handful of episodes does not count.
 
     With ``eval_episodes > 0`` the greedy policy is also evaluated on fresh envs at the end of fit
-    (``eval_return_mean``, the same figure ``accelrl evaluate`` prints). The file is written atomically and
-    fsynced.
+    (``eval_return_mean``): the episodes are split over the data module's ``num_envs`` envs seeded from
+    ``eval_seed``, so ``accelrl evaluate --episodes N --num-envs NUM_ENVS --seed EVAL_SEED`` prints the same figure
+    for the final checkpoint. The file is written atomically and fsynced.
     """
 
     #: the run's config identity, set by ``accelrl fit`` (:func:`lightning_accelrl.run_name.config_id`);
