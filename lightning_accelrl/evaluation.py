@@ -4,12 +4,13 @@ contract by which a data module tells evaluation callbacks which env to play."""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
 
+from lightning_accelrl.envs import probe_spec
 from lightning_accelrl.envs.base import BatchedEnv, EnvSpec
 from lightning_accelrl.errors import ConfigError
 
@@ -35,10 +36,6 @@ class EvaluationEnvSource(Protocol):
 def check_same_spec(trained: EnvSpec, source: EnvSource, name: str) -> None:
     """A policy plays only envs with the observations and actions it was trained on: a ``ConfigError`` naming each
     difference (one env of ``source`` is built to read its spec), e.g. ``observation_shape (6,) (trained on (4,))``."""
-    from dataclasses import fields
-
-    from lightning_accelrl.envs import probe_spec
-
     spec = probe_spec(source.env, source.env_kwargs, source.vectorization)
     differ = [
         f"{f.name} {getattr(spec, f.name)} (trained on {getattr(trained, f.name)})"
