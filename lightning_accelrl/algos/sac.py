@@ -32,7 +32,7 @@ from lightning_accelrl.algos.off_policy import (
 )
 from lightning_accelrl.envs.base import EnvSpec
 from lightning_accelrl.errors import check
-from lightning_accelrl.nets.continuous import SquashedGaussianActor, squashed_sample
+from lightning_accelrl.nets.continuous import LOG_STD_MODES, SquashedGaussianActor, squashed_sample
 from lightning_accelrl.nets.factory import build_continuous_actor
 from lightning_accelrl.nets.interfaces import NetworkArg
 
@@ -64,7 +64,9 @@ class SAC(OffPolicyContinuous):
     ``entropy_coef``: a fixed α, or ``None`` (default) to tune it from ``initial_entropy_coef`` towards
     ``target_entropy`` (``None``: −dim(A)). ``actor_network``/``critic_network``: ``"mlp"`` (sized by
     ``actor_hidden``/``critic_hidden``/``activation``), or the user's networks (``nets.interfaces``:
-    ``SquashedGaussianPolicyNetwork``, ``ContinuousQNetwork``).
+    ``SquashedGaussianPolicyNetwork``, ``ContinuousQNetwork``). ``log_std_mode``: how the built-in actor bounds
+    its log-std, ``"tanh"`` (into [−5, 2], CleanRL's) or ``"clamp"`` (to [−20, 2], the SAC authors' and
+    Stable-Baselines3's); see :class:`~lightning_accelrl.nets.continuous.SquashedGaussianActor`.
     """
 
     def __init__(
@@ -86,6 +88,7 @@ class SAC(OffPolicyContinuous):
         actor_hidden: Sequence[int] = (256, 256),
         critic_hidden: Sequence[int] = (256, 256),
         activation: str = "relu",
+        log_std_mode: str = "tanh",
         actor_network: NetworkArg = "mlp",
         critic_network: NetworkArg = "mlp",
         lr_scaling: LrScaling = "none",
@@ -100,6 +103,10 @@ class SAC(OffPolicyContinuous):
         )
         check(entropy_coef is None or entropy_coef >= 0, f"entropy_coef must be >= 0, got {entropy_coef}")
         check(initial_entropy_coef > 0, f"initial_entropy_coef must be > 0, got {initial_entropy_coef}")
+        check(
+            log_std_mode in LOG_STD_MODES,
+            f"log_std_mode must be one of {', '.join(LOG_STD_MODES)}, got {log_std_mode!r}",
+        )
         self.save_hyperparameters(ignore=NETWORK_ARGS)
         self.store_network_arguments()
         start = entropy_coef if entropy_coef is not None else initial_entropy_coef
@@ -118,7 +125,7 @@ class SAC(OffPolicyContinuous):
             spec,
             hp.actor_network,
             given,
-            lambda: SquashedGaussianActor(spec, hp.actor_hidden, hp.activation),
+            lambda: SquashedGaussianActor(spec, hp.actor_hidden, hp.activation, hp.log_std_mode),
             "SAC's actor (mean, log_std)",
             ((2, spec.action_dim), (2, spec.action_dim)),
         )

@@ -15,9 +15,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from lightning_accelrl.envs.base import EnvSpec
+from lightning_accelrl.errors import ConfigError
 from lightning_accelrl.nets.mlp import ACTIVATIONS, OutputLinear, flatten_obs, in_float32
 
-LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0  # the squashed Gaussian's log-std range (as CleanRL's SAC)
+LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0  # the squashed Gaussian's log-std range, mode "tanh" (as CleanRL's SAC)
+CLAMP_LOG_STD_MIN = -20.0  # mode "clamp" (the SAC authors' code, Stable-Baselines3, Spinning Up): [-20, 2]
+LOG_STD_MODES = ("tanh", "clamp")
 
 
 def observation_features(obs: torch.Tensor, spec: EnvSpec) -> torch.Tensor:
@@ -34,8 +37,6 @@ class ActionScale(nn.Module):
         low = torch.tensor(spec.action_low, dtype=torch.float32)
         high = torch.tensor(spec.action_high, dtype=torch.float32)
         if not (torch.isfinite(low).all() and torch.isfinite(high).all()):
-            from lightning_accelrl.errors import ConfigError
-
             raise ConfigError(
                 f"off-policy continuous control squashes actions into the action space's bounds, but they are "
                 f"not finite (low {spec.action_low}, high {spec.action_high}): wrap the env with "
@@ -136,21 +137,33 @@ def mlp_trunk(in_dim: int, hidden: Sequence[int], activation: str) -> tuple[nn.S
 class SquashedGaussianActor(nn.Module):
     """SAC's policy: a Gaussian over pre-squash actions ``u``, squashed by ``tanh`` into ``[-1, 1]``.
 
-    ``forward(obs)`` returns (mean, log_std) of ``u``; the log-std is bounded smoothly into
-    ``[LOG_STD_MIN, LOG_STD_MAX]``.
+    ``forward(obs)`` returns (mean, log_std) of ``u``. ``log_std_mode`` bounds the log-std head's output ``x``:
+    ``"tanh"`` maps it smoothly into ``[-5, 2]`` (``-5 + 3.5·(tanh(x) + 1)``, CleanRL's SAC; the std starts near
+    0.22), ``"clamp"`` clips it to ``[-20, 2]`` (the SAC authors' code, Stable-Baselines3 and Spinning Up; the std
+    starts near 1).
     """
 
-    def __init__(self, spec: EnvSpec, hidden: Sequence[int] = (256, 256), activation: str = "relu") -> None:
+    def __init__(
+        self,
+        spec: EnvSpec,
+        hidden: Sequence[int] = (256, 256),
+        activation: str = "relu",
+        log_std_mode: str = "tanh",
+    ) -> None:
         super().__init__()
-        self.spec = spec
+        if log_std_mode not in LOG_STD_MODES:
+            raise ConfigError(f"log_std_mode must be one of {', '.join(LOG_STD_MODES)}, got {log_std_mode!r}")
+        self.spec, self.log_std_mode = spec, log_std_mode
         self.trunk, width = mlp_trunk(math.prod(spec.observation_shape), hidden, activation)
         self.mean = OutputLinear(width, spec.action_dim)
         self.log_std = OutputLinear(width, spec.action_dim)
 
     def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         h = self.trunk(observation_features(obs, self.spec))
-        log_std = torch.tanh(self.log_std(h))
-        return self.mean(h), LOG_STD_MIN + 0.5 * (LOG_STD_MAX - LOG_STD_MIN) * (log_std + 1)
+        x = self.log_std(h)
+        if self.log_std_mode == "clamp":
+            return self.mean(h), x.clamp(CLAMP_LOG_STD_MIN, LOG_STD_MAX)
+        return self.mean(h), LOG_STD_MIN + 0.5 * (LOG_STD_MAX - LOG_STD_MIN) * (torch.tanh(x) + 1)
 
 
 def squashed_sample(

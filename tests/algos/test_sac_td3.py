@@ -21,6 +21,7 @@ from lightning_accelrl.nets.continuous import (
     ActionScale,
     CriticEnsemble,
     EnsembleLinear,
+    SquashedGaussianActor,
     squashed_sample,
 )
 
@@ -63,6 +64,38 @@ def test_squashed_log_prob_stays_finite_at_saturation() -> None:
 
 
 # ----- loss terms by hand ----------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("mode", "expected"),
+    [
+        # -5 + 3.5·(tanh(x) + 1): smooth, never reaching the bounds
+        ("tanh", lambda x: -5.0 + 3.5 * (torch.tanh(x) + 1)),
+        # the head's output as it is inside [-20, 2], the bound outside
+        ("clamp", lambda x: x.clamp(-20.0, 2.0)),
+    ],
+)
+def test_actor_log_std_modes(mode: str, expected) -> None:
+    torch.manual_seed(0)
+    actor = SquashedGaussianActor(PENDULUM, (8,), log_std_mode=mode)
+    with torch.no_grad():
+        actor.log_std.weight.zero_()
+        actor.log_std.bias.copy_(torch.tensor([3.0]))  # x = 3 for every observation, then x = -1
+        _, high = actor(torch.randn(5, 3))
+        actor.log_std.bias.copy_(torch.tensor([-1.0]))
+        _, mid = actor(torch.randn(5, 3))
+    assert torch.allclose(high, expected(torch.full((5, 1), 3.0)))
+    assert torch.allclose(mid, expected(torch.full((5, 1), -1.0)))
+    assert high.max() <= 2.0 and (mode != "clamp" or torch.equal(mid, torch.full((5, 1), -1.0)))
+
+
+def test_sac_builds_its_actor_with_the_log_std_mode() -> None:
+    model = SAC(actor_hidden=(8,), critic_hidden=(8,), log_std_mode="clamp", env_spec=PENDULUM.to_dict())
+    model.configure_model()
+    assert model.actor.log_std_mode == "clamp" and model.hparams.log_std_mode == "clamp"
+    assert SAC().hparams.log_std_mode == "tanh"
+    with pytest.raises(ConfigError, match=r"^log_std_mode must be one of tanh, clamp, got 'exp'$"):
+        SAC(log_std_mode="exp")
+
+
 def test_soft_q_target_takes_the_min_critic_and_the_entropy_term() -> None:
     next_q = torch.tensor([[1.0, 5.0, -2.0], [2.0, 4.0, -3.0]])  # two critics, three samples
     next_log_prob = torch.tensor([-1.0, 0.5, 0.0])
