@@ -288,13 +288,13 @@ def cmd_evaluate(args: Sequence[str]) -> int:
         _check_video_dir(ns.video)
     _import_modules(ns.imports)
     ns.ckpt = _checkpoint_file(ns.ckpt)
+    from lightning_accelrl.evaluation import EnvSource, check_same_spec, evaluate_policy, evaluation_num_envs
+
     own_env = ns.env is not None or ns.env_factory is not None
     agent, data_hparams = _load_agent(ns.ckpt, ns.device, check_env=not own_env)
     env, env_kwargs, env_name = _evaluation_env(ns, data_hparams)
     vectorization = data_hparams.get("vectorization", "auto")
     if own_env or ns.env_kwargs is not None:  # another env, or keyword arguments that may reshape it
-        from lightning_accelrl.evaluation import EnvSource, check_same_spec
-
         check_same_spec(agent.env_spec, EnvSource(env, env_kwargs, vectorization), env_name)
     head = {"ckpt": str(ns.ckpt), "env": env_name, "deterministic": not ns.stochastic}
     if ns.video is not None:
@@ -314,7 +314,6 @@ def cmd_evaluate(args: Sequence[str]) -> int:
         return 0
     from lightning_accelrl import preflight
     from lightning_accelrl.envs import make_env
-    from lightning_accelrl.evaluation import evaluate_policy, evaluation_num_envs
 
     num_envs = ns.num_envs if ns.num_envs is not None else evaluation_num_envs(ns.episodes)
     preflight.check_num_envs(num_envs, preflight.in_processes(env, num_envs, vectorization))

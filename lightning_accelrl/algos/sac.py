@@ -32,7 +32,7 @@ from lightning_accelrl.algos.off_policy import (
 )
 from lightning_accelrl.envs.base import EnvSpec
 from lightning_accelrl.errors import check
-from lightning_accelrl.nets.continuous import LOG_STD_MODES, SquashedGaussianActor, squashed_sample
+from lightning_accelrl.nets.continuous import SquashedGaussianActor, check_log_std_mode, squashed_sample
 from lightning_accelrl.nets.factory import build_continuous_actor
 from lightning_accelrl.nets.interfaces import NetworkArg
 
@@ -103,10 +103,7 @@ class SAC(OffPolicyContinuous):
         )
         check(entropy_coef is None or entropy_coef >= 0, f"entropy_coef must be >= 0, got {entropy_coef}")
         check(initial_entropy_coef > 0, f"initial_entropy_coef must be > 0, got {initial_entropy_coef}")
-        check(
-            log_std_mode in LOG_STD_MODES,
-            f"log_std_mode must be one of {', '.join(LOG_STD_MODES)}, got {log_std_mode!r}",
-        )
+        check_log_std_mode(log_std_mode)  # now, not when the actor is built at fit start
         self.save_hyperparameters(ignore=NETWORK_ARGS)
         self.store_network_arguments()
         start = entropy_coef if entropy_coef is not None else initial_entropy_coef

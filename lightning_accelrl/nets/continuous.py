@@ -23,6 +23,12 @@ CLAMP_LOG_STD_MIN = -20.0  # mode "clamp" (the SAC authors' code, Stable-Baselin
 LOG_STD_MODES = ("tanh", "clamp")
 
 
+def check_log_std_mode(mode: str) -> None:
+    """``mode`` is one of :data:`LOG_STD_MODES`, else a one-line ``ConfigError``."""
+    if mode not in LOG_STD_MODES:
+        raise ConfigError(f"log_std_mode must be one of {', '.join(LOG_STD_MODES)}, got {mode!r}")
+
+
 def observation_features(obs: torch.Tensor, spec: EnvSpec) -> torch.Tensor:
     """Observations as flat float features (uint8 images scaled to [0, 1])."""
     x = flatten_obs(obs, len(spec.observation_shape))
@@ -151,8 +157,7 @@ class SquashedGaussianActor(nn.Module):
         log_std_mode: str = "tanh",
     ) -> None:
         super().__init__()
-        if log_std_mode not in LOG_STD_MODES:
-            raise ConfigError(f"log_std_mode must be one of {', '.join(LOG_STD_MODES)}, got {log_std_mode!r}")
+        check_log_std_mode(log_std_mode)
         self.spec, self.log_std_mode = spec, log_std_mode
         self.trunk, width = mlp_trunk(math.prod(spec.observation_shape), hidden, activation)
         self.mean = OutputLinear(width, spec.action_dim)
